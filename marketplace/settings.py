@@ -1,0 +1,273 @@
+"""Partage settings: every environment variable is read here, through `marketplace.env`.
+
+With nothing set, Partage runs on its embedded default: SQLite, a filesystem Celery broker,
+training as local processes, files on disk. Production values come in when set.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from marketplace import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+PARTAGE_ENV = env.get(
+    "PARTAGE_ENV", env.one_of(["development", "production", "test"]), default="development"
+)
+PRODUCTION = PARTAGE_ENV == "production"
+TESTING = PARTAGE_ENV == "test" or "pytest" in sys.modules
+
+DATA_DIR = env.get("PARTAGE_DATA_DIR", Path, default=BASE_DIR / "var").resolve()
+
+
+def _secret_key() -> str:
+    key = env.get(
+        "DJANGO_SECRET_KEY",
+        str,
+        default="",
+        required_in_production=True,
+        production=PRODUCTION,
+        hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+    )
+    if key:
+        if PRODUCTION and len(key) < 40:
+            raise ImproperlyConfigured("DJANGO_SECRET_KEY is too short: use at least 40 characters.")
+        return key
+    # Embedded default: generate one on first run and keep it, so sessions survive restarts.
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = key_file.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(50), encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(key_file)
+    return key_file.read_text(encoding="utf-8").strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.get("DJANGO_DEBUG", env.as_bool, default=not PRODUCTION)
+ALLOWED_HOSTS = env.get(
+    "DJANGO_ALLOWED_HOSTS",
+    env.as_list,
+    default=["127.0.0.1", "localhost", "[::1]", "testserver"],
+    required_in_production=True,
+    production=PRODUCTION,
+    hint="A comma-separated list of host names, e.g. partage.example.eu",
+)
+CSRF_TRUSTED_ORIGINS = env.get("DJANGO_CSRF_TRUSTED_ORIGINS", env.as_list, default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "marketplace.accounts",
+    "marketplace.capacity",
+    "marketplace.quotas",
+    "marketplace.billing",
+    "marketplace.finetuning",
+    "marketplace.api",
+    "marketplace.portal",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "marketplace.urls"
+WSGI_APPLICATION = "marketplace.wsgi.application"
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env.get(
+    "DATABASE_URL",
+    str,
+    default=f"sqlite:///{DATA_DIR / 'partage.sqlite3'}",
+    required_in_production=True,
+    production=PRODUCTION,
+    hint="e.g. postgres://partage:secret@db:5432/partage",
+)
+try:
+    _database = env.database_from_url(DATABASE_URL)
+except ValueError as e:
+    raise ImproperlyConfigured(f"DATABASE_URL is invalid: {e}.") from e
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    if PRODUCTION:
+        raise ImproperlyConfigured("PARTAGE_ENV=production needs PostgreSQL: set DATABASE_URL.")
+    # Web server, Celery worker and trainers share one file: WAL + IMMEDIATE avoid lock errors.
+    _database["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    if _database["NAME"] != ":memory:":
+        Path(str(_database["NAME"])).parent.mkdir(parents=True, exist_ok=True)
+else:
+    _database["TEST"] = {"NAME": env.get("PARTAGE_TEST_DB_NAME", str, default=None)}
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.get("REDIS_URL", env.redis_url, default=None)
+
+# Celery: Redis in production; kombu's filesystem transport on the embedded default.
+BROKER_DIR = DATA_DIR / "broker"
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+else:
+    CELERY_BROKER_URL = "filesystem://"
+    for sub in ("queue", "processed"):
+        (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_ALWAYS_EAGER = env.get("PARTAGE_CELERY_EAGER", env.as_bool, default=False)
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "partage",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
+
+PARTAGE_EXECUTOR = env.get(
+    "PARTAGE_EXECUTOR", env.one_of(["local", "kubernetes"]), default="local"
+)
+# Where trainers (local processes or pods) call back into Partage's internal API.
+PARTAGE_INTERNAL_URL = env.get(
+    "PARTAGE_INTERNAL_URL", str, default="http://127.0.0.1:8000"
+).rstrip("/")
+PARTAGE_PUBLIC_URL = env.get("PARTAGE_PUBLIC_URL", str, default="http://127.0.0.1:8000").rstrip(
+    "/"
+)
+PARTAGE_MODEL_CACHE = env.get("PARTAGE_MODEL_CACHE", Path, default=DATA_DIR / "models")
+PARTAGE_WORK_DIR = env.get("PARTAGE_WORK_DIR", Path, default=DATA_DIR / "runs")
+PARTAGE_JOB_TOKEN_TTL_SECONDS = env.get("PARTAGE_JOB_TOKEN_TTL_SECONDS", env.as_int, default=24 * 3600)
+PARTAGE_MAX_UPLOAD_BYTES = env.get(
+    "PARTAGE_MAX_UPLOAD_BYTES", env.as_int, default=100 * 1024 * 1024
+)
+PARTAGE_MAX_TRAINING_LINES = env.get("PARTAGE_MAX_TRAINING_LINES", env.as_int, default=200_000)
+PARTAGE_MAX_ADAPTER_RANK = env.get("PARTAGE_MAX_ADAPTER_RANK", env.as_int, default=64)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+MEDIA_ROOT = env.get("PARTAGE_MEDIA_ROOT", Path, default=DATA_DIR / "media")
+MEDIA_URL = "/media/"
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG or TESTING
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if TESTING:
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "marketplace.api.authentication.ApiKeyAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "EXCEPTION_HANDLER": "marketplace.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Partage API",
+    "DESCRIPTION": "OpenAI-compatible fine-tuning and GPU marketplace API.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Security headers; production turns on the secure cookies and HSTS.
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = 31536000
+    SECURE_SSL_REDIRECT = env.get("DJANGO_SECURE_SSL_REDIRECT", env.as_bool, default=True)
+
+LOG_LEVEL = env.get(
+    "PARTAGE_LOG_LEVEL", env.one_of(["debug", "info", "warning", "error"]), default="info"
+).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "marketplace.logging.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "partage": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG or TESTING

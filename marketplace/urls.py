@@ -1,0 +1,14 @@
+"""Root URL map: /v1 partner API, /internal/v1 trainer callbacks, health, admin, portal."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from marketplace.api.internal import health_live, health_ready
+
+urlpatterns = [
+    path("v1/", include("marketplace.api.urls")),
+    path("internal/v1/", include("marketplace.api.internal_urls")),
+    path("healthz", health_live, name="health-live"),
+    path("readyz", health_ready, name="health-ready"),
+    path("admin/", admin.site.urls),
+]

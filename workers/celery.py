@@ -1,0 +1,24 @@
+"""The Celery application. Broker: Redis when REDIS_URL is set, else kombu's filesystem transport."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+
+app = Celery("partage")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    beat_schedule={
+        "partage-resync": {"task": "partage.resync", "schedule": 15.0},
+        "partage-admission": {"task": "partage.admission_pass", "schedule": 10.0},
+    },
+)
+app.autodiscover_tasks(["workers"], related_name="tasks")

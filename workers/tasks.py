@@ -1,0 +1,42 @@
+"""Celery tasks: thin entry points that take ids, call one service, and are safe to run twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.celery import app
+
+
+@app.task(name="partage.admission_pass", acks_late=True)
+def admission_pass(**kwargs: Any) -> int:
+    from marketplace.quotas.services import admission_pass as run_pass
+
+    return len(run_pass())
+
+
+@app.task(
+    name="partage.job_dispatch",
+    acks_late=True,
+    autoretry_for=(ConnectionError, TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=20,
+)
+def job_dispatch(job_id: str, **kwargs: Any) -> str | None:
+    from marketplace.finetuning.dispatch import job_dispatch as dispatch
+
+    return dispatch(job_id=job_id)
+
+
+@app.task(name="partage.job_stop", acks_late=True)
+def job_stop(job_id: str, **kwargs: Any) -> None:
+    from marketplace.finetuning.dispatch import job_stop as stop
+
+    stop(job_id=job_id)
+
+
+@app.task(name="partage.resync", acks_late=True)
+def resync(**kwargs: Any) -> dict[str, int]:
+    from marketplace.finetuning.dispatch import resync as run_resync
+
+    return run_resync()
