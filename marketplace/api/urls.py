@@ -1,6 +1,6 @@
 """URL map of the /v1 partner API."""
 
-from django.urls import path
+from django.urls import include, path
 
 from marketplace.api import views
 
@@ -17,4 +17,10 @@ urlpatterns = [
     path("fine_tuning/jobs/<str:job_id>/checkpoints", views.JobCheckpointsView.as_view(), name="job-checkpoints"),
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model_id>", views.ModelDetailView.as_view(), name="model"),
+    # Each domain owns its routes module.
+    path("", include("marketplace.api.routes_accounts")),
+    path("", include("marketplace.api.routes_capacity")),
+    path("", include("marketplace.api.routes_quotas")),
+    path("", include("marketplace.api.routes_billing")),
+    path("", include("marketplace.api.routes_webhooks")),
 ]

@@ -24,10 +24,9 @@ logger = logging.getLogger("partage.dispatch")
 
 def launch_spec(attempt: JobAttempt) -> LaunchSpec:
     job = attempt.job
-    pool: dict[str, object] = {}
-    pool_obj = getattr(job, "pool", None)
-    if pool_obj is not None and hasattr(pool_obj, "launch_settings"):
-        pool = pool_obj.launch_settings()
+    from marketplace.capacity.selectors import launch_settings_for_job
+
+    pool = launch_settings_for_job(job)
     return LaunchSpec(
         job_id=job.id,
         org_id=job.organization.public_id,
