@@ -170,23 +170,30 @@ def celery_worker_process(
         "PARTAGE_MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "PARTAGE_MODEL_CACHE": str(settings.PARTAGE_MODEL_CACHE),
         "PARTAGE_ENV": "test",
+        # Job tokens are signed by the worker and checked by the live server: one key for both.
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
     }
+    from workers.celery import app
+
+    saved = (app.conf.broker_url, app.conf.broker_transport_options)
     if settings.REDIS_URL:
         extra["REDIS_URL"] = settings.REDIS_URL
+        app.control.purge()  # messages left by earlier tests refer to rows that are gone
     else:
-        # Share this test's broker folder with the worker.
+        # The worker runs the embedded default: a filesystem broker in this test's folder.
+        extra["PARTAGE_DATA_DIR"] = str(tmp_path)
+        extra["PARTAGE_ENV"] = "development"
         broker = tmp_path / "broker"
-        (broker / "queue").mkdir(parents=True, exist_ok=True)
-        (broker / "processed").mkdir(parents=True, exist_ok=True)
-        settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+        app.conf.broker_url = "filesystem://"
+        app.conf.broker_transport_options = {
             "data_folder_in": str(broker / "queue"),
             "data_folder_out": str(broker / "queue"),
             "processed_folder": str(broker / "processed"),
+            "store_processed": False,
         }
-        extra["PARTAGE_DATA_DIR"] = str(tmp_path)
-    from workers.celery import app
-
-    app.conf.broker_transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+        for sub in ("queue", "processed"):
+            (broker / sub).mkdir(parents=True, exist_ok=True)
+        app.close()
     processes: list[subprocess.Popen[bytes]] = []
     log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 - closed at teardown
 
@@ -210,3 +217,5 @@ def celery_worker_process(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
     log.close()
+    app.conf.broker_url, app.conf.broker_transport_options = saved
+    app.close()

@@ -1,0 +1,60 @@
+"""Settings fail at start-up with a clear message on bad values, and production needs secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _check(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "PARTAGE_", "DJANGO_"))}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO,
+        env={**clean, "PARTAGE_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PARTAGE_EXECUTOR": "slurm"}, "PARTAGE_EXECUTOR='slurm' is invalid: expected one of local, kubernetes"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL is invalid"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' is invalid"),
+        ({"PARTAGE_ENV": "production"}, "DJANGO_SECRET_KEY is required when PARTAGE_ENV=production"),
+        (
+            {"PARTAGE_ENV": "production", "DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "p.example"},
+            "DATABASE_URL is required when PARTAGE_ENV=production",
+        ),
+        ({"DJANGO_SECRET_KEY_FILE": "/nonexistent/secret"}, "DJANGO_SECRET_KEY_FILE points to"),
+    ],
+)
+def test_bad_settings_fail_clearly(env: dict[str, str], expected: str, tmp_path: Path) -> None:
+    result = _check(env, tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr[-2000:]
+
+
+def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
+    assert _check({}, tmp_path).returncode == 0
+    first = (tmp_path / "secret_key").read_text()
+    assert _check({}, tmp_path).returncode == 0
+    assert (tmp_path / "secret_key").read_text() == first
+    assert oct((tmp_path / "secret_key").stat().st_mode)[-3:] == "600"
+
+
+def test_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "mounted"
+    secret.write_text("s" * 50)
+    result = _check({"DJANGO_SECRET_KEY_FILE": str(secret)}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "secret_key").exists()
