@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 import sys
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -196,6 +198,26 @@ PARTAGE_MAX_UPLOAD_BYTES = env.get(
 )
 PARTAGE_MAX_TRAINING_LINES = env.get("PARTAGE_MAX_TRAINING_LINES", env.as_int, default=200_000)
 PARTAGE_MAX_ADAPTER_RANK = env.get("PARTAGE_MAX_ADAPTER_RANK", env.as_int, default=64)
+
+# Billing (marketplace/billing/money.py documents how these apply).
+def _decimal_in(low: str, high: str) -> Callable[[str], Decimal]:
+    def parse(text: str) -> Decimal:
+        try:
+            value = Decimal(text.strip())
+        except InvalidOperation:
+            raise ValueError("expected a decimal number such as 0.20") from None
+        if not Decimal(low) <= value <= Decimal(high):
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return parse
+
+
+PARTAGE_PLATFORM_COUNTRY = env.get("PARTAGE_PLATFORM_COUNTRY", str.upper, default="FR")
+PARTAGE_VAT_RATE = env.get("PARTAGE_VAT_RATE", _decimal_in("0", "1"), default=Decimal("0.20"))
+PARTAGE_PLATFORM_FEE_PERCENT = env.get(
+    "PARTAGE_PLATFORM_FEE_PERCENT", _decimal_in("0", "100"), default=Decimal("15")
+)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
