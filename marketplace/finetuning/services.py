@@ -220,6 +220,9 @@ def job_transition(
                 param="status",
             )
         job_event_add(job_id=job_id, message=message, level=level, data=data)
+        from marketplace.api.webhooks.hooks import job_status_changed  # webhooks, on commit
+
+        job_status_changed(job_id=job_id, status=to)
     logger.info("job %s -> %s", job_id, to, extra={"job_id": job_id, "status": to})
     return FineTuningJob.objects.get(pk=job_id)
 
@@ -761,6 +764,9 @@ def checkpoint_store(
         default_storage.delete(stored)
         return Checkpoint.objects.get(job_id=job_id, step=step)
     job_event_add(job_id=job_id, message=f"Checkpoint written at step {step}", data={"step": step, "metrics": metrics})
+    from marketplace.api.webhooks.hooks import checkpoint_written  # webhooks, on commit
+
+    checkpoint_written(job_id=job_id, checkpoint_id=checkpoint.public_id)
     return checkpoint
 
 
@@ -788,7 +794,7 @@ def adapter_store(
             result_file=result,
             manifest=manifest,
             fine_tuned_model=f"ft:{job.model}:{job.organization.slug}{suffix}:{job_id.removeprefix('ftjob-')[:8]}",
-            trained_tokens=manifest.get("tokens_trained") or job.trained_tokens,
+            trained_tokens=manifest.get("trained_tokens") or job.trained_tokens,
         )
         _job_ended(job)
     return job

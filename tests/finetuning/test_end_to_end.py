@@ -1,0 +1,81 @@
+"""The partner path end to end: upload → job → real LoRA training on CPU → adapter download.
+
+On SQLite the Celery tasks run eagerly inside the live server; the trainer still runs as a
+separate local process (the local executor) and reports back over HTTP, as in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from marketplace.finetuning.models import FineTuningJob, JobAttempt
+from tests.conftest import chat_lines, jsonl, wait_for
+from tests.finetuning.adapters import assert_adapter_changes_logits, extract
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def eager_celery(settings: Any) -> Any:
+    from workers.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    app.conf.task_always_eager = True
+    yield app
+    app.conf.task_always_eager = False
+
+
+def run_partner_path(client: Any, upload: Any, tmp_path: Path, *, timeout: float = 240) -> FineTuningJob:
+    file_id = upload(jsonl(chat_lines(16))).json()["id"]
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "partage/tiny-llama",
+            "training_file": file_id,
+            "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10},
+            "suffix": "colours",
+            "seed": 7,
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    job_id = response.json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        return body if body["status"] in {"succeeded", "failed", "cancelled"} else None
+
+    body = wait_for(finished, timeout=timeout, what=f"job {job_id} to finish")
+    job = FineTuningJob.objects.get(pk=job_id)
+    assert body["status"] == "succeeded", (body, [a.logs[-3000:] for a in job.attempts.all()])
+    assert body["fine_tuned_model"].startswith("ft:partage/tiny-llama:org-a:colours:")
+    assert body["trained_tokens"] and body["trained_tokens"] > 0
+    assert len(body["result_files"]) == 1
+
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
+    metrics = [e for e in events if e["type"] == "metrics"]
+    assert metrics and all("train_loss" in e["data"] for e in metrics)
+    assert any("successfully completed" in e["message"] for e in events)
+
+    archive = client.get(f"/v1/files/{body['result_files'][0]}/content")
+    assert archive.status_code == 200
+    adapter_dir = extract(b"".join(archive.streaming_content), tmp_path / "adapter")
+    assert_adapter_changes_logits(adapter_dir, "partage/tiny-llama", Path(settings.PARTAGE_MODEL_CACHE))
+    return job
+
+
+def test_partner_path_on_sqlite(
+    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any, tmp_path: Path
+) -> None:
+    job = run_partner_path(client_a, upload, tmp_path)
+    attempts = list(JobAttempt.objects.filter(job=job))
+    assert len(attempts) == 1 and attempts[0].status == JobAttempt.Status.SUCCEEDED
+    assert attempts[0].training_started_at is not None and attempts[0].ended_at is not None
+    manifest = job.manifest
+    assert manifest["base_model"]["id"] == "partage/tiny-llama"
+    assert manifest["training_file"]["sha256"] == job.training_file.sha256
+    assert manifest["seed"] == 7
