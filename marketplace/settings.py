@@ -38,7 +38,9 @@ def _secret_key() -> str:
     )
     if key:
         if PRODUCTION and len(key) < 40:
-            raise ImproperlyConfigured("DJANGO_SECRET_KEY is too short: use at least 40 characters.")
+            raise ImproperlyConfigured(
+                "DJANGO_SECRET_KEY is too short: use at least 40 characters."
+            )
         return key
     # Embedded default: generate one on first run and keep it, so sessions survive restarts.
     key_file = DATA_DIR / "secret_key"
@@ -180,24 +182,23 @@ else:
         }
     }
 
-PARTAGE_EXECUTOR = env.get(
-    "PARTAGE_EXECUTOR", env.one_of(["local", "kubernetes"]), default="local"
-)
+PARTAGE_EXECUTOR = env.get("PARTAGE_EXECUTOR", env.one_of(["local", "kubernetes"]), default="local")
 # Where trainers (local processes or pods) call back into Partage's internal API.
-PARTAGE_INTERNAL_URL = env.get(
-    "PARTAGE_INTERNAL_URL", str, default="http://127.0.0.1:8000"
-).rstrip("/")
-PARTAGE_PUBLIC_URL = env.get("PARTAGE_PUBLIC_URL", str, default="http://127.0.0.1:8000").rstrip(
+PARTAGE_INTERNAL_URL = env.get("PARTAGE_INTERNAL_URL", str, default="http://127.0.0.1:8000").rstrip(
     "/"
 )
+PARTAGE_PUBLIC_URL = env.get("PARTAGE_PUBLIC_URL", str, default="http://127.0.0.1:8000").rstrip("/")
 PARTAGE_MODEL_CACHE = env.get("PARTAGE_MODEL_CACHE", Path, default=DATA_DIR / "models")
 PARTAGE_WORK_DIR = env.get("PARTAGE_WORK_DIR", Path, default=DATA_DIR / "runs")
-PARTAGE_JOB_TOKEN_TTL_SECONDS = env.get("PARTAGE_JOB_TOKEN_TTL_SECONDS", env.as_int, default=24 * 3600)
+PARTAGE_JOB_TOKEN_TTL_SECONDS = env.get(
+    "PARTAGE_JOB_TOKEN_TTL_SECONDS", env.as_int, default=24 * 3600
+)
 PARTAGE_MAX_UPLOAD_BYTES = env.get(
     "PARTAGE_MAX_UPLOAD_BYTES", env.as_int, default=100 * 1024 * 1024
 )
 PARTAGE_MAX_TRAINING_LINES = env.get("PARTAGE_MAX_TRAINING_LINES", env.as_int, default=200_000)
 PARTAGE_MAX_ADAPTER_RANK = env.get("PARTAGE_MAX_ADAPTER_RANK", env.as_int, default=64)
+
 
 # Billing (marketplace/billing/money.py documents how these apply).
 def _decimal_in(low: str, high: str) -> Callable[[str], Decimal]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -32,7 +31,9 @@ def _isolated_storage(settings: Any, tmp_path_factory: pytest.TempPathFactory) -
     base = tmp_path_factory.mktemp("partage")
     settings.MEDIA_ROOT = str(base / "media")
     settings.PARTAGE_WORK_DIR = base / "runs"
-    settings.PARTAGE_MODEL_CACHE = Path(os.environ.get("PARTAGE_TEST_MODEL_CACHE", REPO / "var" / "test-models"))
+    settings.PARTAGE_MODEL_CACHE = Path(
+        os.environ.get("PARTAGE_TEST_MODEL_CACHE", REPO / "var" / "test-models")
+    )
 
 
 @pytest.fixture
@@ -125,7 +126,9 @@ def upload(client_a: APIClient) -> Callable[..., Any]:
     return do
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -199,9 +202,25 @@ def celery_worker_process(
 
     def start() -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--pool", "solo",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO, env=_worker_env(extra), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO,
+            env=_worker_env(extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         processes.append(process)

@@ -77,7 +77,9 @@ class Callback:
                 out.write(chunk)
 
     def events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.request("POST", "/events", json={"attempt": self.attempt, "events": events}).json()
+        return self.request(
+            "POST", "/events", json={"attempt": self.attempt, "events": events}
+        ).json()
 
     def upload(self, path: str, archive: io.BytesIO, fields: dict[str, str]) -> None:
         self.request(
@@ -88,7 +90,9 @@ class Callback:
         )
 
     def exit(self, code: int, logs: str) -> None:
-        self.request("POST", "/exit", json={"attempt": self.attempt, "exit_code": code, "logs": logs})
+        self.request(
+            "POST", "/exit", json={"attempt": self.attempt, "exit_code": code, "logs": logs}
+        )
 
 
 def tar_dir(directory: Path) -> io.BytesIO:
@@ -209,10 +213,15 @@ def prepare(callback: Callback, run_dir: Path) -> tuple[Path, bool]:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s agent %(message)s", stream=sys.stderr
+    )
     env = os.environ
     callback = Callback(
-        env["PARTAGE_CALLBACK_URL"], env["PARTAGE_JOB_TOKEN"], env["PARTAGE_JOB_ID"], int(env["PARTAGE_ATTEMPT"])
+        env["PARTAGE_CALLBACK_URL"],
+        env["PARTAGE_JOB_TOKEN"],
+        env["PARTAGE_JOB_ID"],
+        int(env["PARTAGE_ATTEMPT"]),
     )
     run_dir = Path(env.get("PARTAGE_RUN_DIR") or tempfile.mkdtemp(prefix="partage-"))
     exit_file = run_dir / "exit_code"
@@ -232,7 +241,11 @@ def main() -> int:
     except Exception as e:  # report anything, then fail the attempt as an internal error
         log.exception("agent failed: %s", e)
         code = 1
-    logs = stderr_tail.read_text(encoding="utf-8", errors="replace")[-100_000:] if stderr_tail.exists() else ""
+    logs = (
+        stderr_tail.read_text(encoding="utf-8", errors="replace")[-100_000:]
+        if stderr_tail.exists()
+        else ""
+    )
     sys.stderr.write(logs)
     try:
         callback.exit(code, logs)

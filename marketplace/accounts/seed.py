@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from pathlib import Path
 
 from django.conf import settings
 
-from marketplace.accounts.models import ApiKey, User
-from marketplace.accounts.services import api_key_create, organization_get_or_create, membership_set
-from marketplace.accounts.models import Membership
+from marketplace.accounts.models import ApiKey, Membership, User
+from marketplace.accounts.services import api_key_create, membership_set, organization_get_or_create
 
 DEMO_USERNAME = "demo"
 
@@ -31,7 +31,9 @@ def demo_seed() -> Demo:
     if user is None or not password_file.exists():
         password = secrets.token_urlsafe(12)
         if user is None:
-            user = User.objects.create_user(DEMO_USERNAME, email="demo@partage.local", password=password)
+            user = User.objects.create_user(
+                DEMO_USERNAME, email="demo@partage.local", password=password
+            )
         else:
             user.set_password(password)
             user.save(update_fields=["password"])
@@ -39,15 +41,18 @@ def demo_seed() -> Demo:
     membership_set(organization=org, user=user, role=Membership.Role.OWNER)
     key_file = secrets_dir / "api_key"
     key = key_file.read_text().strip() if key_file.exists() else ""
-    if not key or not ApiKey.objects.filter(
-        hashed_secret=ApiKey.hash_secret(key), revoked_at__isnull=True, organization=org
-    ).exists():
+    if (
+        not key
+        or not ApiKey.objects.filter(
+            hashed_secret=ApiKey.hash_secret(key), revoked_at__isnull=True, organization=org
+        ).exists()
+    ):
         key = api_key_create(organization=org, name="demo", created_by=user).secret
         _write_secret(key_file, key)
     return Demo(username=DEMO_USERNAME, password=password_file.read_text().strip(), api_key=key)
 
 
-def _write_secret(path, value: str) -> None:  # type: ignore[no-untyped-def]
+def _write_secret(path: Path, value: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(value)
     tmp.chmod(0o600)

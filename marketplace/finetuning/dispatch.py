@@ -73,9 +73,7 @@ def job_stop(*, job_id: str) -> None:
         last = JobAttempt.objects.filter(job=job).order_by("-number").first()
         if last is None:
             target = S.CANCELLED if job.status == S.CANCELLING else S.PAUSED
-            ended = services.job_transition(
-                job_id=job_id, to=target, message=f"Job {target}"
-            )
+            ended = services.job_transition(job_id=job_id, to=target, message=f"Job {target}")
             services._job_ended(ended)
         return
     executor_for(attempt).cancel(launch_spec(attempt))
@@ -123,8 +121,12 @@ def resync() -> dict[str, int]:
     for job_id in stale_admitted:
         job_dispatch(job_id=job_id)
         counts["redispatched"] += 1
-    for job_id in FineTuningJob.objects.filter(
-        status__in=[S.CANCELLING, S.PAUSING], attempts__ended_at__isnull=True
-    ).values_list("id", flat=True).distinct():
+    for job_id in (
+        FineTuningJob.objects.filter(
+            status__in=[S.CANCELLING, S.PAUSING], attempts__ended_at__isnull=True
+        )
+        .values_list("id", flat=True)
+        .distinct()
+    ):
         job_stop(job_id=job_id)
     return counts

@@ -153,6 +153,9 @@ class JobEvent(models.Model):
         ordering = ["-seq"]
         constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobevent_unique_seq")]
 
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq}"
+
     @property
     def public_id(self) -> str:
         return f"ftevent-{self.job_id.removeprefix('ftjob-')}-{self.seq}"
@@ -190,6 +193,9 @@ class JobAttempt(models.Model):
             models.UniqueConstraint(fields=["job", "number"], name="attempt_unique_number"),
         ]
 
+    def __str__(self) -> str:
+        return self.name
+
     @property
     def is_finished(self) -> bool:
         return self.ended_at is not None
@@ -210,6 +216,9 @@ class Checkpoint(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "step"], name="checkpoint_unique_step"),
         ]
+
+    def __str__(self) -> str:
+        return self.public_id
 
     @property
     def public_id(self) -> str:

@@ -106,7 +106,9 @@ def file_create(
         )
     stream.seek(0)
     file_id = _new_id("file")
-    stored_name = default_storage.save(f"files/{organization.pk}/{file_id}.jsonl", DjangoFile(stream))
+    stored_name = default_storage.save(
+        f"files/{organization.pk}/{file_id}.jsonl", DjangoFile(stream)
+    )
     try:
         with transaction.atomic():
             return File.objects.create(
@@ -128,7 +130,9 @@ def file_create(
 
 
 def file_delete(*, organization: Organization, file_id: str) -> File:
-    file = File.objects.filter(organization=organization, pk=file_id, deleted_at__isnull=True).first()
+    file = File.objects.filter(
+        organization=organization, pk=file_id, deleted_at__isnull=True
+    ).first()
     if file is None:
         raise NotFound(f"No file {file_id!r}.", param="file_id")
     in_use = FineTuningJob.objects.filter(
@@ -177,7 +181,7 @@ def job_event_add(
     job_id: str,
     message: str,
     level: str = JobEvent.Level.INFO,
-    type: str = JobEvent.Type.MESSAGE,  # noqa: A002 - the OpenAI field name
+    type: str = JobEvent.Type.MESSAGE,
     data: dict[str, Any] | None = None,
 ) -> JobEvent:
     """Append an event with the job's next sequence number (a row-level atomic increment)."""
@@ -211,7 +215,9 @@ def job_transition(
             status=to, updated_at=now, **fields
         )
         if not updated:
-            current = FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+            current = (
+                FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+            )
             if current is None:
                 raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
             raise InvalidTransition(
@@ -254,8 +260,10 @@ def normalize_hyperparameters(raw: dict[str, Any] | None) -> dict[str, Any]:
     multiplier = raw.get("learning_rate_multiplier", "auto")
     if multiplier == "auto":
         multiplier = 1.0
-    if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or not (
-        0 < multiplier <= 100
+    if (
+        isinstance(multiplier, bool)
+        or not isinstance(multiplier, int | float)
+        or not (0 < multiplier <= 100)
     ):
         raise InvalidInput(
             "hyperparameters.learning_rate_multiplier must be 'auto' or a number in (0, 100].",
@@ -302,7 +310,7 @@ def normalize_lora(raw: dict[str, Any] | None) -> dict[str, Any]:
             "such as ['q_proj', 'v_proj'].",
             param="lora.target_modules",
         )
-    if not isinstance(lora["use_rslora"] if "use_rslora" in lora else False, bool):
+    if not isinstance(lora.get("use_rslora", False), bool):
         raise InvalidInput("lora.use_rslora must be true or false.", param="lora.use_rslora")
     return lora
 
@@ -311,12 +319,17 @@ def _training_file(organization: Organization, file_id: str | None, param: str) 
     if not file_id:
         return None
     file = File.objects.filter(
-        organization=organization, pk=file_id, deleted_at__isnull=True, purpose=File.Purpose.FINE_TUNE
+        organization=organization,
+        pk=file_id,
+        deleted_at__isnull=True,
+        purpose=File.Purpose.FINE_TUNE,
     ).first()
     if file is None:
         raise InvalidInput(f"No training file {file_id!r} in your organization.", param=param)
     if file.status != File.Status.PROCESSED:
-        raise InvalidInput(f"File {file_id} failed validation; fix it and upload again.", param=param)
+        raise InvalidInput(
+            f"File {file_id} failed validation; fix it and upload again.", param=param
+        )
     return file
 
 
@@ -350,9 +363,7 @@ def job_create(
     assert train is not None
     valid = _training_file(organization, validation_file, "validation_file")
     if suffix and (len(suffix) > 64 or not suffix.replace("-", "").replace("_", "").isalnum()):
-        raise InvalidInput(
-            "suffix must be at most 64 letters, digits, '-' or '_'.", param="suffix"
-        )
+        raise InvalidInput("suffix must be at most 64 letters, digits, '-' or '_'.", param="suffix")
     if gpu_count < 1 or gpu_count > 64:
         raise InvalidInput("gpu_count must be from 1 to 64.", param="gpu_count")
     if max_cost is not None and max_cost <= 0:
@@ -404,7 +415,9 @@ def _enqueue(task_name: str, job_id: str) -> None:
     getattr(tasks, task_name).delay(job_id)
 
 
-def job_admit(*, job_id: str, pool_id: int | None = None, placement_reason: str = "") -> FineTuningJob:
+def job_admit(
+    *, job_id: str, pool_id: int | None = None, placement_reason: str = ""
+) -> FineTuningJob:
     """queued → admitted, then dispatch on commit. Called by the admission pass."""
     with transaction.atomic():
         job = job_transition(
@@ -434,7 +447,9 @@ def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:
             _job_ended(job)
         return job
     with transaction.atomic():
-        job = job_transition(job_id=job_id, to=S.CANCELLING, message="Cancelling: stopping the trainer")
+        job = job_transition(
+            job_id=job_id, to=S.CANCELLING, message="Cancelling: stopping the trainer"
+        )
         transaction.on_commit(lambda: _enqueue("job_stop", job_id))
     return job
 
@@ -450,7 +465,10 @@ def job_pause(*, organization: Organization, job_id: str) -> FineTuningJob:
         return job
     with transaction.atomic():
         job = job_transition(
-            job_id=job_id, to=S.PAUSING, message="Pausing: writing a checkpoint", only_from={S.STARTING, S.RUNNING}
+            job_id=job_id,
+            to=S.PAUSING,
+            message="Pausing: writing a checkpoint",
+            only_from={S.STARTING, S.RUNNING},
         )
         transaction.on_commit(lambda: _enqueue("job_stop", job_id))
     return job
@@ -546,7 +564,9 @@ def attempt_training_started(*, attempt: JobAttempt) -> None:
         )
         job = FineTuningJob.objects.get(pk=attempt.job_id)
         if job.status == S.STARTING and job.attempt_count == attempt.number:
-            job_transition(job_id=job.id, to=S.RUNNING, message="Training started", only_from={S.STARTING})
+            job_transition(
+                job_id=job.id, to=S.RUNNING, message="Training started", only_from={S.STARTING}
+            )
 
 
 def _attempt_close(
@@ -567,7 +587,9 @@ def _attempt_close(
         return False
     attempt.refresh_from_db()
     if attempt.training_started_at is not None:
-        seconds = Decimal((now - attempt.training_started_at).total_seconds()).quantize(Decimal("0.001"))
+        seconds = Decimal((now - attempt.training_started_at).total_seconds()).quantize(
+            Decimal("0.001")
+        )
         gpu_seconds = seconds * max(attempt.job.gpu_count, 1)
         JobAttempt.objects.filter(pk=attempt.pk).update(gpu_seconds=gpu_seconds)
         attempt.gpu_seconds = gpu_seconds
@@ -623,16 +645,26 @@ def attempt_ended(
         )
         if not closed or not current or job.status in states.TERMINAL:
             return FineTuningJob.objects.get(pk=job.id)
-        return _after_attempt_stopped(job=job, phase=phase, exit_code=exit_code, reason=reason,
-                                      user_error=exit_code == EXIT_USER_ERROR,
-                                      preempted=exit_code == EXIT_PREEMPTED)
+        return _after_attempt_stopped(
+            job=job,
+            phase=phase,
+            exit_code=exit_code,
+            reason=reason,
+            user_error=exit_code == EXIT_USER_ERROR,
+            preempted=exit_code == EXIT_PREEMPTED,
+        )
 
 
 MAX_ATTEMPTS = 5
 
 
 def _after_attempt_stopped(
-    *, job: FineTuningJob, phase: str, exit_code: int | None, reason: str, user_error: bool,
+    *,
+    job: FineTuningJob,
+    phase: str,
+    exit_code: int | None,
+    reason: str,
+    user_error: bool,
     preempted: bool,
 ) -> FineTuningJob:
     from workers.executors.base import Phase
@@ -642,16 +674,26 @@ def _after_attempt_stopped(
         _job_ended(ended)
         return ended
     if job.status == S.PAUSING:
-        ended = job_transition(job_id=job.id, to=S.PAUSED, message="Job paused; resume continues from the latest checkpoint")
+        ended = job_transition(
+            job_id=job.id,
+            to=S.PAUSED,
+            message="Job paused; resume continues from the latest checkpoint",
+        )
         _job_ended(ended)
         return ended
     if user_error:
         last_error = (
             JobEvent.objects.filter(job=job, level=JobEvent.Level.ERROR).order_by("-seq").first()
         )
-        detail = last_error.message if last_error else reason or "the training data or settings were rejected"
+        detail = (
+            last_error.message
+            if last_error
+            else reason or "the training data or settings were rejected"
+        )
         return job_fail(
-            job_id=job.id, failure_class=FailureClass.USER_ERROR, code="invalid_training_data",
+            job_id=job.id,
+            failure_class=FailureClass.USER_ERROR,
+            code="invalid_training_data",
             message=detail,
         )
     disrupted = phase in {Phase.DISRUPTED, Phase.MISSING} or preempted
@@ -664,14 +706,18 @@ def _after_attempt_stopped(
             level=JobEvent.Level.WARN,
         )
         requeued = job_transition(
-            job_id=job.id, to=S.QUEUED, message="Queued again",
+            job_id=job.id,
+            to=S.QUEUED,
+            message="Queued again",
             pending_reason="waiting: requeued after an interruption; will resume from the latest checkpoint",
         )
         transaction.on_commit(_enqueue_admission)
         return requeued
     failure = FailureClass.PROVIDER_ERROR if disrupted else FailureClass.PLATFORM_ERROR
     return job_fail(
-        job_id=job.id, failure_class=failure, code="training_failed",
+        job_id=job.id,
+        failure_class=failure,
+        code="training_failed",
         message=reason or f"the trainer stopped with exit code {exit_code}",
     )
 
@@ -680,15 +726,19 @@ def _after_attempt_stopped(
 
 
 def _current_attempt(job_id: str, attempt_number: int) -> JobAttempt:
-    attempt = JobAttempt.objects.select_related("job").filter(
-        job_id=job_id, number=attempt_number
-    ).first()
+    attempt = (
+        JobAttempt.objects.select_related("job")
+        .filter(job_id=job_id, number=attempt_number)
+        .first()
+    )
     if attempt is None:
         raise NotFound(f"No attempt {attempt_number} for job {job_id}.")
     return attempt
 
 
-def trainer_events_record(*, job_id: str, attempt_number: int, events: list[dict[str, Any]]) -> dict[str, bool]:
+def trainer_events_record(
+    *, job_id: str, attempt_number: int, events: list[dict[str, Any]]
+) -> dict[str, bool]:
     """Relay the trainer's structured events into job events. Returns control flags for it."""
     attempt = _current_attempt(job_id, attempt_number)
     if attempt.training_started_at is None and attempt.ended_at is None:
@@ -713,15 +763,25 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
             progress=data, trained_tokens=data.get("trained_tokens")
         )
         loss = data.get("train_loss")
-        message = f"Step {data.get('step')}/{data.get('total_steps')}: training loss={loss:.4f}" if isinstance(loss, int | float) else f"Step {data.get('step')}"
+        message = (
+            f"Step {data.get('step')}/{data.get('total_steps')}: training loss={loss:.4f}"
+            if isinstance(loss, int | float)
+            else f"Step {data.get('step')}"
+        )
         job_event_add(job_id=job_id, message=message, type=JobEvent.Type.METRICS, data=data)
     elif kind == "validation":
         job_event_add(
-            job_id=job_id, message=f"Step {data.get('step')}: validation loss={data.get('valid_loss')}",
-            type=JobEvent.Type.METRICS, data=data,
+            job_id=job_id,
+            message=f"Step {data.get('step')}: validation loss={data.get('valid_loss')}",
+            type=JobEvent.Type.METRICS,
+            data=data,
         )
     elif kind == "data_report":
-        level = JobEvent.Level.WARN if data.get("truncated") or data.get("dropped") or data.get("no_loss_tokens") else JobEvent.Level.INFO
+        level = (
+            JobEvent.Level.WARN
+            if data.get("truncated") or data.get("dropped") or data.get("no_loss_tokens")
+            else JobEvent.Level.INFO
+        )
         job_event_add(
             job_id=job_id,
             message=(
@@ -729,11 +789,16 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
                 f"({data.get('loss_tokens')} loss-bearing); truncated {data.get('truncated', 0)}, "
                 f"dropped {data.get('dropped', 0)}, without loss tokens: {len(data.get('no_loss_tokens') or [])}"
             ),
-            level=level, data=data,
+            level=level,
+            data=data,
         )
     elif kind == "error":
-        job_event_add(job_id=job_id, message=str(data.get("message", "trainer error")),
-                      level=JobEvent.Level.ERROR, data=data)
+        job_event_add(
+            job_id=job_id,
+            message=str(data.get("message", "trainer error")),
+            level=JobEvent.Level.ERROR,
+            data=data,
+        )
     elif kind in {"preempted", "completed", "checkpoint"}:
         job_event_add(job_id=job_id, message=f"Trainer: {kind}", data=data)
     elif kind == "log":
@@ -754,16 +819,27 @@ def checkpoint_store(
     existing = Checkpoint.objects.filter(job_id=job_id, step=step).first()
     if existing:
         return existing
-    stored = default_storage.save(f"checkpoints/{job_id}/step-{step:06d}.tar.gz", DjangoFile(archive))
+    stored = default_storage.save(
+        f"checkpoints/{job_id}/step-{step:06d}.tar.gz", DjangoFile(archive)
+    )
     try:
         checkpoint = Checkpoint.objects.create(
-            job_id=job_id, attempt=attempt, step=step, metrics=metrics, archive=stored,
-            sha256=digest.hexdigest(), bytes=size,
+            job_id=job_id,
+            attempt=attempt,
+            step=step,
+            metrics=metrics,
+            archive=stored,
+            sha256=digest.hexdigest(),
+            bytes=size,
         )
     except IntegrityError:
         default_storage.delete(stored)
         return Checkpoint.objects.get(job_id=job_id, step=step)
-    job_event_add(job_id=job_id, message=f"Checkpoint written at step {step}", data={"step": step, "metrics": metrics})
+    job_event_add(
+        job_id=job_id,
+        message=f"Checkpoint written at step {step}",
+        data={"step": step, "metrics": metrics},
+    )
     from marketplace.api.webhooks.hooks import checkpoint_written  # webhooks, on commit
 
     checkpoint_written(job_id=job_id, checkpoint_id=checkpoint.public_id)

@@ -13,8 +13,17 @@ ALLOWED: dict[str, frozenset[str]] = {
     S.FINALIZING: frozenset({S.RUNNING, S.STARTING, S.PAUSING, S.CANCELLING}),
     S.SUCCEEDED: frozenset({S.FINALIZING}),
     S.FAILED: frozenset(
-        {S.VALIDATING_FILES, S.QUEUED, S.ADMITTED, S.STARTING, S.RUNNING, S.FINALIZING,
-         S.PAUSING, S.REQUEUEING, S.CANCELLING}
+        {
+            S.VALIDATING_FILES,
+            S.QUEUED,
+            S.ADMITTED,
+            S.STARTING,
+            S.RUNNING,
+            S.FINALIZING,
+            S.PAUSING,
+            S.REQUEUEING,
+            S.CANCELLING,
+        }
     ),
     S.CANCELLING: frozenset({S.ADMITTED, S.STARTING, S.RUNNING, S.PAUSING, S.REQUEUEING}),
     S.CANCELLED: frozenset({S.VALIDATING_FILES, S.QUEUED, S.PAUSED, S.CANCELLING, S.REQUEUEING}),

@@ -117,7 +117,7 @@ def validate_lines(lines: Iterable[bytes], *, max_lines: int) -> Report:
     report = Report()
     formats_seen: set[str] = set()
     number = 0
-    for number, raw in enumerate(lines, start=1):  # noqa: B007 - number is used after the loop
+    for number, raw in enumerate(lines, start=1):
         if number > max_lines:
             report.add(
                 number,

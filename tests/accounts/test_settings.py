@@ -13,7 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _check(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "PARTAGE_", "DJANGO_"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "REDIS_URL", "PARTAGE_", "DJANGO_"))
+    }
     return subprocess.run(
         [sys.executable, "manage.py", "check"],
         cwd=REPO,
@@ -27,12 +31,22 @@ def _check(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[s
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"PARTAGE_EXECUTOR": "slurm"}, "PARTAGE_EXECUTOR='slurm' is invalid: expected one of local, kubernetes"),
+        (
+            {"PARTAGE_EXECUTOR": "slurm"},
+            "PARTAGE_EXECUTOR='slurm' is invalid: expected one of local, kubernetes",
+        ),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL is invalid"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' is invalid"),
-        ({"PARTAGE_ENV": "production"}, "DJANGO_SECRET_KEY is required when PARTAGE_ENV=production"),
         (
-            {"PARTAGE_ENV": "production", "DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "p.example"},
+            {"PARTAGE_ENV": "production"},
+            "DJANGO_SECRET_KEY is required when PARTAGE_ENV=production",
+        ),
+        (
+            {
+                "PARTAGE_ENV": "production",
+                "DJANGO_SECRET_KEY": "x" * 50,
+                "DJANGO_ALLOWED_HOSTS": "p.example",
+            },
             "DATABASE_URL is required when PARTAGE_ENV=production",
         ),
         ({"DJANGO_SECRET_KEY_FILE": "/nonexistent/secret"}, "DJANGO_SECRET_KEY_FILE points to"),

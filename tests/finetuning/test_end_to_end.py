@@ -29,7 +29,9 @@ def eager_celery(settings: Any) -> Any:
     app.conf.task_always_eager = False
 
 
-def run_partner_path(client: Any, upload: Any, tmp_path: Path, *, timeout: float = 240) -> FineTuningJob:
+def run_partner_path(
+    client: Any, upload: Any, tmp_path: Path, *, timeout: float = 240
+) -> FineTuningJob:
     file_id = upload(jsonl(chat_lines(16))).json()["id"]
     response = client.post(
         "/v1/fine_tuning/jobs",
@@ -64,7 +66,9 @@ def run_partner_path(client: Any, upload: Any, tmp_path: Path, *, timeout: float
     archive = client.get(f"/v1/files/{body['result_files'][0]}/content")
     assert archive.status_code == 200
     adapter_dir = extract(b"".join(archive.streaming_content), tmp_path / "adapter")
-    assert_adapter_changes_logits(adapter_dir, "partage/tiny-llama", Path(settings.PARTAGE_MODEL_CACHE))
+    assert_adapter_changes_logits(
+        adapter_dir, "partage/tiny-llama", Path(settings.PARTAGE_MODEL_CACHE)
+    )
     return job
 
 

@@ -33,12 +33,17 @@ def test_worker_restart_neither_loses_nor_duplicates_the_job(
     file_id = upload(jsonl(chat_lines(64))).json()["id"]
     job_id = client_a.post(
         "/v1/fine_tuning/jobs",
-        {"model": "partage/tiny-llama", "training_file": file_id,
-         "hyperparameters": {"n_epochs": 6, "batch_size": 2}},
+        {
+            "model": "partage/tiny-llama",
+            "training_file": file_id,
+            "hyperparameters": {"n_epochs": 6, "batch_size": 2},
+        },
         format="json",
     ).json()["id"]
     wait_for(
-        lambda: FineTuningJob.objects.get(pk=job_id).status == "running", timeout=180, what="running"
+        lambda: FineTuningJob.objects.get(pk=job_id).status == "running",
+        timeout=180,
+        what="running",
     )
     os.killpg(worker.pid, signal.SIGKILL)  # the worker dies while the trainer runs
     worker.wait(timeout=30)

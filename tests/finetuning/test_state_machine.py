@@ -16,8 +16,12 @@ from tests.conftest import chat_lines, jsonl
 
 @pytest.fixture
 def job(org_a: Any) -> FineTuningJob:
-    file = services.file_create(organization=org_a, stream=io.BytesIO(jsonl(chat_lines(3))), filename="a.jsonl")
-    return services.job_create(organization=org_a, model="partage/tiny-llama", training_file=file.id)
+    file = services.file_create(
+        organization=org_a, stream=io.BytesIO(jsonl(chat_lines(3))), filename="a.jsonl"
+    )
+    return services.job_create(
+        organization=org_a, model="partage/tiny-llama", training_file=file.id
+    )
 
 
 def test_new_job_is_queued_with_events(job: FineTuningJob) -> None:
@@ -38,7 +42,13 @@ def test_invalid_transition_is_refused_and_records_nothing(job: FineTuningJob) -
 
 def test_every_state_maps_to_a_public_status() -> None:
     assert {states.public_status(s) for s in S.values} <= {
-        "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
+        "validating_files",
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "paused",
     }
     for target, sources in states.ALLOWED.items():
         assert target not in states.TERMINAL or not (sources & states.TERMINAL)
@@ -56,7 +66,9 @@ def test_bad_hyperparameters_are_explained(org_a: Any, job: FineTuningJob) -> No
 
     with pytest.raises(InvalidInput) as excinfo:
         services.job_create(
-            organization=org_a, model="partage/tiny-llama", training_file=job.training_file_id,
+            organization=org_a,
+            model="partage/tiny-llama",
+            training_file=job.training_file_id,
             hyperparameters={"n_epochs": 0},
         )
     assert excinfo.value.param == "hyperparameters.n_epochs"
@@ -65,7 +77,9 @@ def test_bad_hyperparameters_are_explained(org_a: Any, job: FineTuningJob) -> No
     assert excinfo.value.param == "model"
     with pytest.raises(InvalidInput) as excinfo:
         services.job_create(
-            organization=org_a, model="partage/tiny-llama", training_file=job.training_file_id,
+            organization=org_a,
+            model="partage/tiny-llama",
+            training_file=job.training_file_id,
             lora={"r": 10_000},
         )
     assert excinfo.value.param == "lora.r"

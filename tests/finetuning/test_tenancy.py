@@ -16,9 +16,13 @@ from tests.conftest import chat_lines, jsonl
 def alices_things(org_a: Any, key_a: str) -> dict[str, Any]:
     import io
 
-    file = services.file_create(organization=org_a, stream=io.BytesIO(jsonl(chat_lines(3))), filename="a.jsonl")
+    file = services.file_create(
+        organization=org_a, stream=io.BytesIO(jsonl(chat_lines(3))), filename="a.jsonl"
+    )
     job = services.job_create(organization=org_a, model="partage/tiny-llama", training_file=file.id)
-    adapter = services.result_file_create(job=job, stream=io.BytesIO(b"adapter-bytes"), filename="adapter.tar.gz")
+    adapter = services.result_file_create(
+        job=job, stream=io.BytesIO(b"adapter-bytes"), filename="adapter.tar.gz"
+    )
     FineTuningJob.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, result_file=adapter)
     return {"file": file, "job": job, "adapter": adapter}
 
@@ -57,16 +61,26 @@ def test_owner_sees_own_things(client_a: Any, alices_things: dict[str, Any]) -> 
     assert ids == [job.id]
 
 
-def test_job_token_is_scoped_to_one_job(client: Any, alices_things: dict[str, Any], org_b: Any) -> None:
+def test_job_token_is_scoped_to_one_job(
+    client: Any, alices_things: dict[str, Any], org_b: Any
+) -> None:
     import io
 
     from marketplace.finetuning.tokens import job_token_issue
 
-    other_file = services.file_create(organization=org_b, stream=io.BytesIO(jsonl(chat_lines(2))), filename="b.jsonl")
-    other_job = services.job_create(organization=org_b, model="partage/tiny-llama", training_file=other_file.id)
+    other_file = services.file_create(
+        organization=org_b, stream=io.BytesIO(jsonl(chat_lines(2))), filename="b.jsonl"
+    )
+    other_job = services.job_create(
+        organization=org_b, model="partage/tiny-llama", training_file=other_file.id
+    )
     token = job_token_issue(job_id=alices_things["job"].id, attempt=1)
-    response = client.get(f"/internal/v1/jobs/{other_job.id}/spec", HTTP_AUTHORIZATION=f"Bearer {token}")
+    response = client.get(
+        f"/internal/v1/jobs/{other_job.id}/spec", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
     assert response.status_code == 403
-    response = client.get(f"/internal/v1/jobs/{other_job.id}/spec", HTTP_AUTHORIZATION="Bearer forged")
+    response = client.get(
+        f"/internal/v1/jobs/{other_job.id}/spec", HTTP_AUTHORIZATION="Bearer forged"
+    )
     assert response.status_code == 401
     _ = ContentFile

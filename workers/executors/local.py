@@ -115,7 +115,9 @@ class LocalExecutor:
             return AttemptStatus(Phase.RUNNING, handle=handle)
         if exit_file.exists() and exit_file.read_text().strip():
             return self.status(spec)
-        return AttemptStatus(Phase.MISSING, handle=handle, reason="the trainer process died without reporting")
+        return AttemptStatus(
+            Phase.MISSING, handle=handle, reason="the trainer process died without reporting"
+        )
 
     def _reap(self, handle: str) -> None:
         pid_text = handle.partition(":")[0]

@@ -21,10 +21,14 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             org, created = organization_get_or_create(slug=options["org_slug"])
-            issued = api_key_create(organization=org, name=options["name"], read_only=options["read_only"])
+            issued = api_key_create(
+                organization=org, name=options["name"], read_only=options["read_only"]
+            )
         except PartageError as e:
             raise CommandError(e.message) from e
         if created:
             self.stderr.write(f"Created organization {org.slug} ({org.public_id}).")
-        self.stderr.write(f"API key {issued.api_key.prefix}… for {org.slug}; it is shown only once:")
+        self.stderr.write(
+            f"API key {issued.api_key.prefix}… for {org.slug}; it is shown only once:"
+        )
         self.stdout.write(issued.secret)

@@ -32,9 +32,10 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         demo = demo_seed()
         url = f"http://{options['bind']}"
+        engine = str(settings.DATABASES["default"]["ENGINE"])
         self.stdout.write(
             "\nPartage is starting on its embedded default "
-            f"({'SQLite' if 'sqlite' in settings.DATABASES['default']['ENGINE'] else 'PostgreSQL'}, "
+            f"({'SQLite' if 'sqlite' in engine else 'PostgreSQL'}, "
             f"{'filesystem' if settings.CELERY_BROKER_URL.startswith('filesystem') else 'Redis'} broker, "
             f"{settings.PARTAGE_EXECUTOR} executor).\n\n"
             f"  Portal:   {url}/  (login {demo.username} / {demo.password})\n"
@@ -49,12 +50,39 @@ class Command(BaseCommand):
     def _serve(self, bind: str) -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "marketplace.settings"}
         commands = [
-            [sys.executable, "-m", "gunicorn", "marketplace.wsgi:application", "--bind", bind,
-             "--workers", "2", "--threads", "4", "--timeout", "120", "--access-logfile", "-"],
-            [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--beat",
-             "--loglevel", "INFO", "--concurrency", "2",
-             "--schedule", str(settings.DATA_DIR / "celerybeat-schedule")],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "marketplace.wsgi:application",
+                "--bind",
+                bind,
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--timeout",
+                "120",
+                "--access-logfile",
+                "-",
+            ],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery",
+                "worker",
+                "--beat",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--schedule",
+                str(settings.DATA_DIR / "celerybeat-schedule"),
+            ],
         ]
+        names = ["web", "worker"]
         processes = [subprocess.Popen(c, env=env) for c in commands]
         stopping = False
 
@@ -66,9 +94,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             while not stopping:
-                for process in processes:
+                for name, process in zip(names, processes, strict=True):
                     if process.poll() is not None:
-                        self.stderr.write(f"{process.args[2]} exited with {process.returncode}; stopping.")
+                        self.stderr.write(
+                            f"The {name} process exited with {process.returncode}; stopping."
+                        )
                         stopping = True
                 time.sleep(0.5)
         finally:
