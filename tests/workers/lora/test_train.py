@@ -1,0 +1,295 @@
+"""End-to-end runs of the core on tiny models: events, exit codes, adapter, guards, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+
+from tests.workers.lora.conftest import chat_rows, job_config, write_jsonl
+from workers.executors.base import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_PREEMPTED, EXIT_USER_ERROR
+from workers.lora.__main__ import main
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _write_config(tmp_path: pathlib.Path, config: dict[str, Any]) -> pathlib.Path:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def run_inprocess(tmp_path, capsys, config, *extra: str) -> tuple[int, list[dict[str, Any]]]:
+    code = main(["--config", str(_write_config(tmp_path, config)), *extra])
+    return code, _events(capsys.readouterr().out)
+
+
+def test_run_emits_contract_events_and_a_strictly_loadable_adapter(
+    tmp_path, capsys, model_cache, tiny_llama_dir
+):
+    config = job_config(tmp_path, hyperparameters={"checkpoint_every_steps": 3})
+    config["validation_file"] = str(write_jsonl(tmp_path / "valid.jsonl", chat_rows(3)))
+    code, events = run_inprocess(tmp_path, capsys, config)
+    assert code == EXIT_OK
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "data_report" and kinds[-1] == "completed"
+    assert all(isinstance(e["time"], float) for e in events)
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [p["step"] for p in progress] == list(range(1, 9))
+    assert set(progress[0]) >= {
+        "step",
+        "total_steps",
+        "epoch",
+        "train_loss",
+        "learning_rate",
+        "tokens_per_s",
+        "loss_tokens_per_s",
+        "eta_s",
+        "peak_memory_bytes",
+        "grad_norm",
+        "trained_tokens",
+    }
+    assert progress[-1]["epoch"] == 2.0 and progress[-1]["total_steps"] == 8
+    checkpoints = [e for e in events if e["event"] == "checkpoint"]
+    assert [c["step"] for c in checkpoints] == [3, 6]
+    assert checkpoints[0]["metrics"]["valid_loss"] is not None
+    assert pathlib.Path(checkpoints[0]["path"]).is_dir()
+    done = events[-1]
+    assert done["steps"] == 8 and done["trained_tokens"] == progress[-1]["trained_tokens"]
+    assert done["valid_loss"] is not None
+
+    adapter_dir = pathlib.Path(done["adapter_dir"])
+    assert sorted(p.name for p in adapter_dir.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "manifest.json",
+    ]
+    manifest = json.loads((adapter_dir / "manifest.json").read_text())
+    assert manifest["base_model"]["id"] == "partage/tiny-llama"
+    assert manifest["seed"] == 7 and manifest["gpu_seconds"] == 0.0
+    assert len(manifest["files"]["adapter_model.safetensors"]["sha256"]) == 64
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "partage/tiny-llama"
+    assert not adapter_config.get("modules_to_save")
+    _assert_adapter_loads_and_changes_logits(tiny_llama_dir, adapter_dir)
+
+
+def _assert_adapter_loads_and_changes_logits(
+    model_dir: pathlib.Path, adapter_dir: pathlib.Path
+) -> None:
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        before = base(ids).logits
+    loaded = PeftModel.from_pretrained(base, str(adapter_dir))
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    assert set(saved) == set(get_peft_model_state_dict(loaded))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
+    with torch.no_grad():
+        after = loaded(ids).logits
+    assert not torch.allclose(before, after)
+
+
+def test_bad_data_exits_3_with_a_user_error_event(tmp_path, capsys, model_cache):
+    config = job_config(tmp_path)
+    write_jsonl(pathlib.Path(config["training_file"]), [{"text": "ok"}, "{broken"])
+    code, events = run_inprocess(tmp_path, capsys, config)
+    assert code == EXIT_USER_ERROR
+    assert events[-1]["event"] == "error" and events[-1]["code"] == "user_error"
+    assert events[-1]["bad_lines"] == [{"line": 2, "reason": "invalid_json"}]
+
+
+def test_bad_hyperparameter_exits_3_naming_the_key(tmp_path, capsys, model_cache):
+    config = job_config(tmp_path, hyperparameters={"warmup_ratio": 2})
+    code, events = run_inprocess(tmp_path, capsys, config)
+    assert code == EXIT_USER_ERROR and "warmup_ratio" in events[-1]["message"]
+
+
+def test_unknown_target_module_exits_3(tmp_path, capsys, model_cache):
+    config = job_config(tmp_path)
+    config["lora"]["target_modules"] = ["no_such_proj"]
+    code, events = run_inprocess(tmp_path, capsys, config)
+    assert code == EXIT_USER_ERROR and "target_modules" in events[-1]["message"]
+
+
+def test_nan_loss_guard(tmp_path, capsys, model_cache, monkeypatch):
+    import workers.lora.trainer as trainer
+
+    real = trainer.loss_sum
+    monkeypatch.setattr(trainer, "loss_sum", lambda model, batch: real(model, batch) * float("nan"))
+    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
+    assert code == EXIT_USER_ERROR
+    assert events[-1]["code"] == "nan_loss" and events[-1]["step"] == 1
+
+
+def test_zero_lora_gradient_guard(tmp_path, capsys, model_cache, monkeypatch):
+    import workers.lora.trainer as trainer
+
+    real_setup = trainer.Trainer.setup
+
+    def setup_with_dead_lora(self):
+        real_setup(self)
+        with torch.no_grad():
+            for param in self.params:  # A = B = 0 makes every LoRA gradient exactly zero
+                param.zero_()
+
+    monkeypatch.setattr(trainer.Trainer, "setup", setup_with_dead_lora)
+    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
+    assert code == EXIT_USER_ERROR and events[-1]["code"] == "zero_grad"
+
+
+def test_internal_errors_exit_1(tmp_path, capsys, model_cache, monkeypatch):
+    import workers.lora.trainer as trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(trainer.adapter_io, "save_adapter", broken)
+    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
+    assert code == EXIT_INTERNAL_ERROR
+    assert events[-1]["code"] == "internal_error" and "disk on fire" in events[-1]["message"]
+
+
+def test_runs_are_deterministic_on_cpu(tmp_path, capsys, model_cache):
+    config = job_config(tmp_path, hyperparameters={"max_steps": 3})
+    config["lora"]["dropout"] = 0.1
+    _, first = run_inprocess(tmp_path, capsys, config)
+    config["output_dir"] = str(tmp_path / "out2")
+    _, second = run_inprocess(tmp_path, capsys, config)
+    assert first[-1]["train_loss"] == second[-1]["train_loss"]
+    assert [e["grad_norm"] for e in first if e["event"] == "progress"] == [
+        e["grad_norm"] for e in second if e["event"] == "progress"
+    ]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt2"])
+def test_each_architecture_trains(tmp_path, capsys, model_cache, arch):
+    config = job_config(
+        tmp_path, base_model=f"partage/tiny-{arch}", hyperparameters={"max_steps": 3}
+    )
+    config["lora"]["use_rslora"] = arch == "qwen2"
+    code, events = run_inprocess(tmp_path, capsys, config)
+    assert code == EXIT_OK, events[-1]
+    losses = [e["train_loss"] for e in events if e["event"] == "progress"]
+    assert len(losses) == 3 and all(e["grad_norm"] > 0 for e in events if e["event"] == "progress")
+
+
+def test_target_module_list_and_loss_on_all(tmp_path, capsys, model_cache):
+    config = job_config(tmp_path, hyperparameters={"max_steps": 2, "loss_on": "all"})
+    config["lora"]["target_modules"] = ["q_proj", "v_proj"]
+    code, events = run_inprocess(tmp_path, capsys, config)
+    assert code == EXIT_OK
+    adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    report = events[0]
+    assert report["loss_tokens"] == report["tokens"] - report["examples"]
+
+
+def test_stop_early_signal_writes_the_adapter(tmp_path, capsys, model_cache, monkeypatch):
+    import workers.lora.trainer as trainer
+
+    real_step = trainer.Trainer.train_step
+
+    def step_then_stop(self, step):
+        metrics = real_step(self, step)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return metrics
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", step_then_stop)
+    previous = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+    try:
+        code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
+    finally:
+        signal.signal(signal.SIGUSR1, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert code == EXIT_OK
+    assert events[-1]["event"] == "completed" and events[-1]["stopped_early"] is True
+    assert events[-1]["steps"] == 2
+
+
+# ---------------------------------------------------------------------- real processes
+
+
+def _spawn(config_path: pathlib.Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.lora", "--config", str(config_path), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _run_until(proc: subprocess.Popen[str], step: int, sig: int) -> list[dict[str, Any]]:
+    """Read events; once `step` is reported, send `sig`. Returns every event read."""
+    events = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress" and events[-1]["step"] == step:
+            proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return events
+
+
+def _resume_config(tmp_path: pathlib.Path, name: str) -> pathlib.Path:
+    config = job_config(
+        tmp_path,
+        output_dir=str(tmp_path / name),
+        hyperparameters={"checkpoint_every_steps": 2, "n_epochs": 3, "batch_size": 3},
+    )
+    config["lora"]["dropout"] = 0.1  # the RNG state must be restored too
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_final_loss(tmp_path, model_cache, sig):
+    reference = _run_until(_spawn(_resume_config(tmp_path, "straight")), -1, 0)
+    assert reference[-1]["event"] == "completed"
+
+    config_path = _resume_config(tmp_path, "killed")
+    proc = _spawn(config_path)
+    first = _run_until(proc, 5, sig)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == EXIT_PREEMPTED
+        assert first[-1]["event"] == "preempted" and first[-1]["step"] >= 5
+        assert pathlib.Path(first[-1]["checkpoint"]).is_dir()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert first[-1]["event"] != "completed"
+
+    resumed_proc = _spawn(config_path, "--resume")
+    resumed = _run_until(resumed_proc, -1, 0)
+    assert resumed_proc.returncode == EXIT_OK
+    steps = [e["step"] for e in resumed if e["event"] == "progress"]
+    assert steps[0] > 1  # it really continued instead of starting over
+    done, expected = resumed[-1], reference[-1]
+    assert done["steps"] == expected["steps"]
+    assert done["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5, abs=1e-6)
+    assert done["trained_tokens"] == expected["trained_tokens"]
+    straight = {e["step"]: e["train_loss"] for e in reference if e["event"] == "progress"}
+    for event in resumed:
+        if event["event"] == "progress":
+            assert event["train_loss"] == pytest.approx(straight[event["step"]], rel=1e-5, abs=1e-6)

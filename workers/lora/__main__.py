@@ -1,0 +1,42 @@
+"""`python -m workers.lora --config job.json [--resume]`: one LoRA fine-tuning run.
+
+Exit codes: 0 ok, 3 user error (incl. NaN/inf loss, zero LoRA gradient), 4 preempted after a
+checkpoint, 1 internal error. Events go to stdout as JSON lines; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from workers.executors.base import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
+from workers.lora.config import UserError, load_config
+from workers.lora.events import emit, log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.lora")
+    parser.add_argument("--config", required=True, help="path to job.json")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        config = load_config(args.config)
+        from workers.lora.trainer import Trainer  # heavy imports after the config is valid
+
+        return Trainer(config).run(resume=args.resume)
+    except UserError as e:
+        emit("error", code=e.code, message=e.message, **e.details)
+        log(f"user error: {e.message}")
+        return EXIT_USER_ERROR
+    except Exception as e:
+        log(traceback.format_exc())
+        emit("error", code="internal_error", message=f"{type(e).__name__}: {e}")
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Data order, micro-batches and collation (padded rows, or packed rows without cross-talk).
+
+A packed row concatenates whole examples; position ids restart at 0 for each one and no 2D
+attention mask is passed, which makes transformers build a block-diagonal causal mask (see
+`masking_utils.find_packed_sequence_indices`), so attention never crosses example boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from workers.lora.data import Example
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass
+class Batch:
+    input_ids: torch.Tensor  # [rows, length]
+    labels: torch.Tensor  # [rows, length], IGNORE_INDEX where no loss
+    position_ids: torch.Tensor  # [rows, length]
+    attention_mask: torch.Tensor | None  # None for packed rows
+    tokens: int  # non-pad tokens
+    loss_tokens: int
+
+    def to(self, device: torch.device) -> Batch:
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            labels=self.labels.to(device),
+            position_ids=self.position_ids.to(device),
+            attention_mask=mask,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Which examples each optimizer step sees; a pure function of (n, seed, sizes)."""
+
+    n_examples: int
+    batch_size: int
+    grad_accum: int
+    n_epochs: int
+    seed: int
+    max_steps: int | None = None
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return math.ceil(self.n_examples / self.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_per_epoch / self.grad_accum)
+
+    @property
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch * self.n_epochs
+        return min(total, self.max_steps) if self.max_steps else total
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n_examples, generator=generator).tolist()
+
+    def step_micro_batches(self, step: int) -> list[list[int]]:
+        """Example indices of each micro-batch of the 0-based optimizer step `step`."""
+        epoch, index_in_epoch = divmod(step, self.steps_per_epoch)
+        epoch %= self.n_epochs  # max_steps beyond the epochs would wrap (never with total_steps)
+        order = self.epoch_order(epoch)
+        first = index_in_epoch * self.grad_accum
+        last = min(first + self.grad_accum, self.micro_per_epoch)
+        return [order[m * self.batch_size : (m + 1) * self.batch_size] for m in range(first, last)]
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing bin packing of example indices into rows of at most `capacity`."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[r].append(index)
+                room[r] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return rows
+
+
+def _labels(example: Example) -> list[int]:
+    # the first token of an example is never a target: in a packed row the previous token
+    # belongs to another example
+    labels = [
+        t if m else IGNORE_INDEX for t, m in zip(example.input_ids, example.loss_mask, strict=True)
+    ]
+    labels[0] = IGNORE_INDEX
+    return labels
+
+
+def collate(examples: list[Example], *, packing: bool, capacity: int, pad_id: int) -> Batch:
+    if packing:
+        rows = [
+            [examples[i] for i in row]
+            for row in pack_rows([len(e.input_ids) for e in examples], capacity)
+        ]
+    else:
+        rows = [[e] for e in examples]
+    length = max(sum(len(e.input_ids) for e in row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, row in enumerate(rows):
+        offset = 0
+        for example in row:
+            n = len(example.input_ids)
+            input_ids[r, offset : offset + n] = torch.tensor(example.input_ids)
+            labels[r, offset : offset + n] = torch.tensor(_labels(example))
+            position_ids[r, offset : offset + n] = torch.arange(n)
+            offset += n
+        attention[r, :offset] = 1
+        # the pad tail is its own "sequence" starting at 0, so it never joins a real example
+        position_ids[r, offset:] = torch.arange(length - offset)
+    return Batch(
+        input_ids=input_ids,
+        labels=labels,
+        position_ids=position_ids,
+        attention_mask=None if packing else attention,
+        tokens=sum(len(e.input_ids) for e in examples),
+        loss_tokens=sum(e.loss_tokens for e in examples),
+    )
