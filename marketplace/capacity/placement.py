@@ -1,0 +1,253 @@
+"""Placement: choose the pool a job runs on. Pure selection; `services.placement_commit` writes.
+
+The exact ordering:
+1. Hard constraints, never relaxed: the pool is active with an approved provider; its flavor is
+   the job's (any flavor when the job names none); it has at least the job's GPU count; its
+   country satisfies the org's residency policy narrowed by the job's own residency request.
+2. If the job's org has a booking active now on a remaining pool with enough unused GPUs, the
+   job runs inside that booking: cheapest such pool, then oldest pool, then oldest booking.
+3. Otherwise on demand, among remaining pools with enough free GPUs now: keep the most reliable
+   ones — reliability within 5 points (1/20) of the best of them — and pick the cheapest;
+   ties go to the more reliable pool, then to the oldest pool.
+Reliability is `(successes + 9) / (successes + provider failures + 10)` over jobs placed on the
+pool (see selectors.pools_reliability), computed exactly with fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
+
+from django.utils import timezone
+
+from marketplace.accounts.models import Organization
+from marketplace.capacity import selectors
+from marketplace.capacity.models import Booking, Pool
+from marketplace.capacity.policies import Residency, money
+from marketplace.errors import Conflict
+from marketplace.finetuning.models import FineTuningJob
+
+RELIABILITY_TOLERANCE = Fraction(1, 20)
+
+
+class NoPlacement(Conflict):
+    """No pool can take the job now. `details` says why per pool, and when one might."""
+
+    code = "no_capacity"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict | None = None
+    ) -> None:
+        super().__init__(message, code=code, param="gpu_count", details=details)
+        self.estimated_start: datetime | None = None
+        if details and details.get("estimated_start"):
+            self.estimated_start = datetime.fromtimestamp(details["estimated_start"], tz=UTC)
+
+
+@dataclass(frozen=True)
+class PlacementDecision:
+    pool: Pool
+    booking: Booking | None
+    gpu_count: int
+    price_per_gpu_hour: Decimal
+    reliability: Fraction | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlacementNeed:
+    organization: Organization
+    flavor: str
+    gpu_count: int
+    residency: Residency
+
+
+def _hard_reason(pool: Pool, need: PlacementNeed) -> str | None:
+    """Why the pool can never take this job, or None."""
+    if need.flavor and pool.flavor.slug != need.flavor:
+        return f"flavor: offers {pool.flavor.slug}, job needs {need.flavor}"
+    if pool.gpu_count < need.gpu_count:
+        return f"size: has {pool.gpu_count} GPUs, job needs {need.gpu_count}"
+    if not need.residency.allows(pool.country):
+        return need.residency.why_not(pool.country)
+    return None
+
+
+def _where(pool: Pool) -> str:
+    return f"{pool.public_id} ({pool.flavor.slug}, {pool.country}/{pool.region})"
+
+
+def choose(need: PlacementNeed, *, at: datetime | None = None) -> PlacementDecision:
+    at = at or timezone.now()
+    pools = list(selectors.placeable_pools().order_by("pk"))
+    if not pools:
+        raise NoPlacement(
+            "No GPU pool is active on Partage yet.", code="no_pools", details={"rejected": {}}
+        )
+    rejected: dict[str, str] = {}
+    eligible = []
+    for pool in pools:
+        why = _hard_reason(pool, need)
+        if why:
+            rejected[pool.public_id] = why
+        else:
+            eligible.append(pool)
+    usage = selectors.pools_usage(eligible, at)
+    constraints = (
+        f"flavor {need.flavor or 'any'}, {need.gpu_count} GPU(s), residency "
+        f"{need.residency.describe()}"
+    )
+    booked = [
+        (pool.price_per_gpu_hour, pool.pk, booking_id, pool)
+        for pool in eligible
+        for booking_id, org_id in usage[pool.pk].booking_org.items()
+        if org_id == need.organization.pk
+        and usage[pool.pk].unused_in_booking(booking_id) >= need.gpu_count
+    ]
+    if booked:
+        _price, _pk, booking_id, pool = min(booked, key=lambda row: row[:3])
+        booking = Booking.objects.get(pk=booking_id)
+        return PlacementDecision(
+            pool=pool,
+            booking=booking,
+            gpu_count=need.gpu_count,
+            price_per_gpu_hour=booking.price_per_gpu_hour,
+            reliability=None,
+            reason=(
+                f"Placed on {_where(pool)} inside your booking {booking.public_id} "
+                f"({usage[pool.pk].unused_in_booking(booking_id)} of {booking.gpu_count} booked "
+                f"GPUs unused); constraints: {constraints}."
+            ),
+        )
+    fitting = []
+    for pool in eligible:
+        free = usage[pool.pk].free
+        if free >= need.gpu_count:
+            fitting.append(pool)
+        else:
+            rejected[pool.public_id] = (
+                f"capacity: {free} GPU(s) free now, job needs {need.gpu_count}"
+            )
+    if not fitting:
+        raise _nothing_fits(need, eligible, rejected, constraints, at)
+    scores = selectors.pools_reliability([p.pk for p in fitting])
+    best = max(scores.values())
+    top = [p for p in fitting if scores[p.pk] >= best - RELIABILITY_TOLERANCE]
+    chosen = min(top, key=lambda p: (p.price_per_gpu_hour, -scores[p.pk], p.pk))
+    return PlacementDecision(
+        pool=chosen,
+        booking=None,
+        gpu_count=need.gpu_count,
+        price_per_gpu_hour=chosen.price_per_gpu_hour,
+        reliability=scores[chosen.pk],
+        reason=(
+            f"Placed on demand on {_where(chosen)} at {chosen.price_per_gpu_hour} EUR/GPU-hour: "
+            f"cheapest of {len(top)} pool(s) within 5 points of the best reliability "
+            f"({float(best):.3f}; this pool {float(scores[chosen.pk]):.3f}), among "
+            f"{len(fitting)} with free capacity of {len(pools)} active; constraints: {constraints}."
+        ),
+    )
+
+
+def _nothing_fits(
+    need: PlacementNeed,
+    eligible: list[Pool],
+    rejected: dict[str, str],
+    constraints: str,
+    at: datetime,
+) -> NoPlacement:
+    starts = [
+        (start, pool)
+        for pool in eligible
+        if (start := selectors.estimated_start(pool, gpus=need.gpu_count, at=at)) is not None
+    ]
+    soonest = (
+        min(starts, key=lambda row: (row[0], row[1].price_per_gpu_hour))[0] if starts else None
+    )
+    if not eligible:
+        message = f"No pool meets the job's hard constraints ({constraints})."
+    else:
+        message = (
+            f"No GPUs free now on the {len(eligible)} pool(s) that meet the job's constraints "
+            f"({constraints})."
+        )
+    return NoPlacement(
+        message,
+        details={
+            "rejected": rejected,
+            "estimated_start": int(soonest.timestamp()) if soonest else None,
+        },
+    )
+
+
+def need_for_job(job: FineTuningJob) -> PlacementNeed:
+    return PlacementNeed(
+        organization=job.organization,
+        flavor=job.gpu_flavor,
+        gpu_count=job.gpu_count,
+        residency=selectors.residency_for_job(job),
+    )
+
+
+def placement_choose(*, job: FineTuningJob, at: datetime | None = None) -> PlacementDecision:
+    """The pool for `job` now, or NoPlacement (code no_pools when no pool exists at all, so the
+    embedded default may fall back to local processes; code no_capacity otherwise)."""
+    return choose(need_for_job(job), at=at)
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    pool: Pool | None
+    price_per_gpu_hour: Decimal | None
+    estimated_start: datetime | None
+    estimated_cost: Decimal | None
+    reason: str
+
+
+def job_estimate(
+    *,
+    organization: Organization,
+    gpu_flavor: str,
+    gpu_count: int,
+    residency: Residency,
+    gpu_hours_per_gpu: Decimal,
+    at: datetime | None = None,
+) -> JobEstimate:
+    """Before submitting: where a job would run, when it could start, and what it would cost
+    (provider price x GPUs x hours; billing adds its fees on top)."""
+    at = at or timezone.now()
+    need = PlacementNeed(
+        organization=organization,
+        flavor=gpu_flavor,
+        gpu_count=gpu_count,
+        residency=selectors.residency_for_org(organization).narrowed(residency),
+    )
+    try:
+        decision = choose(need, at=at)
+    except NoPlacement as e:
+        start = e.estimated_start
+        pools = [p for p in selectors.placeable_pools() if _hard_reason(p, need) is None]
+        timed = [(selectors.estimated_start(p, gpus=gpu_count, at=at), p) for p in pools]
+        ranked = sorted(
+            ((s, p) for s, p in timed if s is not None),
+            key=lambda r: (r[0], r[1].price_per_gpu_hour),
+        )
+        if not ranked:
+            return JobEstimate(None, None, None, None, e.message)
+        start, pool = ranked[0]
+        return JobEstimate(
+            pool,
+            pool.price_per_gpu_hour,
+            start,
+            money(pool.price_per_gpu_hour * gpu_count * gpu_hours_per_gpu),
+            f"{e.message} Estimated to start when {pool.public_id} frees up.",
+        )
+    return JobEstimate(
+        decision.pool,
+        decision.price_per_gpu_hour,
+        at,
+        money(decision.price_per_gpu_hour * gpu_count * gpu_hours_per_gpu),
+        decision.reason,
+    )
