@@ -1,0 +1,380 @@
+"""Billing tables: the double-entry ledger, price snapshots, usage records, charges, invoices,
+provider statements.
+
+The ledger (JournalEntry + LedgerLine), usage records and charges are append-only: their querysets
+refuse update() and delete(), and their save() refuses to overwrite a row. A correction is a new,
+reversing entry. The one exception is documented on UsageRecord.invoice.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from marketplace.accounts.models import Organization
+from marketplace.errors import Conflict
+from marketplace.finetuning.models import FineTuningJob, JobAttempt
+
+MONEY = {"max_digits": 14, "decimal_places": 2}
+PRICE = {"max_digits": 10, "decimal_places": 4}
+
+
+class ImmutableRow(Conflict):
+    code = "immutable"
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs: Any) -> int:
+        raise ImmutableRow(
+            f"{self.model.__name__} rows are append-only; write a reversing entry instead."
+        )
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ImmutableRow(
+            f"{self.model.__name__} rows are append-only; write a reversing entry instead."
+        )
+
+
+class AppendOnlyModel(models.Model):
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableRow(f"{type(self).__name__} {self.pk} is append-only; it cannot change.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ImmutableRow(f"{type(self).__name__} {self.pk} is append-only; it cannot be deleted.")
+
+
+class Account(models.TextChoices):
+    """Ledger accounts. Amounts are signed: debit positive, credit negative.
+
+    Liabilities (credit-normal): what the platform owes or holds for someone.
+    """
+
+    CASH = "cash", "Cash and payment clearing (asset)"
+    CUSTOMER_BALANCE = "customer_balance", "Customer prepaid balance (liability, per org)"
+    CUSTOMER_HELD = "customer_held", "Customer funds on hold (liability, per org)"
+    PROVIDER_PAYABLE = "provider_payable", "Payable to provider (liability, per provider org)"
+    PLATFORM_REVENUE = "platform_revenue", "Platform fee revenue"
+    VAT_PAYABLE = "vat_payable", "VAT collected, owed to the tax office"
+
+
+class BillingAccount(models.Model):
+    """One per organization: its credit line, and the row locked to serialize balance changes."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="billing_account"
+    )
+    credit_limit = models.DecimalField(
+        **MONEY,
+        default=Decimal("0.00"),
+        help_text="How far below zero the balance may go (an explicit credit line). 0: prepaid only.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credit_limit__gte=0), name="billingaccount_credit_not_negative"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"billing account of {self.organization_id}"
+
+
+class JournalEntry(AppendOnlyModel):
+    class Kind(models.TextChoices):
+        TOPUP = "topup"
+        HOLD = "hold"
+        CAPTURE = "capture"
+        REFUND = "refund"
+        RELEASE = "release"
+        PAYOUT = "payout"
+        ADJUSTMENT = "adjustment"
+
+    key = models.CharField(max_length=200, unique=True, help_text="Idempotency key.")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    job = models.ForeignKey(
+        FineTuningJob, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    memo = models.CharField(max_length=300, blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "journal entries"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}"
+
+
+class LedgerLine(AppendOnlyModel):
+    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="lines")
+    account = models.CharField(max_length=20, choices=Account.choices)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    amount = models.DecimalField(**MONEY, help_text="Signed: debit positive, credit negative.")
+    currency = models.CharField(max_length=3, default="EUR")
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "organization"], name="ledgerline_account_org")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.amount} ({self.organization_id or 'platform'})"
+
+
+class JobPricing(models.Model):
+    """The job's price snapshot, taken at admission, and its hold counter.
+
+    Mutable: a re-admission (requeue, resume) may move the job to another pool; the usage records
+    of each attempt keep the snapshot they were metered under.
+    """
+
+    job = models.OneToOneField(FineTuningJob, on_delete=models.CASCADE, related_name="pricing")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    pool = models.ForeignKey("capacity.Pool", null=True, on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey(
+        Organization, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    price_per_gpu_hour = models.DecimalField(**PRICE)
+    max_duration_seconds = models.PositiveIntegerField(default=0)
+    admitted_at = models.DateTimeField(default=timezone.now)
+    hold_seq = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.job_id} at {self.price_per_gpu_hour}/GPU-hour"
+
+
+class UsageRecordQuerySet(AppendOnlyQuerySet):
+    """The one documented exception to append-only: the invoice link, set once, cleared on void."""
+
+    def claim_for_invoices(self, invoice_id: Any) -> int:
+        return models.QuerySet.update(self.filter(invoice__isnull=True), invoice_id=invoice_id)
+
+    def release_from_invoice(self) -> int:
+        return models.QuerySet.update(self, invoice_id=None)
+
+
+class UsageRecord(AppendOnlyModel):
+    """One per job attempt: GPU-seconds from training start on a ready pod to the attempt's end.
+
+    Every field is a fact and never changes, except `invoice`, which the invoice run sets once
+    (from empty) with a conditional UPDATE, and clears only when that invoice is voided.
+    """
+
+    key = models.CharField(max_length=100, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    job = models.ForeignKey(FineTuningJob, on_delete=models.PROTECT, related_name="+")
+    attempt = models.OneToOneField(JobAttempt, on_delete=models.PROTECT, related_name="+")
+    pool = models.ForeignKey("capacity.Pool", null=True, on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey(
+        Organization, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    price_per_gpu_hour = models.DecimalField(**PRICE)
+    gpu_count = models.PositiveIntegerField()
+    gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
+    started_at = models.DateTimeField(null=True)
+    ended_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(default=timezone.now)
+    invoice = models.ForeignKey(
+        "Invoice", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
+
+    objects = UsageRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-recorded_at"], name="usage_org_recorded"),
+            models.Index(
+                fields=["recorded_at"], name="usage_uninvoiced", condition=Q(invoice__isnull=True)
+            ),
+            models.Index(fields=["invoice"], name="usage_invoice"),
+            models.Index(fields=["job"], name="usage_job"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(gpu_seconds__gte=0), name="usage_seconds_not_negative"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Charge(AppendOnlyModel):
+    """What the ledger captured (or refunded, when negative) for one stream of a job.
+
+    A stream is one job on one pool at one price. Each charge is the difference between the
+    stream's cumulative amounts (money.stream_split) after and before it.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    job = models.ForeignKey(FineTuningJob, on_delete=models.PROTECT, related_name="+")
+    pool = models.ForeignKey("capacity.Pool", null=True, on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey(
+        Organization, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    price_per_gpu_hour = models.DecimalField(**PRICE)
+    billable_gpu_seconds = models.DecimalField(
+        max_digits=16, decimal_places=3, help_text="The stream's cumulative billable GPU-seconds."
+    )
+    net = models.DecimalField(**MONEY)
+    vat = models.DecimalField(**MONEY)
+    fee = models.DecimalField(**MONEY)
+    provider_amount = models.DecimalField(**MONEY)
+    entry = models.OneToOneField(JournalEntry, on_delete=models.PROTECT, related_name="charge")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["job"], name="charge_job")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(net=models.F("fee") + models.F("provider_amount")),
+                name="charge_net_is_fee_plus_provider",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Invoice(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        FINALIZED = "finalized"
+        VOID = "void"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="invoices"
+    )
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    number = models.CharField(max_length=30, null=True, blank=True, unique=True)
+    currency = models.CharField(max_length=3, default="EUR")
+    # Snapshot of the customer at finalization: an invoice never changes afterwards.
+    customer_name = models.CharField(max_length=200, blank=True)
+    customer_country = models.CharField(max_length=2, blank=True)
+    customer_vat_id = models.CharField(max_length=32, blank=True)
+    vat_rate = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal("0"))
+    reverse_charge = models.BooleanField(default=False)
+    vat_note = models.CharField(max_length=300, blank=True)
+    subtotal = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    vat = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    total = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    void_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "period_start"],
+                condition=~Q(status="void"),
+                name="invoice_one_live_per_org_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(total=models.F("subtotal") + models.F("vat")),
+                name="invoice_total_is_subtotal_plus_vat",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or self.public_id
+
+
+class InvoiceLine(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    job = models.ForeignKey(FineTuningJob, on_delete=models.PROTECT, related_name="+")
+    pool = models.ForeignKey("capacity.Pool", null=True, on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey(
+        Organization, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    description = models.CharField(max_length=300)
+    gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
+    billable_gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
+    price_per_gpu_hour = models.DecimalField(**PRICE)
+    amount = models.DecimalField(**MONEY)
+    vat = models.DecimalField(**MONEY)
+    fee = models.DecimalField(**MONEY)
+    provider_amount = models.DecimalField(**MONEY)
+    is_correction = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job"], name="invoiceline_job")]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class ProviderStatement(models.Model):
+    """A provider's gross usage on its pools for a period, minus the platform fee; then paid."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        FINALIZED = "finalized"
+        PAID = "paid"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="statements")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    fee_percent = models.DecimalField(max_digits=5, decimal_places=2)
+    gross = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    fee = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    payable = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    gpu_seconds = models.DecimalField(max_digits=18, decimal_places=3, default=Decimal("0"))
+    payout_entry = models.OneToOneField(
+        JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "period_start"], name="statement_one_per_provider_period"
+            ),
+            models.CheckConstraint(
+                condition=Q(gross=models.F("fee") + models.F("payable")),
+                name="statement_gross_is_fee_plus_payable",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class InvoiceNumberSequence(models.Model):
+    """Gap-free invoice numbers per year; the row is locked while numbers are handed out."""
+
+    year = models.PositiveIntegerField(unique=True)
+    last = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"invoice numbers {self.year}: {self.last}"

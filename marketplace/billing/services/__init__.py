@@ -1,0 +1,73 @@
+"""Writes for billing: metering, holds, the ledger, top-ups, invoices, statements and payouts.
+
+The job life cycle calls attempt_meter, job_settle and job_over_budget; the admission pass calls
+hold_place. The money rules (rounding, VAT, fee split) live in marketplace/billing/money.py.
+"""
+
+from marketplace.billing.services.invoices import (
+    invoice_draft,
+    invoice_finalize,
+    invoice_void,
+    invoices_finalize,
+    month_bounds,
+    period_parse,
+)
+from marketplace.billing.services.ledger import (
+    Leg,
+    account_lock,
+    balance_available,
+    balance_held,
+    entry_post,
+    job_held,
+    provider_payable,
+)
+from marketplace.billing.services.payments import (
+    ManualPaymentProvider,
+    PaymentProvider,
+    credit_limit_set,
+    money_parse,
+    topup_record,
+)
+from marketplace.billing.services.statements import (
+    statement_build,
+    statement_finalize,
+    statement_pay,
+    statements_build,
+)
+from marketplace.billing.services.usage import (
+    attempt_meter,
+    hold_place,
+    job_cost_so_far,
+    job_over_budget,
+    job_settle,
+)
+
+__all__ = [
+    "Leg",
+    "ManualPaymentProvider",
+    "PaymentProvider",
+    "account_lock",
+    "attempt_meter",
+    "balance_available",
+    "balance_held",
+    "credit_limit_set",
+    "entry_post",
+    "hold_place",
+    "invoice_draft",
+    "invoice_finalize",
+    "invoice_void",
+    "invoices_finalize",
+    "job_cost_so_far",
+    "job_held",
+    "job_over_budget",
+    "job_settle",
+    "money_parse",
+    "month_bounds",
+    "period_parse",
+    "provider_payable",
+    "statement_build",
+    "statement_finalize",
+    "statement_pay",
+    "statements_build",
+    "topup_record",
+]

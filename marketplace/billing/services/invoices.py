@@ -1,0 +1,394 @@
+"""Monthly invoices per organization: draft → finalized → void.
+
+One line per job stream (a job on one pool at one price) with its GPU-seconds, rate and amount.
+Amounts follow the one rounding rule of marketplace/billing/money.py: each line carries the
+difference of the stream's cumulative amounts, each rounded half-even to the cent, so lines are
+rounded once and add up exactly. Usage records are picked up when the invoice is finalized: a
+record that arrives after its month was invoiced lands on the next invoice, as a correction line.
+The aggregation runs in the database; only one row per line comes back to Python.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import Min, Sum
+from django.utils import timezone
+
+from marketplace.accounts.models import Organization
+from marketplace.billing.models import (
+    Invoice,
+    InvoiceLine,
+    InvoiceNumberSequence,
+    UsageRecord,
+)
+from marketplace.billing.money import (
+    NO_SPLIT,
+    ZERO,
+    Split,
+    exact_cents,
+    exact_seconds,
+    fee_percent,
+    stream_split,
+    vat_treatment,
+)
+from marketplace.billing.services.usage import WAIVED_FAILURES
+from marketplace.errors import InvalidInput, InvalidTransition
+from marketplace.finetuning.models import JobStatus
+
+
+def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
+    if not 1 <= month <= 12 or not 2000 <= year <= 2100:
+        raise InvalidInput(f"No such month: {year}-{month:02d}. Use YYYY-MM.", param="period")
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def period_parse(text: str, *, param: str = "period") -> tuple[datetime, datetime]:
+    """'2026-11' → [2026-11-01, 2026-12-01) in UTC."""
+    try:
+        year, month = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise InvalidInput(
+            f"{param} must look like 2026-11 (YYYY-MM); got {text!r}.", param=param
+        ) from None
+    return month_bounds(year, month)
+
+
+@dataclass
+class _Stream:
+    job_id: str
+    pool_id: int | None
+    pool_public_id: str | None
+    provider_id: int | None
+    price: Decimal
+    gpu_seconds: Decimal
+    waived: bool
+    correction: bool
+
+
+def _streams(
+    records: models.QuerySet[UsageRecord], period_start: datetime
+) -> dict[int, list[_Stream]]:
+    """Aggregate usage per org and stream, in the database."""
+    rows = (
+        records.values(
+            "organization_id",
+            "job_id",
+            "pool_id",
+            "pool__public_id",
+            "provider_id",
+            "price_per_gpu_hour",
+            "job__status",
+            "job__failure_class",
+        )
+        .annotate(gpu_seconds=Sum("gpu_seconds"), earliest_end=Min("ended_at"))
+        .order_by()
+    )
+    by_org: dict[int, list[_Stream]] = defaultdict(list)
+    for row in rows.iterator(chunk_size=20_000):
+        by_org[row["organization_id"]].append(
+            _Stream(
+                job_id=row["job_id"],
+                pool_id=row["pool_id"],
+                pool_public_id=row["pool__public_id"],
+                provider_id=row["provider_id"],
+                price=Decimal(row["price_per_gpu_hour"]),
+                gpu_seconds=exact_seconds(row["gpu_seconds"]),
+                waived=row["job__status"] == JobStatus.FAILED
+                and row["job__failure_class"] in WAIVED_FAILURES,
+                correction=row["earliest_end"] < period_start,
+            )
+        )
+    return by_org
+
+
+StreamKey = tuple[str, int | None, int | None, Decimal]
+
+
+def _already_invoiced(job_ids: Any) -> dict[StreamKey, tuple[Decimal, Split]]:
+    """Per stream: billable GPU-seconds and amounts on finalized invoices so far."""
+    rows = (
+        InvoiceLine.objects.filter(invoice__status=Invoice.Status.FINALIZED, job_id__in=job_ids)
+        .values("job_id", "pool_id", "provider_id", "price_per_gpu_hour")
+        .annotate(
+            billable=Sum("billable_gpu_seconds"),
+            amount=Sum("amount"),
+            vat=Sum("vat"),
+            fee=Sum("fee"),
+            provider_amount=Sum("provider_amount"),
+        )
+        .order_by()
+    )
+    return {
+        (r["job_id"], r["pool_id"], r["provider_id"], Decimal(r["price_per_gpu_hour"])): (
+            exact_seconds(r["billable"]),
+            Split(
+                net=exact_cents(r["amount"]),
+                vat=exact_cents(r["vat"]),
+                fee=exact_cents(r["fee"]),
+                provider=exact_cents(r["provider_amount"]),
+            ),
+        )
+        for r in rows
+    }
+
+
+def _line(
+    stream: _Stream, prior: tuple[Decimal, Split], vat_rate: Decimal, fee: Decimal
+) -> InvoiceLine:
+    prior_billable, prior_split = prior
+    cumulative = ZERO if stream.waived else prior_billable + stream.gpu_seconds
+    delta = (
+        stream_split(
+            gpu_seconds=cumulative,
+            price_per_gpu_hour=stream.price,
+            vat_rate=vat_rate,
+            fee_percent=fee,
+        )
+        - prior_split
+    )
+    pool = stream.pool_public_id or "the local executor"
+    description = f"Fine-tuning {stream.job_id} on {pool}"
+    if stream.waived:
+        description += " (failed through a platform or provider fault: not charged)"
+    elif stream.correction:
+        description += " (late usage from an earlier period)"
+    return InvoiceLine(
+        job_id=stream.job_id,
+        pool_id=stream.pool_id,
+        provider_id=stream.provider_id,
+        description=description,
+        gpu_seconds=stream.gpu_seconds,
+        billable_gpu_seconds=cumulative - prior_billable,
+        price_per_gpu_hour=stream.price,
+        amount=delta.net,
+        vat=delta.vat,
+        fee=delta.fee,
+        provider_amount=delta.provider,
+        is_correction=stream.correction or stream.waived,
+    )
+
+
+def _lines_for(
+    streams_by_org: dict[int, list[_Stream]], job_ids: Any, orgs: dict[int, Organization]
+) -> dict[int, list[InvoiceLine]]:
+    prior = _already_invoiced(job_ids)
+    fee = fee_percent()
+    lines: dict[int, list[InvoiceLine]] = {}
+    for org_id, streams in streams_by_org.items():
+        org = orgs[org_id]
+        rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+        lines[org_id] = [
+            _line(
+                s,
+                prior.get((s.job_id, s.pool_id, s.provider_id, s.price), (ZERO, NO_SPLIT)),
+                rate,
+                fee,
+            )
+            for s in sorted(streams, key=lambda s: (s.job_id, s.pool_id or 0, s.price))
+        ]
+    return lines
+
+
+def _snapshot(invoice: Invoice, org: Organization, lines: list[InvoiceLine]) -> None:
+    treatment = vat_treatment(country=org.country, vat_id=org.vat_id)
+    invoice.customer_name = org.legal_name or org.name
+    invoice.customer_country = org.country
+    invoice.customer_vat_id = org.vat_id
+    invoice.vat_rate = treatment.rate
+    invoice.reverse_charge = treatment.reverse_charge
+    invoice.vat_note = treatment.note
+    invoice.subtotal = sum((line.amount for line in lines), ZERO)
+    invoice.vat = sum((line.vat for line in lines), ZERO)
+    invoice.total = invoice.subtotal + invoice.vat
+
+
+def _new_public_id() -> str:
+    return f"inv-{uuid.uuid4().hex[:24]}"
+
+
+def _numbers(year: int, count: int) -> list[str]:
+    """Hand out `count` consecutive invoice numbers for the year (row-locked, gap-free)."""
+    InvoiceNumberSequence.objects.get_or_create(year=year)
+    sequence = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+    first = sequence.last + 1
+    sequence.last += count
+    sequence.save(update_fields=["last"])
+    return [f"PTG-{year}-{n:06d}" for n in range(first, first + count)]
+
+
+def _uninvoiced(period_end: datetime) -> models.QuerySet[UsageRecord]:
+    return UsageRecord.objects.filter(invoice__isnull=True, recorded_at__lt=period_end)
+
+
+def invoice_draft(
+    *, organization: Organization, period_start: datetime, period_end: datetime
+) -> Invoice:
+    """Create or refresh the org's draft for the period: a preview, no usage is claimed yet."""
+    with transaction.atomic():
+        invoice = (
+            Invoice.objects.select_for_update()
+            .filter(organization=organization, period_start=period_start)
+            .exclude(status=Invoice.Status.VOID)
+            .first()
+        )
+        if invoice is not None and invoice.status == Invoice.Status.FINALIZED:
+            raise InvalidTransition(
+                f"Invoice {invoice.number} for this period is finalized; it cannot change. "
+                "New usage goes on the next period's invoice.",
+                param="period",
+            )
+        if invoice is None:
+            invoice = Invoice(
+                organization=organization,
+                period_start=period_start,
+                period_end=period_end,
+                public_id=_new_public_id(),
+            )
+        records = _uninvoiced(period_end).filter(organization=organization)
+        streams = _streams(records, period_start)
+        lines = _lines_for(streams, records.values("job_id"), {organization.pk: organization})
+        own = lines.get(organization.pk, [])
+        _snapshot(invoice, organization, own)
+        invoice.save()
+        InvoiceLine.objects.filter(invoice=invoice).delete()
+        for line in own:
+            line.invoice = invoice
+        InvoiceLine.objects.bulk_create(own)
+    return invoice
+
+
+def invoices_finalize(
+    *, period_start: datetime, period_end: datetime, organizations: list[Organization] | None = None
+) -> list[Invoice]:
+    """Finalize the period's invoices (of every org with usage, or of the given orgs).
+
+    Claims every usage record recorded before period_end and not yet invoiced, then computes the
+    lines from exactly those records. Orgs whose invoice for the period is already finalized are
+    skipped: their late records wait for the next period. Idempotent.
+    """
+    if period_end > timezone.now():
+        raise InvalidInput(
+            f"The period ending {period_end:%Y-%m-%d} is not over yet; finalize it after it ends.",
+            param="period",
+        )
+    with transaction.atomic():
+        pending = _uninvoiced(period_end)
+        if organizations is not None:
+            pending = pending.filter(organization__in=organizations)
+        org_ids = set(pending.values_list("organization_id", flat=True).distinct().order_by())
+        live = {
+            inv.organization_id: inv
+            for inv in Invoice.objects.select_for_update()
+            .filter(period_start=period_start, organization_id__in=org_ids)
+            .exclude(status=Invoice.Status.VOID)
+        }
+        org_ids -= {
+            org_id for org_id, inv in live.items() if inv.status == Invoice.Status.FINALIZED
+        }
+        if not org_ids:
+            return []
+        drafts = {org_id: inv for org_id, inv in live.items() if org_id in org_ids}
+        InvoiceLine.objects.filter(invoice__in=list(drafts.values())).delete()
+        new = [
+            Invoice(
+                organization_id=org_id,
+                period_start=period_start,
+                period_end=period_end,
+                public_id=_new_public_id(),
+            )
+            for org_id in sorted(org_ids - set(drafts))
+        ]
+        Invoice.objects.bulk_create(new)
+        invoices = {inv.organization_id: inv for inv in [*drafts.values(), *new]}
+        invoice_ids = [inv.pk for inv in invoices.values()]
+        UsageRecord.objects.filter(
+            invoice__isnull=True, recorded_at__lt=period_end, organization_id__in=org_ids
+        ).claim_for_invoices(
+            models.Subquery(
+                Invoice.objects.filter(
+                    pk__in=invoice_ids, organization_id=models.OuterRef("organization_id")
+                ).values("pk")[:1]
+            )
+        )
+        claimed = UsageRecord.objects.filter(invoice_id__in=invoice_ids)
+        orgs = Organization.objects.in_bulk(list(org_ids))
+        lines = _lines_for(_streams(claimed, period_start), claimed.values("job_id"), orgs)
+        numbers = iter(_numbers(period_start.year, len(invoices)))
+        now = timezone.now()
+        all_lines: list[InvoiceLine] = []
+        for org_id in sorted(invoices):
+            invoice = invoices[org_id]
+            own = lines.get(org_id, [])
+            for line in own:
+                line.invoice = invoice
+            all_lines.extend(own)
+            _snapshot(invoice, orgs[org_id], own)
+            invoice.status = Invoice.Status.FINALIZED
+            invoice.number = next(numbers)
+            invoice.finalized_at = now
+        InvoiceLine.objects.bulk_create(all_lines, batch_size=5000)
+        Invoice.objects.bulk_update(
+            list(invoices.values()),
+            [
+                "status",
+                "number",
+                "finalized_at",
+                "customer_name",
+                "customer_country",
+                "customer_vat_id",
+                "vat_rate",
+                "reverse_charge",
+                "vat_note",
+                "subtotal",
+                "vat",
+                "total",
+            ],
+            batch_size=1000,
+        )
+    return list(invoices.values())
+
+
+def invoice_finalize(*, invoice: Invoice) -> Invoice:
+    if invoice.status != Invoice.Status.DRAFT:
+        raise InvalidTransition(
+            f"Invoice {invoice} is {invoice.status}; only a draft can be finalized."
+        )
+    invoices_finalize(
+        period_start=invoice.period_start,
+        period_end=invoice.period_end,
+        organizations=[invoice.organization],
+    )
+    invoice.refresh_from_db()
+    if invoice.status == Invoice.Status.DRAFT:
+        # No usage at all: finalize the empty invoice as it is.
+        with transaction.atomic():
+            _snapshot(invoice, invoice.organization, [])
+            invoice.status = Invoice.Status.FINALIZED
+            invoice.number = _numbers(invoice.period_start.year, 1)[0]
+            invoice.finalized_at = timezone.now()
+            invoice.save()
+    return invoice
+
+
+def invoice_void(*, invoice: Invoice, reason: str) -> Invoice:
+    """Void a draft or finalized invoice. Its usage goes back to be invoiced again (next run)."""
+    if not reason.strip():
+        raise InvalidInput("Say why the invoice is voided (reason).", param="reason")
+    with transaction.atomic():
+        updated = Invoice.objects.filter(
+            pk=invoice.pk, status__in=[Invoice.Status.DRAFT, Invoice.Status.FINALIZED]
+        ).update(status=Invoice.Status.VOID, voided_at=timezone.now(), void_reason=reason[:300])
+        if not updated:
+            raise InvalidTransition(f"Invoice {invoice} is already void.", param="invoice")
+        UsageRecord.objects.filter(invoice=invoice).release_from_invoice()
+    invoice.refresh_from_db()
+    return invoice

@@ -1,0 +1,130 @@
+"""Provider statements and payouts: gross usage on the provider's pools, minus the platform fee.
+
+A statement sums the charges (captures and refunds) booked on the provider's streams during the
+period; charges are always booked "now", so a finalized past period never changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from marketplace.accounts.models import Organization
+from marketplace.billing.models import Account, Charge, JournalEntry, ProviderStatement, UsageRecord
+from marketplace.billing.money import exact_cents, exact_seconds, fee_percent
+from marketplace.billing.services.ledger import Leg, entry_post
+from marketplace.errors import InvalidInput, InvalidTransition
+
+
+def _totals(provider_id: int, start: datetime, end: datetime) -> dict[str, Decimal]:
+    charges = Charge.objects.filter(
+        provider_id=provider_id, created_at__gte=start, created_at__lt=end
+    )
+    sums = charges.aggregate(gross=Sum("net"), fee=Sum("fee"), payable=Sum("provider_amount"))
+    seconds = UsageRecord.objects.filter(
+        provider_id=provider_id, recorded_at__gte=start, recorded_at__lt=end
+    ).aggregate(total=Sum("gpu_seconds"))["total"]
+    return {
+        "gross": exact_cents(sums["gross"]),
+        "fee": exact_cents(sums["fee"]),
+        "payable": exact_cents(sums["payable"]),
+        "gpu_seconds": exact_seconds(seconds),
+    }
+
+
+def statement_build(
+    *, provider: Organization, period_start: datetime, period_end: datetime
+) -> ProviderStatement:
+    """Create or refresh the provider's draft statement for the period."""
+    with transaction.atomic():
+        statement = (
+            ProviderStatement.objects.select_for_update()
+            .filter(provider=provider, period_start=period_start)
+            .first()
+        )
+        if statement is not None and statement.status != ProviderStatement.Status.DRAFT:
+            return statement
+        if statement is None:
+            statement = ProviderStatement(
+                provider=provider,
+                period_start=period_start,
+                period_end=period_end,
+                public_id=f"stmt-{uuid.uuid4().hex[:24]}",
+            )
+        for name, value in _totals(provider.pk, period_start, period_end).items():
+            setattr(statement, name, value)
+        statement.fee_percent = fee_percent()
+        statement.save()
+    return statement
+
+
+def statements_build(*, period_start: datetime, period_end: datetime) -> list[ProviderStatement]:
+    provider_ids = (
+        Charge.objects.filter(
+            created_at__gte=period_start, created_at__lt=period_end, provider__isnull=False
+        )
+        .values_list("provider_id", flat=True)
+        .distinct()
+        .order_by()
+    )
+    return [
+        statement_build(provider=provider, period_start=period_start, period_end=period_end)
+        for provider in Organization.objects.filter(pk__in=list(provider_ids))
+    ]
+
+
+def statement_finalize(*, statement: ProviderStatement) -> ProviderStatement:
+    if statement.period_end > timezone.now():
+        raise InvalidInput(
+            "The statement's period is not over yet; finalize it after it ends.", param="period"
+        )
+    statement = statement_build(
+        provider=statement.provider,
+        period_start=statement.period_start,
+        period_end=statement.period_end,
+    )
+    updated = ProviderStatement.objects.filter(
+        pk=statement.pk, status=ProviderStatement.Status.DRAFT
+    ).update(status=ProviderStatement.Status.FINALIZED, finalized_at=timezone.now())
+    if not updated:
+        raise InvalidTransition(f"Statement {statement.public_id} is already {statement.status}.")
+    statement.refresh_from_db()
+    return statement
+
+
+def statement_pay(
+    *, statement: ProviderStatement, reference: str, created_by: str = ""
+) -> ProviderStatement:
+    """Record the payout of a finalized statement: provider payable → cash. Idempotent."""
+    with transaction.atomic():
+        statement = ProviderStatement.objects.select_for_update().get(pk=statement.pk)
+        if statement.status == ProviderStatement.Status.PAID:
+            return statement
+        if statement.status != ProviderStatement.Status.FINALIZED:
+            raise InvalidTransition(
+                f"Statement {statement.public_id} is {statement.status}; finalize it before paying.",
+                param="statement",
+            )
+        entry = None
+        if statement.payable > 0:
+            entry = entry_post(
+                key=f"payout:{statement.public_id}",
+                kind=JournalEntry.Kind.PAYOUT,
+                organization_id=statement.provider_id,
+                memo=f"Payout of {statement.public_id}: {reference}"[:300],
+                created_by=created_by,
+                legs=[
+                    Leg(Account.PROVIDER_PAYABLE, statement.payable, statement.provider_id),
+                    Leg(Account.CASH, -statement.payable),
+                ],
+            )
+        statement.payout_entry = entry
+        statement.status = ProviderStatement.Status.PAID
+        statement.paid_at = timezone.now()
+        statement.save(update_fields=["payout_entry", "status", "paid_at"])
+    return statement

@@ -1,0 +1,350 @@
+"""Metering, holds, settlement and the budget check: the hooks the job life cycle calls.
+
+attempt_meter  - an attempt ended: one usage record (UNIQUE key per attempt).
+hold_place     - admission: snapshot the pool's price, hold the worst case against the balance.
+job_settle     - the job left the running world: capture what it used, release the rest.
+job_over_budget- polled with every trainer event batch: is max_cost reached?
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from marketplace.billing.models import Account, Charge, JobPricing, JournalEntry, UsageRecord
+from marketplace.billing.money import (
+    NO_SPLIT,
+    ZERO,
+    Split,
+    cents_up,
+    exact_cents,
+    exact_seconds,
+    fee_percent,
+    stream_split,
+    usage_cost,
+    vat_treatment,
+)
+from marketplace.billing.services.ledger import (
+    Leg,
+    account_lock,
+    balance_available,
+    entry_post,
+    job_held,
+)
+from marketplace.errors import InsufficientFunds, InvalidInput
+from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobStatus
+
+logger = logging.getLogger("partage.billing")
+
+WAIVED_FAILURES = frozenset({FailureClass.PLATFORM_ERROR, FailureClass.PROVIDER_ERROR})
+# Out of the running world: job_settle has been called (or is due) for these.
+SETTLED_STATES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}
+)
+
+# A stream: one job on one pool at one price snapshot.
+StreamKey = tuple[int | None, int | None, Decimal]
+
+
+def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
+    """Write the attempt's usage record; a replay returns the existing one and writes nothing."""
+    key = f"attempt:{attempt.pk}"
+    existing = UsageRecord.objects.filter(key=key).first()
+    if existing is not None:
+        return existing
+    job = attempt.job
+    pricing = JobPricing.objects.filter(job_id=job.pk).first()
+    record = UsageRecord(
+        key=key,
+        organization_id=job.organization_id,
+        job_id=job.pk,
+        attempt=attempt,
+        pool_id=pricing.pool_id if pricing else None,
+        provider_id=pricing.provider_id if pricing else None,
+        # No snapshot means the job was admitted without a pool (embedded local default): free.
+        price_per_gpu_hour=pricing.price_per_gpu_hour if pricing else ZERO,
+        gpu_count=max(job.gpu_count, 1),
+        gpu_seconds=Decimal(attempt.gpu_seconds or 0),
+        started_at=attempt.training_started_at,
+        ended_at=attempt.ended_at or timezone.now(),
+    )
+    try:
+        with transaction.atomic():
+            record.save()
+    except IntegrityError:
+        return UsageRecord.objects.get(key=key)
+    if FineTuningJob.objects.filter(pk=job.pk, status__in=SETTLED_STATES).exists():
+        # The job already settled (the adapter arrives before the trainer exits): charge the rest.
+        job_settle(job=job)
+    return record
+
+
+def _pool_terms(pool: Any) -> tuple[int, int, Decimal]:
+    price = getattr(pool, "price_per_gpu_hour", None)
+    if pool is None or price is None:
+        raise InvalidInput(
+            "hold_place needs the capacity Pool the job was placed on.", param="pool"
+        )
+    return pool.pk, pool.provider_id, Decimal(price)
+
+
+def _streams_due(job: FineTuningJob, vat_rate: Decimal) -> dict[StreamKey, tuple[Decimal, Split]]:
+    """Each stream's cumulative billable GPU-seconds and amounts due (zero when waived)."""
+    waived = job.status == JobStatus.FAILED and job.failure_class in WAIVED_FAILURES
+    rows = (
+        UsageRecord.objects.filter(job_id=job.pk)
+        .values("pool_id", "provider_id", "price_per_gpu_hour")
+        .annotate(gpu_seconds=Sum("gpu_seconds"))
+    )
+    due: dict[StreamKey, tuple[Decimal, Split]] = {}
+    for row in rows:
+        key = (row["pool_id"], row["provider_id"], Decimal(row["price_per_gpu_hour"]))
+        billable = ZERO if waived else exact_seconds(row["gpu_seconds"])
+        due[key] = (
+            billable,
+            stream_split(
+                gpu_seconds=billable,
+                price_per_gpu_hour=key[2],
+                vat_rate=vat_rate,
+                fee_percent=fee_percent(),
+            ),
+        )
+    return due
+
+
+def _streams_charged(job_id: str) -> dict[StreamKey, tuple[int, Split]]:
+    rows = (
+        Charge.objects.filter(job_id=job_id)
+        .values("pool_id", "provider_id", "price_per_gpu_hour")
+        .annotate(
+            count=Count("id"),
+            net=Sum("net"),
+            vat=Sum("vat"),
+            fee=Sum("fee"),
+            provider_amount=Sum("provider_amount"),
+        )
+    )
+    return {
+        (r["pool_id"], r["provider_id"], Decimal(r["price_per_gpu_hour"])): (
+            r["count"],
+            Split(
+                net=exact_cents(r["net"]),
+                vat=exact_cents(r["vat"]),
+                fee=exact_cents(r["fee"]),
+                provider=exact_cents(r["provider_amount"]),
+            ),
+        )
+        for r in rows
+    }
+
+
+def _uncaptured(job: FineTuningJob, vat_rate: Decimal) -> Decimal:
+    """Customer charge for usage already metered but not yet captured."""
+    charged = _streams_charged(job.pk)
+    total = ZERO
+    for key, (_, due) in _streams_due(job, vat_rate).items():
+        prior = charged.get(key, (0, NO_SPLIT))[1]
+        total += (due - prior).customer_total
+    return max(total, ZERO)
+
+
+def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> Decimal:
+    """Snapshot the pool's price on the job and hold funds for its worst case; call at admission.
+
+    Call it inside the admission transaction, after the pool and org-quota locks (it locks the
+    org's balance row last: pool → org quota → org balance). `pool` is a capacity Pool (its pk,
+    `price_per_gpu_hour` and `provider_id` are read). The hold is
+    job.gpu_count x max_duration_seconds x price (+ VAT), plus any metered usage not yet captured;
+    on a re-admission (requeue, resume) only the shortfall is added. Safe to call twice for the
+    same admission.
+
+    Returns the amount now held for the job (Decimal EUR). Raises
+    marketplace.errors.InsufficientFunds (nothing written) when the balance does not cover it;
+    the caller should leave the job queued with that message as its pending reason.
+    """
+    if (
+        isinstance(max_duration_seconds, bool)
+        or not isinstance(max_duration_seconds, int)
+        or (max_duration_seconds <= 0)
+    ):
+        raise InvalidInput(
+            f"max_duration_seconds must be a positive integer; got {max_duration_seconds!r}.",
+            param="max_duration_seconds",
+        )
+    pool_id, provider_id, price = _pool_terms(pool)
+    with transaction.atomic():
+        account = account_lock(organization_id=job.organization_id)
+        org = job.organization
+        rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+        gpus = max(job.gpu_count, 1)
+        net_max = cents_up(usage_cost(Decimal(gpus * max_duration_seconds), price))
+        worst_case = net_max + cents_up(net_max * rate)
+        required = worst_case + _uncaptured(job, rate)
+        held = job_held(job_id=job.pk)
+        shortfall = required - held
+        pricing, _ = JobPricing.objects.select_for_update().get_or_create(
+            job_id=job.pk,
+            defaults={"organization_id": job.organization_id, "price_per_gpu_hour": price},
+        )
+        pricing.pool_id, pricing.provider_id, pricing.price_per_gpu_hour = (
+            pool_id,
+            provider_id,
+            price,
+        )
+        pricing.max_duration_seconds = max_duration_seconds
+        pricing.admitted_at = timezone.now()
+        if shortfall <= 0:
+            pricing.save()
+            return held
+        available = balance_available(organization=job.organization_id) + account.credit_limit
+        if available < shortfall:
+            raise InsufficientFunds(
+                f"Job {job.pk} needs €{shortfall} on hold ({gpus} GPU(s) x {max_duration_seconds} s "
+                f"at €{price}/GPU-hour, VAT included) but organization {org.slug} has "
+                f"€{available} available. Top up the prepaid balance (ask Partage staff or use "
+                "POST /v1/billing/topups), or lower gpu_count or the maximum duration.",
+                param="balance",
+                details={"needed": str(shortfall), "available": str(available), "currency": "EUR"},
+            )
+        pricing.hold_seq += 1
+        pricing.save()
+        entry_post(
+            key=f"hold:{job.pk}:{pricing.hold_seq}",
+            kind=JournalEntry.Kind.HOLD,
+            organization_id=job.organization_id,
+            job_id=job.pk,
+            memo=f"Hold for {job.pk}: {gpus} GPU(s) x {max_duration_seconds} s at €{price}/GPU-hour",
+            legs=[
+                Leg(Account.CUSTOMER_BALANCE, shortfall, job.organization_id),
+                Leg(Account.CUSTOMER_HELD, -shortfall, job.organization_id),
+            ],
+        )
+        return held + shortfall
+
+
+def _charge_post(
+    job: FineTuningJob, key: StreamKey, count: int, billable: Decimal, delta: Split, held: Decimal
+) -> Decimal:
+    """Post one capture (delta > 0) or refund (delta < 0); returns the hold it consumed."""
+    pool_id, provider_id, price = key
+    total = delta.customer_total
+    from_hold = min(total, held) if total > 0 else ZERO
+    org_id = job.organization_id
+    entry = entry_post(
+        key=f"charge:{job.pk}:{pool_id}:{provider_id}:{price:.4f}:{count}",
+        kind=JournalEntry.Kind.CAPTURE if total >= 0 else JournalEntry.Kind.REFUND,
+        organization_id=org_id,
+        job_id=job.pk,
+        memo=f"{'Usage' if total >= 0 else 'Refund'} for {job.pk}: {billable} GPU-s at €{price}/GPU-hour",
+        legs=[
+            Leg(Account.CUSTOMER_HELD, from_hold, org_id),
+            Leg(Account.CUSTOMER_BALANCE, total - from_hold, org_id),
+            Leg(Account.PROVIDER_PAYABLE, -delta.provider, provider_id),
+            Leg(Account.PLATFORM_REVENUE, -delta.fee),
+            Leg(Account.VAT_PAYABLE, -delta.vat),
+        ],
+    )
+    Charge.objects.create(
+        key=entry.key,
+        organization_id=org_id,
+        job_id=job.pk,
+        pool_id=pool_id,
+        provider_id=provider_id,
+        price_per_gpu_hour=price,
+        billable_gpu_seconds=billable,
+        net=delta.net,
+        vat=delta.vat,
+        fee=delta.fee,
+        provider_amount=delta.provider,
+        entry=entry,
+    )
+    return from_hold
+
+
+def job_settle(*, job: FineTuningJob) -> None:
+    """Capture actual usage from the hold and release the rest. Idempotent.
+
+    A job that failed through the platform's or the provider's fault is waived: everything it was
+    charged is refunded and the provider's payable reversed.
+    """
+    with transaction.atomic():
+        account_lock(organization_id=job.organization_id)
+        job = FineTuningJob.objects.select_related("organization").get(pk=job.pk)
+        org = job.organization
+        rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+        due = _streams_due(job, rate)
+        charged = _streams_charged(job.pk)
+        held = job_held(job_id=job.pk)
+        for key in sorted(set(due) | set(charged), key=str):
+            billable, owed = due.get(key, (ZERO, NO_SPLIT))
+            count, prior = charged.get(key, (0, NO_SPLIT))
+            delta = owed - prior
+            if delta == NO_SPLIT:
+                continue
+            held -= _charge_post(job, key, count, billable, delta, held)
+        still_running = JobAttempt.objects.filter(job_id=job.pk, ended_at__isnull=True).exists()
+        if held > 0 and not still_running:
+            # With an attempt still open, keep the hold: its usage record settles the job again.
+            releases = JournalEntry.objects.filter(job_id=job.pk, kind=JournalEntry.Kind.RELEASE)
+            entry_post(
+                key=f"release:{job.pk}:{releases.count() + 1}",
+                kind=JournalEntry.Kind.RELEASE,
+                organization_id=job.organization_id,
+                job_id=job.pk,
+                memo=f"Release the unused hold of {job.pk} ({job.status})",
+                legs=[
+                    Leg(Account.CUSTOMER_HELD, held, job.organization_id),
+                    Leg(Account.CUSTOMER_BALANCE, -held, job.organization_id),
+                ],
+            )
+    logger.info("job settled", extra={"job_id": job.pk, "org_id": job.organization_id})
+
+
+def job_cost_so_far(*, job: FineTuningJob) -> Decimal:
+    """Unrounded net cost of the job up to now: ended attempts plus the running one."""
+    cost = ZERO
+    for gpu_seconds, price in UsageRecord.objects.filter(job_id=job.pk).values_list(
+        "gpu_seconds", "price_per_gpu_hour"
+    ):
+        cost += usage_cost(gpu_seconds, price)
+    running = (
+        JobAttempt.objects.filter(
+            job_id=job.pk, ended_at__isnull=True, training_started_at__isnull=False
+        )
+        .values_list("training_started_at", flat=True)
+        .first()
+    )
+    if running is not None:
+        price = (
+            JobPricing.objects.filter(job_id=job.pk)
+            .values_list("price_per_gpu_hour", flat=True)
+            .first()
+        )
+        seconds = Decimal((timezone.now() - running).total_seconds()) * max(job.gpu_count, 1)
+        cost += usage_cost(seconds, price or ZERO)
+    return cost
+
+
+def job_over_budget(*, job: FineTuningJob) -> bool:
+    """True when the job's max_cost (EUR, before VAT) is reached: it should finish gracefully now."""
+    if job.max_cost is None:
+        return False
+    return job_cost_so_far(job=job) >= job.max_cost
+
+
+def streams_for_job(job: FineTuningJob) -> dict[StreamKey, dict[str, Any]]:
+    """Explain a job's money: per stream, what is due and what was charged (for admin and tests)."""
+    org = job.organization
+    rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+    out: dict[StreamKey, dict[str, Any]] = defaultdict(dict)
+    for key, (billable, due) in _streams_due(job, rate).items():
+        out[key].update(billable_gpu_seconds=billable, due=due)
+    for key, (count, charged) in _streams_charged(job.pk).items():
+        out[key].update(charges=count, charged=charged)
+    return dict(out)
