@@ -92,6 +92,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "marketplace.portal.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -99,6 +100,15 @@ WSGI_APPLICATION = "marketplace.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+# Portal e-mail (password resets): printed on the console unless a backend is configured.
+EMAIL_BACKEND = env.get(
+    "DJANGO_EMAIL_BACKEND",
+    str,
+    default="django.core.mail.backends.smtp.EmailBackend"
+    if PRODUCTION
+    else "django.core.mail.backends.console.EmailBackend",
+)
+DEFAULT_FROM_EMAIL = env.get("DJANGO_DEFAULT_FROM_EMAIL", str, default="Partage <no-reply@partage.local>")
 
 TEMPLATES = [
     {

@@ -11,4 +11,5 @@ urlpatterns = [
     path("healthz", health_live, name="health-live"),
     path("readyz", health_ready, name="health-ready"),
     path("admin/", admin.site.urls),
+    path("", include("marketplace.portal.urls")),
 ]

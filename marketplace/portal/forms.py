@@ -1,0 +1,173 @@
+"""Portal forms: they check the shape of input; the domain services check the rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.core.exceptions import ValidationError
+
+from marketplace.accounts.models import Membership, User
+from marketplace.portal import throttle
+
+
+def client_ip(request: Any) -> str:
+    # REMOTE_ADDR only: X-Forwarded-For is set by the client and cannot be trusted here.
+    return str(request.META.get("REMOTE_ADDR", "") if request is not None else "")
+
+
+class SignupForm(UserCreationForm):
+    email = forms.EmailField(required=True, help_text="For password resets and invoices.")
+
+    class Meta:
+        model = User
+        fields = ("username", "email")
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise ValidationError(
+                "An account already uses this email. Sign in, or reset your password."
+            )
+        return email
+
+
+class ThrottledLoginForm(AuthenticationForm):
+    """Django's login form, refusing early while a username+address pair is locked out."""
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username") or ""
+        ip = client_ip(self.request)
+        wait = throttle.login_retry_after(username=username, ip=ip)
+        if wait:
+            minutes = max(1, (wait + 59) // 60)
+            raise ValidationError(
+                f"Too many failed sign-in attempts for this account from your address. "
+                f"Try again in {minutes} minute(s), or reset your password.",
+                code="throttled",
+            )
+        try:
+            cleaned = super().clean()
+        except ValidationError:
+            throttle.login_failure_record(username=username, ip=ip)
+            raise
+        throttle.login_success_record(username=username, ip=ip)
+        return cleaned
+
+
+class OrganizationForm(forms.Form):
+    name = forms.CharField(max_length=200, help_text="Your startup's name, e.g. Acme AI.")
+    country = forms.CharField(
+        max_length=2, required=False, help_text="Two-letter country code, e.g. FR (for VAT)."
+    )
+
+
+class JoinForm(forms.Form):
+    invitation = forms.CharField(
+        max_length=2000, help_text="Paste the invitation link or its token."
+    )
+
+    def clean_invitation(self) -> str:
+        value = self.cleaned_data["invitation"].strip().rstrip("/")
+        return value.rsplit("/join/", 1)[-1] if "/join/" in value else value
+
+
+class InviteForm(forms.Form):
+    role = forms.ChoiceField(
+        choices=[(Membership.Role.MEMBER, "Member"), (Membership.Role.ADMIN, "Admin")],
+        initial=Membership.Role.MEMBER,
+    )
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. ci-pipeline.")
+    read_only = forms.BooleanField(required=False, help_text="Can read, but not create or cancel.")
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        label="Training file (JSONL)",
+        help_text="One JSON example per line: chat messages, prompt/completion, or text.",
+    )
+
+
+class LaunchForm(forms.Form):
+    """The job's settings. Defaults are the service's own defaults (3 epochs, batch 8, r=8…)."""
+
+    model = forms.ChoiceField(label="Base model")
+    training_file = forms.ChoiceField(label="Training file")
+    validation_file = forms.ChoiceField(label="Validation file", required=False)
+    n_epochs = forms.IntegerField(label="Epochs", min_value=1, max_value=50, initial=3)
+    batch_size = forms.IntegerField(label="Batch size", min_value=1, max_value=256, initial=8)
+    learning_rate_multiplier = forms.FloatField(
+        label="Learning-rate multiplier",
+        min_value=0.01,
+        max_value=100,
+        initial=1.0,
+        help_text="Multiplies the base learning rate of 2e-4.",
+    )
+    max_seq_length = forms.IntegerField(
+        label="Max sequence length", min_value=16, max_value=32768, initial=1024
+    )
+    lora_r = forms.IntegerField(label="LoRA rank (r)", min_value=1, max_value=256, initial=8)
+    lora_alpha = forms.FloatField(label="LoRA alpha", min_value=0.01, initial=16)
+    lora_dropout = forms.FloatField(label="LoRA dropout", min_value=0, max_value=0.99, initial=0.05)
+    target_modules = forms.CharField(
+        label="Target modules",
+        initial="all-linear",
+        max_length=500,
+        help_text="all-linear, or a comma-separated list such as q_proj,v_proj.",
+    )
+    gpu_flavor = forms.ChoiceField(label="GPU", required=False)
+    gpu_count = forms.IntegerField(label="GPUs", min_value=1, max_value=64, initial=1)
+    suffix = forms.CharField(
+        max_length=64, required=False, help_text="Added to the fine-tuned model's name."
+    )
+    max_cost = forms.DecimalField(
+        label="Spending cap (EUR)",
+        required=False,
+        min_value=0,
+        max_digits=12,
+        decimal_places=2,
+        help_text="The job stops gracefully, keeping its adapter, when it reaches this cost.",
+    )
+
+    def __init__(
+        self,
+        *args: Any,
+        models: list[tuple[str, str]],
+        files: list[tuple[str, str]],
+        flavors: list[tuple[str, str]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = models  # type: ignore[attr-defined]
+        self.fields["training_file"].choices = files  # type: ignore[attr-defined]
+        self.fields["validation_file"].choices = [("", "None"), *files]  # type: ignore[attr-defined]
+        self.fields["gpu_flavor"].choices = [("", "Any available GPU"), *flavors]  # type: ignore[attr-defined]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "n_epochs": data["n_epochs"],
+            "batch_size": data["batch_size"],
+            "learning_rate_multiplier": data["learning_rate_multiplier"],
+            "max_seq_length": data["max_seq_length"],
+        }
+
+    def lora(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        raw = data["target_modules"].strip()
+        targets: str | list[str] = (
+            "all-linear"
+            if raw in {"", "all-linear"}
+            else [t.strip() for t in raw.split(",") if t.strip()]
+        )
+        alpha = data["lora_alpha"]
+        return {
+            "r": data["lora_r"],
+            "alpha": int(alpha) if float(alpha).is_integer() else alpha,
+            "dropout": data["lora_dropout"],
+            "target_modules": targets,
+        }

@@ -1,0 +1,1 @@
+"""Portal views, one module per area. Each view calls one service or selector and renders."""

@@ -1,0 +1,224 @@
+"""Fine-tuning jobs: launch (with a review step showing cost and start), watch, cancel, download."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from marketplace.errors import InvalidInput, PartageError
+from marketplace.finetuning import selectors as ft
+from marketplace.finetuning import services as ft_services
+from marketplace.finetuning.models import FineTuningJob, JobEvent
+from marketplace.finetuning.states import TERMINAL, public_status
+from marketplace.portal import estimates
+from marketplace.portal.context import error_message, org_required, page
+from marketplace.portal.forms import LaunchForm
+
+METRIC_POINTS_PER_POLL = 2000
+
+
+def _job_or_404(request: HttpRequest, job_id: str) -> FineTuningJob:
+    job = ft.job_for_org(request.org, job_id)  # type: ignore[attr-defined]
+    if job is None:
+        raise Http404("No such job in your organization.")
+    return job
+
+
+def _launch_form(request: HttpRequest, data: Any = None) -> LaunchForm:
+    org = request.org  # type: ignore[attr-defined]
+    files = ft.files_for_org(org).filter(purpose="fine-tune", status="processed")
+    initial = {"training_file": request.GET.get("file", "")}
+    return LaunchForm(
+        data,
+        initial=initial,
+        models=[(m["id"], m["id"]) for m in ft.base_models()],
+        files=[(f.id, f"{f.filename} · {f.line_count} examples · {f.id}") for f in files],
+        flavors=estimates.flavor_choices(),
+    )
+
+
+def _checked(form: LaunchForm) -> bool:
+    """Form shape first, then the finetuning service's own rules for hyperparameters and LoRA."""
+    if not form.is_valid():
+        return False
+    try:
+        ft_services.normalize_hyperparameters(form.hyperparameters())
+        ft_services.normalize_lora(form.lora())
+    except InvalidInput as e:
+        form.add_error(None, e.message)
+    return form.is_valid()
+
+
+@org_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = ft.jobs_for_org(request.org)  # type: ignore[attr-defined]
+    return page(request, "portal/jobs/list.html", {"jobs": jobs[:100]})
+
+
+@org_required
+def job_launch(request: HttpRequest) -> HttpResponse:
+    org = request.org  # type: ignore[attr-defined]
+    form = _launch_form(request, request.POST or None)
+    action = request.POST.get("action", "")
+    if request.method == "POST" and _checked(form):
+        if action == "confirm":
+            data = form.cleaned_data
+            try:
+                job = ft_services.job_create(
+                    organization=org,
+                    model=data["model"],
+                    training_file=data["training_file"],
+                    validation_file=data["validation_file"] or None,
+                    hyperparameters=form.hyperparameters(),
+                    lora=form.lora(),
+                    suffix=data["suffix"] or None,
+                    gpu_flavor=data["gpu_flavor"],
+                    gpu_count=data["gpu_count"],
+                    max_cost=data["max_cost"],
+                    created_by=request.user,  # type: ignore[arg-type]
+                )
+            except PartageError as e:
+                form.add_error(None, e.message)
+            else:
+                messages.success(request, f"Job {job.id} is queued.")
+                return redirect("portal:job", job_id=job.id)
+        else:
+            estimate = estimates.launch_estimate(org=org, form=form)
+            return page(request, "portal/jobs/review.html", {"form": form, "estimate": estimate})
+    status = 400 if request.method == "POST" else 200
+    return page(request, "portal/jobs/launch.html", {"form": form}, status=status)
+
+
+PEFT_SNIPPET = """\
+import tarfile
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+tarfile.open("{archive}").extractall("adapter")
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "adapter")
+"""
+
+
+@org_required
+def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
+    job = _job_or_404(request, job_id)
+    events = ft.events_for_job(job).exclude(type=JobEvent.Type.METRICS)[:60]
+    context = {
+        "job": job,
+        "public_status": public_status(job.status),
+        "finished": job.status in TERMINAL,
+        "events": events,
+        "attempts": ft.attempts_for_job(job),
+        "checkpoints": ft.checkpoints_for_job(job),
+        "manifest_json": json.dumps(job.manifest, indent=2) if job.manifest else "",
+        "peft_snippet": PEFT_SNIPPET.format(
+            archive=job.result_file.filename if job.result_file else "adapter.tar.gz",
+            base=job.model,
+        ),
+        "cost": estimates.job_cost(job=job),
+    }
+    return page(request, "portal/jobs/detail.html", context)
+
+
+def _progress(job: FineTuningJob) -> dict[str, Any]:
+    progress = job.progress or {}
+    step, total = progress.get("step"), progress.get("total_steps")
+    percent = None
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        percent = round(100 * step / total, 1)
+    if job.status == "succeeded":
+        percent = 100.0
+    return {
+        "step": step,
+        "total_steps": total,
+        "percent": percent,
+        "eta_s": progress.get("eta_s"),
+        "train_loss": progress.get("train_loss"),
+        "tokens_per_s": progress.get("tokens_per_s"),
+        "trained_tokens": progress.get("trained_tokens"),
+    }
+
+
+@org_required
+def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
+    """What the job page polls: state, progress, new loss points after `after`, recent events."""
+    job = _job_or_404(request, job_id)
+    try:
+        after = max(0, int(request.GET.get("after", "0")))
+    except ValueError:
+        after = 0
+    metrics = (
+        ft.events_for_job(job)
+        .filter(type=JobEvent.Type.METRICS, seq__gt=after)
+        .order_by("seq")
+        .values_list("seq", "data")[:METRIC_POINTS_PER_POLL]
+    )
+    train, valid, last_seq = [], [], after
+    for seq, data in metrics:
+        last_seq = seq
+        data = data or {}
+        if isinstance(data.get("train_loss"), int | float):
+            train.append([data.get("step"), data["train_loss"]])
+        if isinstance(data.get("valid_loss"), int | float):
+            valid.append([data.get("step"), data["valid_loss"]])
+    events = [
+        {"seq": e.seq, "at": e.created_at.isoformat(), "level": e.level, "message": e.message}
+        for e in ft.events_for_job(job).exclude(type=JobEvent.Type.METRICS)[:15]
+    ]
+    return JsonResponse(
+        {
+            "id": job.id,
+            "status": job.status,
+            "public_status": public_status(job.status),
+            "finished": job.status in TERMINAL,
+            "pending_reason": job.pending_reason,
+            "estimated_start": job.estimated_start.isoformat() if job.estimated_start else None,
+            "progress": _progress(job),
+            "train": train,
+            "valid": valid,
+            "after": last_seq,
+            "events": events,
+        }
+    )
+
+
+@require_POST
+@org_required
+def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
+    job = _job_or_404(request, job_id)
+    try:
+        ft_services.job_cancel(organization=request.org, job_id=job.id)  # type: ignore[attr-defined]
+    except PartageError as e:
+        error_message(request, e)
+    else:
+        messages.success(request, "Cancelling: the trainer is being stopped.")
+    return redirect("portal:job", job_id=job.id)
+
+
+@org_required
+def job_adapter(request: HttpRequest, job_id: str) -> FileResponse:
+    job = _job_or_404(request, job_id)
+    if job.result_file is None:
+        raise Http404("This job has no adapter yet.")
+    return FileResponse(
+        job.result_file.content.open("rb"),
+        content_type="application/gzip",
+        as_attachment=True,
+        filename=job.result_file.filename,
+    )
+
+
+@org_required
+def job_manifest(request: HttpRequest, job_id: str) -> HttpResponse:
+    job = _job_or_404(request, job_id)
+    if not job.manifest:
+        raise Http404("This job has no manifest yet.")
+    response = JsonResponse(job.manifest, json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = f'attachment; filename="{job.id}-manifest.json"'
+    return response
