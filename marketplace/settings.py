@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "marketplace.accounts",
     "marketplace.capacity",
     "marketplace.quotas",
@@ -264,7 +265,11 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "marketplace.api.authentication.ApiKeyAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "marketplace.api.permissions.ApiKeyScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["marketplace.api.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
@@ -280,7 +285,30 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible fine-tuning and GPU marketplace API.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.api.schema.postprocess_errors_and_idempotency",
+    ],
 }
+# Partner API (marketplace/api): rate limit per key, webhook targets, SSE, benchmark view.
+PARTAGE_API_RATE_LIMIT = env.get("PARTAGE_API_RATE_LIMIT", env.as_int, default=600)
+PARTAGE_API_RATE_WINDOW_SECONDS = env.get("PARTAGE_API_RATE_WINDOW_SECONDS", env.as_int, default=60)
+# Only for development and tests: let webhooks reach private, loopback and link-local hosts.
+PARTAGE_WEBHOOK_ALLOW_PRIVATE = env.get(
+    "PARTAGE_WEBHOOK_ALLOW_PRIVATE", env.as_bool, default=False
+)
+if PRODUCTION and PARTAGE_WEBHOOK_ALLOW_PRIVATE:
+    raise ImproperlyConfigured(
+        "PARTAGE_WEBHOOK_ALLOW_PRIVATE=true is refused in production: webhooks would reach "
+        "Partage's internal network."
+    )
+PARTAGE_SSE_MAX_SECONDS = env.get("PARTAGE_SSE_MAX_SECONDS", env.as_int, default=600)
+# Exposes /v1/_bench/bare, a plain Django JSON view, to compare against in benchmarks.
+PARTAGE_API_BENCH_VIEW = env.get("PARTAGE_API_BENCH_VIEW", env.as_bool, default=False)
 
 # Security headers; production turns on the secure cookies and HSTS.
 SESSION_COOKIE_SECURE = PRODUCTION

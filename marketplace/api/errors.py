@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.http import Http404
@@ -11,9 +12,12 @@ from rest_framework.views import exception_handler as drf_handler
 
 from marketplace.errors import PartageError
 
+logger = logging.getLogger("partage.api")
 
-def error_body(message: str, *, type_: str, code: str | None, param: str | None = None,
-               details: Any = None) -> dict[str, Any]:
+
+def error_body(
+    message: str, *, type_: str, code: str | None, param: str | None = None, details: Any = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"message": message, "type": type_, "param": param, "code": code}
     if details is not None:
         body["details"] = details
@@ -33,20 +37,42 @@ def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, PartageError):
         return Response(
-            error_body(exc.message, type_=exc.error_type, code=exc.code, param=exc.param,
-                       details=exc.details),
+            error_body(
+                exc.message,
+                type_=exc.error_type,
+                code=exc.code,
+                param=exc.param,
+                details=exc.details,
+            ),
             status=exc.http_status,
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     response = drf_handler(exc, context)
     if response is None:
-        return None
+        # A bug, not the caller's fault: log it whole, answer in the one shape without details.
+        logger.exception(
+            "unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc
+        )
+        return Response(
+            error_body(
+                "Partage hit an internal error; it has been logged. Retry later, or contact "
+                "support with the time of the request.",
+                type_="server_error",
+                code="internal_error",
+            ),
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
     if isinstance(exc, exceptions.ValidationError):
         param, message = _first_validation_error(exc.detail)
         text = f"{param}: {message}" if param else message
-        response.data = error_body(text, type_="invalid_request_error", code="invalid_request",
-                                   param=param, details=exc.detail)
+        response.data = error_body(
+            text,
+            type_="invalid_request_error",
+            code="invalid_request",
+            param=param,
+            details=exc.detail,
+        )
         return response
     code = getattr(exc, "default_code", "error")
     type_ = {

@@ -74,8 +74,10 @@ class InternalView(APIView):
         if number != request.user.attempt:
             raise Conflict("The token belongs to another attempt.")
         if number != job.attempt_count:
-            raise Conflict(f"Attempt {number} is stale: the job is on attempt {job.attempt_count}.",
-                           code="stale_attempt")
+            raise Conflict(
+                f"Attempt {number} is stale: the job is on attempt {job.attempt_count}.",
+                code="stale_attempt",
+            )
         return number
 
 
@@ -95,20 +97,24 @@ class SpecView(InternalView):
         self.attempt_number(request, job)
         base = f"/internal/v1/jobs/{job.id}"
         checkpoint = selectors.latest_checkpoint(job.id)
-        return Response({
-            "job_id": job.id,
-            "attempt": job.attempt_count,
-            "base_model": job.model,
-            "seed": job.seed,
-            "hyperparameters": trainer_hyperparameters(job),
-            "lora": job.lora,
-            "max_rank": settings.PARTAGE_MAX_ADAPTER_RANK,
-            "training_file_url": f"/files/{job.training_file_id}",
-            "validation_file_url": f"/files/{job.validation_file_id}" if job.validation_file_id else None,
-            "checkpoint_url": "/checkpoints/latest" if checkpoint else None,
-            "checkpoint_step": checkpoint.step if checkpoint else None,
-            "urls_relative_to": base,
-        })
+        return Response(
+            {
+                "job_id": job.id,
+                "attempt": job.attempt_count,
+                "base_model": job.model,
+                "seed": job.seed,
+                "hyperparameters": trainer_hyperparameters(job),
+                "lora": job.lora,
+                "max_rank": settings.PARTAGE_MAX_ADAPTER_RANK,
+                "training_file_url": f"/files/{job.training_file_id}",
+                "validation_file_url": f"/files/{job.validation_file_id}"
+                if job.validation_file_id
+                else None,
+                "checkpoint_url": "/checkpoints/latest" if checkpoint else None,
+                "checkpoint_step": checkpoint.step if checkpoint else None,
+                "urls_relative_to": base,
+            }
+        )
 
 
 class JobFileView(InternalView):
@@ -166,7 +172,9 @@ class AdapterUploadView(InternalView):
         if archive is None:
             raise InvalidInput("Send the adapter as multipart field 'archive'.", param="archive")
         manifest = services.manifest_from_json(request.data.get("manifest") or "")
-        job = services.adapter_store(job_id=job.id, attempt_number=number, archive=archive, manifest=manifest)
+        job = services.adapter_store(
+            job_id=job.id, attempt_number=number, archive=archive, manifest=manifest
+        )
         return Response({"status": job.status, "result_file": job.result_file_id})
 
 
@@ -183,9 +191,17 @@ class ExitView(InternalView):
             code = int(request.data.get("exit_code"))
         except (TypeError, ValueError):
             raise InvalidInput("exit_code must be an integer.", param="exit_code") from None
-        phase = Phase.SUCCEEDED if code == EXIT_OK else Phase.DISRUPTED if code == EXIT_PREEMPTED else Phase.FAILED
+        phase = (
+            Phase.SUCCEEDED
+            if code == EXIT_OK
+            else Phase.DISRUPTED
+            if code == EXIT_PREEMPTED
+            else Phase.FAILED
+        )
         job = services.attempt_ended(
-            attempt_id=attempt.pk, phase=phase, exit_code=code,
+            attempt_id=attempt.pk,
+            phase=phase,
+            exit_code=code,
             reason="" if code == EXIT_OK else f"trainer exited with code {code}",
             logs=str(request.data.get("logs") or ""),
         )
@@ -218,4 +234,6 @@ def health_ready(request: HttpRequest) -> Any:
     except Exception as e:
         checks["broker"] = f"error: {e.__class__.__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    return JsonResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
+    )

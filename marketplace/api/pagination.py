@@ -27,7 +27,9 @@ def page(
     try:
         limit = int(raw_limit)
     except ValueError:
-        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}.", param="limit") from None
+        raise InvalidInput(
+            f"limit must be an integer from 1 to {MAX_LIMIT}.", param="limit"
+        ) from None
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}.", param="limit")
     after = request.query_params.get("after")

@@ -117,5 +117,9 @@ def model_object(entry: dict[str, Any]) -> dict[str, Any]:
         "object": "model",
         "created": entry.get("created", 0),
         "owned_by": entry.get("owned_by", "partage"),
-        **{k: v for k, v in entry.items() if k in {"description", "architecture", "parameters", "context_length"}},
+        **{
+            k: v
+            for k, v in entry.items()
+            if k in {"description", "architecture", "parameters", "context_length"}
+        },
     }
