@@ -61,7 +61,7 @@ def job_dispatch(*, job_id: str) -> str | None:
 def job_stop(*, job_id: str) -> None:
     """Ask the executor to stop the live attempt (cancel or pause)."""
     job = FineTuningJob.objects.filter(pk=job_id).first()
-    if job is None or job.status not in {S.CANCELLING, S.PAUSING}:
+    if job is None or job.status not in {S.CANCELLING, S.PAUSING, S.REQUEUEING}:
         return
     attempt = (
         JobAttempt.objects.select_related("job", "job__organization")
@@ -71,7 +71,7 @@ def job_stop(*, job_id: str) -> None:
     if attempt is None:
         # Nothing runs (never launched, or already ended): settle the state now.
         last = JobAttempt.objects.filter(job=job).order_by("-number").first()
-        if last is None:
+        if last is None and job.status != S.REQUEUEING:
             target = S.CANCELLED if job.status == S.CANCELLING else S.PAUSED
             ended = services.job_transition(job_id=job_id, to=target, message=f"Job {target}")
             services._job_ended(ended)
@@ -104,7 +104,7 @@ def resync() -> dict[str, int]:
     """Level-based pass over every unfinished job: the database against the executors."""
     counts = {"observed": 0, "ended": 0, "redispatched": 0}
     unfinished = JobAttempt.objects.select_related("job", "job__organization").filter(
-        ended_at__isnull=True, job__status__in=states.ACTIVE
+        ended_at__isnull=True, job__status__in=states.ACTIVE | {S.REQUEUEING}
     )
     for attempt in unfinished:
         counts["observed"] += 1
@@ -123,7 +123,7 @@ def resync() -> dict[str, int]:
         counts["redispatched"] += 1
     for job_id in (
         FineTuningJob.objects.filter(
-            status__in=[S.CANCELLING, S.PAUSING], attempts__ended_at__isnull=True
+            status__in=[S.CANCELLING, S.PAUSING, S.REQUEUEING], attempts__ended_at__isnull=True
         )
         .values_list("id", flat=True)
         .distinct()

@@ -474,6 +474,21 @@ def job_pause(*, organization: Organization, job_id: str) -> FineTuningJob:
     return job
 
 
+def job_preempt(*, job_id: str, reason: str) -> FineTuningJob:
+    """running → requeueing (quotas' preemption): stop the trainer, which writes a checkpoint
+    and exits 4; the ended attempt then requeues the job to resume from that checkpoint."""
+    with transaction.atomic():
+        job = job_transition(
+            job_id=job_id,
+            to=S.REQUEUEING,
+            message=f"Preempting: {reason}; a checkpoint is written and the job is requeued",
+            level=JobEvent.Level.WARN,
+            only_from={S.RUNNING},
+        )
+        transaction.on_commit(lambda: _enqueue("job_stop", job_id))
+    return job
+
+
 def job_resume(*, organization: Organization, job_id: str) -> FineTuningJob:
     job = FineTuningJob.objects.filter(organization=organization, pk=job_id).first()
     if job is None:
@@ -509,8 +524,10 @@ def job_fail(
 def _job_ended(job: FineTuningJob) -> None:
     """The job left the running world (terminal or paused): settle money, free the queue."""
     from marketplace.billing.services import job_settle
+    from marketplace.quotas.services import quota_release_for_job
 
     job_settle(job=job)
+    quota_release_for_job(job_id=job.id)  # admitted but never started: nothing else frees it
     transaction.on_commit(_enqueue_admission)
 
 
@@ -681,6 +698,15 @@ def _after_attempt_stopped(
         )
         _job_ended(ended)
         return ended
+    if job.status == S.REQUEUEING and not user_error:  # stopped by job_preempt
+        requeued = job_transition(
+            job_id=job.id,
+            to=S.QUEUED,
+            message="Preempted: queued again; will resume from the latest checkpoint",
+            pending_reason="waiting: preempted; will resume from the latest checkpoint",
+        )
+        transaction.on_commit(_enqueue_admission)
+        return requeued
     if user_error:
         last_error = (
             JobEvent.objects.filter(job=job, level=JobEvent.Level.ERROR).order_by("-seq").first()
@@ -749,7 +775,8 @@ def trainer_events_record(
     from marketplace.billing.services import job_over_budget
 
     return {
-        "stop": job.status in {S.CANCELLING, S.PAUSING} or attempt.ended_at is not None,
+        "stop": job.status in {S.CANCELLING, S.PAUSING, S.REQUEUEING}
+        or attempt.ended_at is not None,
         "finish_now": job_over_budget(job=job),
     }
 

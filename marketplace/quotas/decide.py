@@ -1,0 +1,390 @@
+"""Pure admission decisions over a `World`: does a job fit, where, as what kind, and if not, why
+(in words a user understands) and from when it may start. No database access here.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from marketplace.capacity.policies import Residency
+from marketplace.quotas.models import Allocation
+from marketplace.quotas.quota_book import EffectiveQuota, QuotaBook
+from marketplace.quotas.world import (
+    Flavor,
+    LiveAllocation,
+    OrgFlavorUsage,
+    PoolState,
+    World,
+    next_month_start,
+)
+
+K = Allocation.Kind
+
+
+@dataclass
+class PendingJob:
+    id: str
+    org_id: int
+    flavor_slug: str
+    gpus: int
+    priority: int
+    created_at: datetime
+    residency: dict[str, Any]
+    attempt_count: int = 0
+    pending_reason: str = ""
+    estimated_start: datetime | None = None
+
+
+@dataclass
+class Admit:
+    job: PendingJob
+    pool: PoolState
+    flavor: Flavor
+    kind: str
+    booking_id: int | None
+    quota: EffectiveQuota
+    reserve_hours: Decimal
+
+    @property
+    def placement_reason(self) -> str:
+        how = {
+            K.GUARANTEED: "within your organization's guaranteed GPUs",
+            K.BOOKED: "on your booking",
+            K.BORROWED: "on idle capacity borrowed above your guarantee (may be preempted)",
+        }[self.kind]
+        return (
+            f"{self.job.gpus} x {self.flavor.label} on pool {self.pool.public_id} "
+            f"({self.pool.region}, {self.pool.country}) {how}"
+        )
+
+
+@dataclass
+class Wait:
+    reason: str
+    estimated_start: datetime | None
+    preempt: list[LiveAllocation] = field(default_factory=list)
+
+
+def humanize(delta: timedelta) -> str:
+    minutes = max(int(delta.total_seconds() // 60), 1)
+    if minutes < 90:
+        return f"{minutes} min"
+    hours = round(minutes / 60)
+    if hours < 48:
+        return f"{hours} h"
+    return f"{round(hours / 24)} days"
+
+
+def _earliest(releases: list[tuple[datetime, int]], needed: int, now: datetime) -> datetime | None:
+    """When, per expected releases, `needed` more GPUs will have been freed."""
+    if needed <= 0:
+        return now
+    freed = 0
+    for moment, gpus in releases:
+        freed += gpus
+        if freed >= needed:
+            return max(moment, now)
+    return None
+
+
+def _where(pools: list[PoolState], residency: Residency) -> str:
+    if residency.eu_only:
+        return "in EU pools"
+    if residency.countries:
+        return f"in pools in {', '.join(sorted(residency.countries))}"
+    regions = sorted({p.region for p in pools})
+    return f"in {regions[0]}" if len(regions) == 1 else "in any pool"
+
+
+class Decider:
+    """Decides for one job at a time, updating the world as if each admission happened."""
+
+    def __init__(
+        self, world: World, book: QuotaBook, *, min_run: timedelta, grace: timedelta
+    ) -> None:
+        self.world = world
+        self.book = book
+        self.min_run = min_run
+        self.grace = grace
+
+    # ------------------------------------------------------------- fair-share order
+
+    def share(self, org_id: int, flavor_id: int | None) -> Decimal:
+        """Usage relative to guarantee and weight: below the guarantee is negative, first."""
+        usage = self.world.usage[(org_id, flavor_id)]
+        guaranteed = self.book.quota(org_id, flavor_id).guaranteed_gpus if flavor_id else 0
+        return Decimal(usage.quota_used - guaranteed) / self.book.weight(org_id)
+
+    def order(self, jobs: list[PendingJob]) -> Iterator[PendingJob]:
+        """Priority first, then the organization's share (recomputed after each pick), then age.
+
+        The caller decides on each job before the next is drawn, so shares are current.
+        """
+        queues: dict[tuple[int, str], list[PendingJob]] = {}
+        for job in sorted(jobs, key=lambda j: (-j.priority, j.created_at, j.id)):
+            queues.setdefault((job.org_id, job.flavor_slug), []).append(job)
+        heap: list[tuple[int, Decimal, datetime, str, tuple[int, str], int]] = []
+
+        def push(key: tuple[int, str], index: int) -> None:
+            queue = queues[key]
+            if index < len(queue):
+                head = queue[index]
+                flavor = self.world.flavor_by_slug.get(head.flavor_slug)
+                share = self.share(head.org_id, flavor.id if flavor else None)
+                heapq.heappush(heap, (-head.priority, share, head.created_at, head.id, key, index))
+
+        for key in queues:
+            push(key, 0)
+        while heap:
+            *_, key, index = heapq.heappop(heap)
+            yield queues[key][index]
+            push(key, index + 1)
+
+    # ------------------------------------------------------------- one job
+
+    def decide(self, job: PendingJob) -> Admit | Wait:
+        if not self.world.pools:
+            return Wait("waiting: no GPU pool is open yet; staff are adding capacity", None)
+        if job.flavor_slug:
+            flavor = self.world.flavor_by_slug.get(job.flavor_slug)
+            if flavor is None:
+                return Wait(
+                    f"waiting: no GPU flavor {job.flavor_slug!r} is offered; "
+                    "cancel and resubmit with a flavor from the pool list",
+                    None,
+                )
+            flavors = [flavor]
+        else:
+            flavors = [self.world.flavors[fid] for fid in self.world.pools_by_flavor]
+        waits: list[Wait] = []
+        for flavor in flavors:
+            outcome = self.decide_on_flavor(job, flavor)
+            if isinstance(outcome, Admit):
+                return outcome
+            waits.append(outcome)
+        known = [w for w in waits if w.estimated_start is not None]
+        return min(known, key=lambda w: w.estimated_start or self.world.now) if known else waits[0]
+
+    def decide_on_flavor(self, job: PendingJob, flavor: Flavor) -> Admit | Wait:
+        world, now = self.world, self.world.now
+        label = flavor.label
+        every = world.pools_by_flavor.get(flavor.id, [])
+        residency = world.residency_of(job.org_id, job.residency)
+        pools = [p for p in every if residency.allows(p.country)]
+        if not pools:
+            return Wait(
+                f"waiting: no {label} pool matches your data residency ({residency.describe()})"
+                if every
+                else f"waiting: no {label} pool exists yet",
+                None,
+            )
+        if job.gpus > max(p.size for p in pools):
+            return Wait(
+                f"waiting: no {label} pool {_where(pools, self.world.residency_of(job.org_id, job.residency))} has {job.gpus} GPUs "
+                f"(the largest has {max(p.size for p in pools)}); resubmit with fewer GPUs",
+                None,
+            )
+        quota = self.book.quota(job.org_id, flavor.id)
+        usage = world.usage[(job.org_id, flavor.id)]
+        reserve = Decimal(job.gpus) * quota.max_job_hours
+        blocked = self._quota_blocks(job, label, quota, usage, reserve)
+        if blocked is not None:
+            return blocked
+        booked = self._booked(job, flavor, pools, quota, reserve)
+        if booked is not None:
+            return booked
+        if quota.max_gpus is not None and usage.quota_used + job.gpus > quota.max_gpus:
+            if job.gpus > quota.max_gpus:
+                return Wait(
+                    f"waiting: this job needs {job.gpus} {label} GPUs, more than your "
+                    f"organization's maximum of {quota.max_gpus}; ask staff to raise it",
+                    None,
+                )
+            when = _earliest(usage.releases, usage.quota_used + job.gpus - quota.max_gpus, now)
+            return Wait(
+                f"waiting: your organization is using {usage.quota_used} of its maximum "
+                f"{quota.max_gpus} {label} GPUs{_eta(when, now)}",
+                when,
+            )
+        kind = K.GUARANTEED if usage.guaranteed + job.gpus <= quota.guaranteed_gpus else K.BORROWED
+        fitting = [p for p in pools if p.free() >= job.gpus]
+        if fitting:
+            pool = min(fitting, key=lambda p: (p.free() - job.gpus, p.price, p.id))
+            return Admit(job, pool, flavor, kind, None, quota, reserve)
+        if kind == K.GUARANTEED:
+            preempting = self._preempt_plan(job, pools, None)
+            if preempting is not None:
+                return preempting
+        return self._capacity_wait(job, label, pools, quota, usage)
+
+    def _quota_blocks(
+        self,
+        job: PendingJob,
+        label: str,
+        quota: EffectiveQuota,
+        usage: OrgFlavorUsage,
+        reserve: Decimal,
+    ) -> Wait | None:
+        now = self.world.now
+        if quota.max_concurrent_jobs is not None and usage.jobs >= quota.max_concurrent_jobs:
+            if quota.max_concurrent_jobs == 0:
+                return Wait(
+                    f"waiting: your organization's plan does not include {label} GPUs; "
+                    "ask staff for access or choose another flavor",
+                    None,
+                )
+            when = _earliest(usage.releases, 1, now)
+            return Wait(
+                f"waiting: your organization runs {usage.jobs} of its {quota.max_concurrent_jobs} "
+                f"allowed concurrent {label} jobs{_eta(when, now)}",
+                when,
+            )
+        if (
+            quota.monthly_gpu_hours is not None
+            and usage.budget_used + reserve > quota.monthly_gpu_hours
+        ):
+            reset = next_month_start(now)
+            return Wait(
+                f"waiting: this job may use up to {reserve:.0f} {label} GPU-hours and your "
+                f"organization has {max(quota.monthly_gpu_hours - usage.budget_used, Decimal(0)):.0f} "
+                f"of its {quota.monthly_gpu_hours:.0f} monthly GPU-hours left; "
+                f"the budget resets on {reset:%d %B}",
+                reset,
+            )
+        return None
+
+    def _booked(
+        self,
+        job: PendingJob,
+        flavor: Flavor,
+        pools: list[PoolState],
+        quota: EffectiveQuota,
+        reserve: Decimal,
+    ) -> Admit | Wait | None:
+        for booking in self.world.org_bookings.get(job.org_id, []):
+            pool = self.world.pools.get(booking.pool_id)
+            if pool is None or pool not in pools or booking.unused < job.gpus:
+                continue
+            if pool.free(own_booking=booking.id) >= job.gpus:
+                return Admit(job, pool, flavor, K.BOOKED, booking.id, quota, reserve)
+            return self._preempt_plan(job, [pool], booking.id) or Wait(
+                f"waiting: your booking on pool {pool.public_id} is starting; "
+                "work borrowing it is being stopped",
+                self.world.now + self.grace,
+            )
+        return None
+
+    def _preempt_plan(
+        self, job: PendingJob, pools: list[PoolState], booking_id: int | None
+    ) -> Wait | None:
+        """Find borrowed work to stop so that an entitled job fits; None when there is none."""
+        now = self.world.now
+        for pool in sorted(pools, key=lambda p: -p.free(own_booking=booking_id)):
+            live = [a for a in self.world.live if a.pool_id == pool.id]
+            freeing = sum(a.gpus for a in live if a.preempt_requested)
+            missing = job.gpus - pool.free(own_booking=booking_id) - freeing
+            if missing <= 0:
+                return Wait(
+                    f"waiting: borrowed work on pool {pool.public_id} is being stopped "
+                    "to free the GPUs you are entitled to",
+                    now + self.grace,
+                )
+            victims = sorted(
+                (a for a in live if self._preemptible(a, job)),
+                key=lambda a: (a.priority, -(a.training_started_at or now).timestamp()),
+            )
+            chosen: list[LiveAllocation] = []
+            for victim in victims:
+                if missing <= 0:
+                    break
+                chosen.append(victim)
+                missing -= victim.gpus
+            if missing <= 0:
+                for victim in chosen:
+                    victim.preempt_requested = True
+                return Wait(
+                    f"waiting: stopping {len(chosen)} borrowed job(s) on pool {pool.public_id} "
+                    "to free the GPUs you are entitled to",
+                    now + self.grace,
+                    preempt=chosen,
+                )
+        return None
+
+    def _preemptible(self, alloc: LiveAllocation, job: PendingJob) -> bool:
+        if alloc.kind != K.BORROWED or alloc.preempt_requested:
+            return False
+        if alloc.training_started_at is None:
+            return False
+        if alloc.training_started_at > self.world.now - self.min_run:
+            return False
+        return alloc.org_id != job.org_id or alloc.priority < job.priority
+
+    def _capacity_wait(
+        self,
+        job: PendingJob,
+        label: str,
+        pools: list[PoolState],
+        quota: EffectiveQuota,
+        usage: OrgFlavorUsage,
+    ) -> Wait:
+        now = self.world.now
+        best: tuple[datetime, PoolState] | None = None
+        for pool in pools:
+            needed = job.gpus - pool.free() + pool.claimed
+            when = _earliest(pool.releases, needed, now)
+            if when is not None and (best is None or when < best[0]):
+                best = (when, pool)
+        when = best[0] if best else None
+        if best is not None:
+            best[1].claimed += job.gpus
+        else:
+            ends = [p.releases[-1][0] for p in pools if p.releases]
+            when = (max(ends) if ends else now) + timedelta(hours=float(quota.max_job_hours))
+        eta = _eta(when, now)
+        if quota.guaranteed_gpus and usage.guaranteed >= quota.guaranteed_gpus:
+            return Wait(
+                f"waiting: your organization is using {usage.guaranteed} of its "
+                f"{quota.guaranteed_gpus} guaranteed {label} GPUs and no idle {label} is free "
+                f"to borrow {_where(pools, self.world.residency_of(job.org_id, job.residency))}{eta}",
+                when,
+            )
+        return Wait(
+            f"waiting: no free {label} {_where(pools, self.world.residency_of(job.org_id, job.residency))}{eta}",
+            when,
+        )
+
+    # ------------------------------------------------------------- bookkeeping
+
+    def apply(self, admit: Admit, alloc_id: int = 0) -> None:
+        """Count an admission in the world, so later decisions in this pass see it."""
+        now = self.world.now
+        self.world.usage[(admit.job.org_id, admit.flavor.id)].budget_used += admit.reserve_hours
+        self.world.add_live(
+            LiveAllocation(
+                id=alloc_id,
+                job_id=admit.job.id,
+                org_id=admit.job.org_id,
+                flavor_id=admit.flavor.id,
+                pool_id=admit.pool.id,
+                booking_id=admit.booking_id,
+                gpus=admit.job.gpus,
+                kind=admit.kind,
+                priority=admit.job.priority,
+                expected_end=now + timedelta(hours=float(admit.quota.max_job_hours)),
+                preempt_requested=False,
+                training_started_at=None,
+            )
+        )
+
+
+def _eta(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return ""
+    if when <= now + timedelta(minutes=1):
+        return "; should start within a minute"
+    return f"; next free in about {humanize(when - now)}"

@@ -1,0 +1,21 @@
+"""Writes for quotas: admission, release, and staff changes to quotas (audited)."""
+
+from marketplace.quotas.services.admission import admission_pass, admission_pass_run
+from marketplace.quotas.services.changes import (
+    org_plan_set,
+    org_quota_override_set,
+    plan_create,
+    plan_flavor_quota_set,
+)
+from marketplace.quotas.services.release import quota_release, quota_release_for_job
+
+__all__ = [
+    "admission_pass",
+    "admission_pass_run",
+    "org_plan_set",
+    "org_quota_override_set",
+    "plan_create",
+    "plan_flavor_quota_set",
+    "quota_release",
+    "quota_release_for_job",
+]

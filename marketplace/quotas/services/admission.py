@@ -1,0 +1,356 @@
+"""The admission pass: load the queue, quotas, usage and capacity in a constant number of
+queries, decide in memory in fair-share order, then apply each admission in its own short
+transaction that locks pool → org quota → org balance and re-checks with fresh numbers.
+
+Every job left waiting gets a pending reason and an estimated start (one bulk conditional
+UPDATE); borrowed work that stands between an entitled job and its GPUs is preempted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from marketplace.capacity.models import Booking, Pool
+from marketplace.capacity.placement import PlacementDecision
+from marketplace.capacity.services import CapacityUnavailable, placement_commit
+from marketplace.errors import InsufficientFunds, InvalidTransition, NotFound
+from marketplace.finetuning.models import FineTuningJob, JobStatus
+from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait
+from marketplace.quotas.models import Allocation, OrganizationQuota
+from marketplace.quotas.quota_book import QuotaBook, default_max_job_hours
+from marketplace.quotas.world import LiveAllocation, world_load
+
+logger = logging.getLogger("partage.quotas")
+
+
+def min_run() -> timedelta:
+    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_MIN_RUN_SECONDS", 600))
+
+
+def grace() -> timedelta:
+    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_GRACE_SECONDS", 300))
+
+
+def max_per_pass() -> int:
+    return int(getattr(settings, "PARTAGE_ADMISSIONS_PER_PASS", 200))
+
+
+@dataclass
+class PassReport:
+    admitted: list[str] = field(default_factory=list)
+    waiting: int = 0
+    preempted: list[str] = field(default_factory=list)
+    refused_on_recheck: int = 0
+    reasons_updated: int = 0
+
+
+def _pending_jobs() -> list[PendingJob]:
+    rows = FineTuningJob.objects.filter(status=JobStatus.QUEUED).values_list(
+        "id",
+        "organization_id",
+        "gpu_flavor",
+        "gpu_count",
+        "priority",
+        "created_at",
+        "residency",
+        "attempt_count",
+        "pending_reason",
+        "estimated_start",
+    )
+    return [
+        PendingJob(
+            id=r[0],
+            org_id=r[1],
+            flavor_slug=r[2],
+            gpus=max(r[3], 1),
+            priority=r[4],
+            created_at=r[5],
+            residency=r[6] or {},
+            attempt_count=r[7],
+            pending_reason=r[8],
+            estimated_start=r[9],
+        )
+        for r in rows
+    ]
+
+
+def admission_pass(*, limit: int | None = None) -> list[str]:
+    """Admit what fits; explain every wait. Returns the ids of the admitted jobs."""
+    return admission_pass_run(limit=limit).admitted
+
+
+def admission_pass_run(*, limit: int | None = None, now: datetime | None = None) -> PassReport:
+    now = now or timezone.now()
+    limit = limit or max_per_pass()
+    report = PassReport()
+    pending = _pending_jobs()
+    if not pending:
+        return report
+    world = world_load(now=now)
+    if not world.pools:
+        return _admit_without_pools(pending, limit, report)
+    decider = Decider(world, QuotaBook(), min_run=min_run(), grace=grace())
+    admits: list[Admit] = []
+    waits: dict[str, Wait] = {}
+    victims: list[tuple[LiveAllocation, PendingJob]] = []
+    for job in decider.order(pending):
+        outcome = decider.decide(job)
+        if isinstance(outcome, Admit):
+            if len(admits) < limit:
+                admits.append(outcome)
+                decider.apply(outcome)
+            else:
+                waits[job.id] = Wait("waiting: admitted in the next admission pass", now)
+            continue
+        waits[job.id] = outcome
+        victims.extend((victim, job) for victim in outcome.preempt)
+    _org_quota_rows_ensure({a.job.org_id for a in admits})
+    for admit in admits:
+        refused = _admit_one(admit)
+        if refused is None:
+            report.admitted.append(admit.job.id)
+        elif refused:
+            report.refused_on_recheck += 1
+            waits[admit.job.id] = Wait(refused, None)
+    for victim, beneficiary in victims:
+        if _preempt(victim, beneficiary):
+            report.preempted.append(victim.job_id)
+    report.waiting = len(waits)
+    report.reasons_updated = _pending_reasons_write(pending, waits)
+    if len(admits) >= limit or report.refused_on_recheck:
+        transaction.on_commit(_enqueue_admission)
+    logger.info(
+        "admission pass: %d admitted, %d waiting, %d preempted",
+        len(report.admitted),
+        report.waiting,
+        len(report.preempted),
+    )
+    return report
+
+
+def _enqueue_admission() -> None:
+    from workers import tasks
+
+    tasks.admission_pass.delay()
+
+
+def _org_quota_rows_ensure(org_ids: set[int]) -> None:
+    """The org-quota row is the second lock of admission; it must exist to be locked."""
+    if org_ids:
+        OrganizationQuota.objects.bulk_create(
+            [OrganizationQuota(organization_id=org_id) for org_id in org_ids],
+            ignore_conflicts=True,
+        )
+
+
+class _NotNow(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _admit_one(admit: Admit) -> str | None:
+    """One short transaction: lock, re-check with fresh numbers, hold funds, allocate, admit.
+
+    Returns None when admitted, "" when the job is gone (cancelled, already admitted), or why
+    it must wait after all.
+    """
+    job_id = admit.job.id
+    try:
+        with transaction.atomic():
+            pool = Pool.objects.select_for_update().get(pk=admit.pool.id)  # 1. pool (also
+            # locked by capacity's placement_commit below: the same lock, taken first)
+            OrganizationQuota.objects.select_for_update().filter(  # 2. org quota
+                organization_id=admit.job.org_id
+            ).first()
+            fresh = _admit_recheck(admit)
+            job = FineTuningJob.objects.select_related("organization").get(pk=job_id)
+            placement_commit(job=job, decision=_placement_decision(fresh, pool))
+            from marketplace.billing.services import hold_place
+
+            hold_place(  # 3. org balance (locked inside billing)
+                job=job,
+                pool=pool,
+                max_duration_seconds=int(fresh.quota.max_job_hours * 3600),
+            )
+            _allocation_create(fresh, job)
+            from marketplace.finetuning.services import job_admit
+
+            job_admit(job_id=job_id, pool_id=pool.pk, placement_reason=fresh.placement_reason)
+    except _NotNow as e:
+        return e.reason
+    except CapacityUnavailable as e:
+        return f"waiting: {e.message}"
+    except InsufficientFunds as e:
+        return f"waiting: not enough funds: {e.message}"
+    except (InvalidTransition, NotFound):
+        return ""
+    return None
+
+
+def _admit_recheck(admit: Admit) -> Admit:
+    """Decide again for this pool and organization on numbers read under the locks."""
+    now = timezone.now()
+    row = (
+        FineTuningJob.objects.filter(pk=admit.job.id, status=JobStatus.QUEUED)
+        .values_list("gpu_count", "priority", "residency", "attempt_count", "gpu_flavor")
+        .first()
+    )
+    if row is None:
+        raise InvalidTransition(f"Job {admit.job.id} is no longer queued.")
+    job = PendingJob(
+        id=admit.job.id,
+        org_id=admit.job.org_id,
+        flavor_slug=row[4],
+        gpus=max(row[0], 1),
+        priority=row[1],
+        created_at=admit.job.created_at,
+        residency=row[2] or {},
+        attempt_count=row[3],
+    )
+    world = world_load(now=now, pool_ids=[admit.pool.id], org_ids=[job.org_id])
+    decider = Decider(world, QuotaBook(org_ids=[job.org_id]), min_run=min_run(), grace=grace())
+    flavor = world.flavors[admit.flavor.id]
+    outcome = decider.decide_on_flavor(job, flavor)
+    if not isinstance(outcome, Admit):
+        raise _NotNow(outcome.reason)
+    return outcome
+
+
+def _placement_decision(admit: Admit, pool: Pool) -> PlacementDecision:
+    booking = Booking.objects.get(pk=admit.booking_id) if admit.booking_id else None
+    return PlacementDecision(
+        pool=pool,
+        booking=booking,
+        gpu_count=admit.job.gpus,
+        price_per_gpu_hour=pool.price_per_gpu_hour,
+        reliability=None,
+        reason=admit.placement_reason,
+    )
+
+
+def _allocation_create(admit: Admit, job: FineTuningJob) -> Allocation:
+    now = timezone.now()
+    allocation = Allocation.objects.create(
+        job_id=job.pk,
+        attempt_number=job.attempt_count + 1,
+        organization_id=job.organization_id,
+        flavor_id=admit.flavor.id,
+        pool_id=admit.pool.id,
+        booking_id=admit.booking_id,
+        gpus=admit.job.gpus,
+        kind=admit.kind,
+        priority=job.priority,
+        reserved_gpu_hours=admit.reserve_hours,
+        admitted_at=now,
+        expected_end=now + timedelta(hours=float(admit.quota.max_job_hours)),
+    )
+    return allocation
+
+
+def _admit_without_pools(pending: list[PendingJob], limit: int, report: PassReport) -> PassReport:
+    """Development mode (no pool configured, local executor): admit in priority then age order.
+
+    Allocations are still written, so release and usage work the same way.
+    """
+    from marketplace.finetuning.services import job_admit
+
+    hours = default_max_job_hours()
+    for job in sorted(pending, key=lambda j: (-j.priority, j.created_at))[:limit]:
+        try:
+            with transaction.atomic():
+                now = timezone.now()
+                Allocation.objects.create(
+                    job_id=job.id,
+                    attempt_number=job.attempt_count + 1,
+                    organization_id=job.org_id,
+                    gpus=job.gpus,
+                    kind=Allocation.Kind.GUARANTEED,
+                    priority=job.priority,
+                    reserved_gpu_hours=Decimal(job.gpus) * hours,
+                    admitted_at=now,
+                    expected_end=now + timedelta(hours=float(hours)),
+                )
+                job_admit(job_id=job.id, placement_reason="no pool configured: local executor")
+        except (InvalidTransition, NotFound):
+            continue
+        report.admitted.append(job.id)
+    return report
+
+
+def _preempt(victim: LiveAllocation, beneficiary: PendingJob) -> bool:
+    """Mark the allocation (once) and ask finetuning to stop the job with a checkpoint."""
+    from marketplace.finetuning.services import job_preempt
+
+    with transaction.atomic():
+        marked = Allocation.objects.filter(
+            pk=victim.id,
+            released_at__isnull=True,
+            preempt_requested_at__isnull=True,
+            kind=Allocation.Kind.BORROWED,
+        ).update(preempt_requested_at=timezone.now())
+        if not marked:
+            return False
+        try:
+            job_preempt(
+                job_id=victim.job_id,
+                reason="its GPUs were borrowed above its organization's guarantee and "
+                "are needed by work entitled to them",
+            )
+        except InvalidTransition:
+            # It is no longer running (finished, cancelled…): its GPUs come back anyway.
+            Allocation.objects.filter(pk=victim.id).update(preempt_requested_at=None)
+            return False
+    logger.info(
+        "preempted %s for %s", victim.job_id, beneficiary.id, extra={"job_id": victim.job_id}
+    )
+    return True
+
+
+def _pending_reasons_write(pending: list[PendingJob], waits: dict[str, Wait]) -> int:
+    """Write changed reasons/estimates with one conditional UPDATE (still queued only)."""
+    changes: list[tuple[str, str, Any]] = []
+    for job in pending:
+        wait = waits.get(job.id)
+        if wait is None:
+            continue
+        estimate = (
+            wait.estimated_start.replace(second=0, microsecond=0) if wait.estimated_start else None
+        )
+        if wait.reason != job.pending_reason or estimate != job.estimated_start:
+            changes.append((job.id, wait.reason, estimate))
+    if not changes:
+        return 0
+    if connection.vendor == "postgresql":
+        return _pending_reasons_write_pg(changes)
+    updated = 0
+    for job_id, reason, estimate in changes:
+        updated += FineTuningJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+            pending_reason=reason, estimated_start=estimate
+        )
+    return updated
+
+
+def _pending_reasons_write_pg(changes: list[tuple[str, str, Any]]) -> int:
+    table = FineTuningJob._meta.db_table
+    ids, reasons, estimates = (list(column) for column in zip(*changes, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} AS job
+               SET pending_reason = change.reason, estimated_start = change.estimate
+              FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
+                   AS change(id, reason, estimate)
+             WHERE job.id = change.id AND job.status = %s
+            """,  # noqa: S608 - the table name is ours; values are parameters
+            [ids, reasons, estimates, JobStatus.QUEUED],
+        )
+        return cursor.rowcount

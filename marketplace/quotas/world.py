@@ -1,0 +1,293 @@
+"""An in-memory view of capacity and usage, loaded in a constant number of queries.
+
+The admission pass loads the whole world once and decides in memory; each admission then loads
+a small world (one pool, one organization) under its row locks and re-checks with the same code.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import DecimalField, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce
+
+from marketplace.capacity.models import (
+    Booking,
+    GpuFlavor,
+    MaintenanceWindow,
+    ResidencyPolicy,
+)
+from marketplace.capacity.policies import Residency, residency_parse
+from marketplace.capacity.selectors import placeable_pools
+from marketplace.errors import InvalidInput
+from marketplace.finetuning.models import JobAttempt
+from marketplace.quotas.models import Allocation
+
+ZERO = Decimal("0")
+
+
+@dataclass
+class BookingState:
+    id: int
+    org_id: int
+    pool_id: int
+    gpus: int
+    end: datetime
+    used: int = 0
+
+    @property
+    def unused(self) -> int:
+        return max(self.gpus - self.used, 0)
+
+
+@dataclass
+class PoolState:
+    id: int
+    public_id: str
+    name: str
+    flavor_id: int
+    region: str
+    country: str
+    price: Decimal
+    size: int  # gpu_count
+    capacity: int  # gpu_count minus GPUs in maintenance now; 0 when the pool is not active
+    used: int = 0
+    bookings: dict[int, BookingState] = field(default_factory=dict)
+    releases: list[tuple[datetime, int]] = field(default_factory=list)  # expected, sorted
+    claimed: int = 0  # GPUs promised, in estimates, to jobs ahead in the queue
+
+    def booked_unused(self, except_booking: int | None = None) -> int:
+        return sum(b.unused for b in self.bookings.values() if b.id != except_booking)
+
+    def free(self, own_booking: int | None = None) -> int:
+        return self.capacity - self.used - self.booked_unused(except_booking=own_booking)
+
+
+@dataclass
+class OrgFlavorUsage:
+    guaranteed: int = 0
+    borrowed: int = 0
+    booked: int = 0
+    jobs: int = 0
+    budget_used: Decimal = ZERO  # GPU-hours this month: used, or reserved while running
+    releases: list[tuple[datetime, int]] = field(default_factory=list)
+
+    @property
+    def quota_used(self) -> int:
+        """GPUs that count against the maximum (booked work is paid for by its booking)."""
+        return self.guaranteed + self.borrowed
+
+    @property
+    def total(self) -> int:
+        return self.guaranteed + self.borrowed + self.booked
+
+
+@dataclass
+class LiveAllocation:
+    id: int
+    job_id: str
+    org_id: int
+    flavor_id: int | None
+    pool_id: int | None
+    booking_id: int | None
+    gpus: int
+    kind: str
+    priority: int
+    expected_end: datetime
+    preempt_requested: bool
+    training_started_at: datetime | None
+
+
+@dataclass
+class Flavor:
+    id: int
+    slug: str
+    label: str  # what people call it: "H100"
+
+
+def flavor_label(model_name: str, slug: str) -> str:
+    name = model_name.removeprefix("NVIDIA ").strip()
+    return name or slug
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime) -> datetime:
+    start = month_start(now)
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+
+
+class World:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.flavors: dict[int, Flavor] = {}
+        self.flavor_by_slug: dict[str, Flavor] = {}
+        self.pools: dict[int, PoolState] = {}
+        self.pools_by_flavor: dict[int, list[PoolState]] = defaultdict(list)
+        self.usage: defaultdict[tuple[int, int | None], OrgFlavorUsage] = defaultdict(
+            OrgFlavorUsage
+        )
+        self.live: list[LiveAllocation] = []
+        self.org_bookings: defaultdict[int, list[BookingState]] = defaultdict(list)
+        self.residency: dict[int, Residency] = {}
+
+    def add_live(self, alloc: LiveAllocation) -> None:
+        """Count one live allocation in pool, booking and organization usage."""
+        self.live.append(alloc)
+        usage = self.usage[(alloc.org_id, alloc.flavor_id)]
+        usage.jobs += 1
+        if alloc.kind == Allocation.Kind.GUARANTEED:
+            usage.guaranteed += alloc.gpus
+        elif alloc.kind == Allocation.Kind.BOOKED:
+            usage.booked += alloc.gpus
+        else:
+            usage.borrowed += alloc.gpus
+        bisect.insort(usage.releases, (alloc.expected_end, alloc.gpus))
+        pool = self.pools.get(alloc.pool_id) if alloc.pool_id else None
+        if pool is not None:
+            pool.used += alloc.gpus
+            bisect.insort(pool.releases, (alloc.expected_end, alloc.gpus))
+            booking = pool.bookings.get(alloc.booking_id) if alloc.booking_id else None
+            if booking is not None and alloc.kind == Allocation.Kind.BOOKED:
+                booking.used += alloc.gpus
+
+    def residency_of(self, org_id: int, job_residency: dict[str, object]) -> Residency:
+        """The org's policy is a floor; the job may narrow it (capacity's rule)."""
+        floor = self.residency.get(org_id, Residency())
+        try:
+            return floor.narrowed(residency_parse(job_residency))
+        except InvalidInput:
+            return floor.narrowed(Residency(countries=frozenset({"--"})))  # nothing matches
+
+
+def world_load(
+    *,
+    now: datetime,
+    pool_ids: Iterable[int] | None = None,
+    org_ids: Iterable[int] | None = None,
+) -> World:
+    """Everything admission needs; restricted to some pools and organizations when given.
+
+    Queries: flavors, pools, maintenance, bookings, live allocations, budget, residency (7).
+    """
+    world = World(now)
+    for flavor in GpuFlavor.objects.all():
+        entry = Flavor(flavor.pk, flavor.slug, flavor_label(flavor.model_name, flavor.slug))
+        world.flavors[flavor.pk] = entry
+        world.flavor_by_slug[flavor.slug] = entry
+    pools = placeable_pools()
+    maintenance = MaintenanceWindow.objects.filter(start__lte=now, end__gt=now)
+    bookings = Booking.objects.filter(status=Booking.Status.CONFIRMED, start__lte=now, end__gt=now)
+    started = JobAttempt.objects.filter(
+        job_id=OuterRef("job_id"), number=OuterRef("attempt_number")
+    )
+    live = Allocation.objects.filter(released_at__isnull=True).annotate(
+        training_started_at=Subquery(started.values("training_started_at")[:1])
+    )
+    budget = Allocation.objects.filter(admitted_at__gte=month_start(now))
+    residency = ResidencyPolicy.objects.all()
+    if pool_ids is not None:
+        pool_list = list(pool_ids)
+        pools = pools.filter(pk__in=pool_list)
+        maintenance = maintenance.filter(pool_id__in=pool_list)
+        bookings = bookings.filter(pool_id__in=pool_list)
+    if org_ids is not None:
+        org_list = list(org_ids)
+        budget = budget.filter(organization_id__in=org_list)
+        residency = residency.filter(organization_id__in=org_list)
+    if pool_ids is not None or org_ids is not None:
+        scope = Q()
+        if pool_ids is not None:
+            scope |= Q(pool_id__in=pool_list)
+        if org_ids is not None:
+            scope |= Q(organization_id__in=org_list)
+        live = live.filter(scope)
+    _load_pools(world, pools, maintenance, bookings)
+    for row in live.values(
+        "id",
+        "job_id",
+        "organization_id",
+        "flavor_id",
+        "pool_id",
+        "booking_id",
+        "gpus",
+        "kind",
+        "priority",
+        "expected_end",
+        "preempt_requested_at",
+        "training_started_at",
+    ):
+        world.add_live(
+            LiveAllocation(
+                id=row["id"],
+                job_id=row["job_id"],
+                org_id=row["organization_id"],
+                flavor_id=row["flavor_id"],
+                pool_id=row["pool_id"],
+                booking_id=row["booking_id"],
+                gpus=row["gpus"],
+                kind=row["kind"],
+                priority=row["priority"],
+                expected_end=row["expected_end"],
+                preempt_requested=row["preempt_requested_at"] is not None,
+                training_started_at=row["training_started_at"],
+            )
+        )
+    spent = Coalesce("used_gpu_hours", "reserved_gpu_hours", output_field=DecimalField())
+    for row in budget.values("organization_id", "flavor_id").annotate(hours=Sum(spent)):
+        world.usage[(row["organization_id"], row["flavor_id"])].budget_used = row["hours"] or ZERO
+    for policy in residency:
+        world.residency[policy.organization_id] = residency_parse(
+            {"eu_only": policy.eu_only, "countries": policy.countries or []}
+        )
+    return world
+
+
+def _load_pools(world: World, pools, maintenance, bookings) -> None:  # type: ignore[no-untyped-def]
+    down: defaultdict[int, int] = defaultdict(int)
+    whole: set[int] = set()
+    sizes: dict[int, int] = {}
+    for pool in pools:
+        sizes[pool.pk] = pool.gpu_count
+        world.pools[pool.pk] = PoolState(
+            id=pool.pk,
+            public_id=pool.public_id,
+            name=pool.name,
+            flavor_id=pool.flavor_id,
+            region=pool.region,
+            country=pool.country,
+            price=pool.price_per_gpu_hour,
+            size=pool.gpu_count,
+            capacity=pool.gpu_count,
+        )
+        world.pools_by_flavor[pool.flavor_id].append(world.pools[pool.pk])
+    for window in maintenance:
+        if window.gpu_count is None:
+            whole.add(window.pool_id)
+        else:
+            down[window.pool_id] += window.gpu_count
+    for pool_id, state in world.pools.items():
+        state.capacity = 0 if pool_id in whole else max(state.capacity - down[pool_id], 0)
+    for booking in bookings:
+        pool_state = world.pools.get(booking.pool_id)
+        entry = BookingState(
+            id=booking.pk,
+            org_id=booking.organization_id,
+            pool_id=booking.pool_id,
+            gpus=booking.gpu_count,
+            end=booking.end,
+        )
+        if pool_state is not None:
+            pool_state.bookings[booking.pk] = entry
+        world.org_bookings[booking.organization_id].append(entry)

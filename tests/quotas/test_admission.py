@@ -1,0 +1,183 @@
+"""Admission decisions on one database (SQLite or PostgreSQL): quota, capacity, budget,
+concurrency, bookings, residency, pending reasons, and release exactly once on every path."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from marketplace.finetuning.models import FineTuningJob
+from marketplace.quotas import services as quotas
+from marketplace.quotas.models import Allocation
+from tests.quotas.conftest import (
+    booking_make,
+    job_cancel,
+    job_crash,
+    job_finish,
+    job_lose,
+    job_start,
+    job_submit,
+    org_make,
+    plan_make,
+    pool_make,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def status(job: FineTuningJob) -> str:
+    job.refresh_from_db()
+    return job.status
+
+
+def test_admits_within_guarantee_and_explains_the_wait(h100) -> None:
+    pool_make(flavor=h100, gpus=16)
+    plan_make(h100, guaranteed=8, max_gpus=8)
+    org = org_make()
+    jobs = [job_submit(org, gpus=4) for _ in range(3)]
+    admitted = quotas.admission_pass()
+    assert sorted(admitted) == sorted(j.id for j in jobs[:2])
+    waiting = FineTuningJob.objects.get(pk=jobs[2].id)
+    assert waiting.status == "queued"
+    assert waiting.pending_reason.startswith(
+        "waiting: your organization is using 8 of its maximum 8 H100 GPUs"
+    ), waiting.pending_reason
+    assert waiting.estimated_start is not None
+    kinds = set(Allocation.objects.values_list("kind", flat=True))
+    assert kinds == {Allocation.Kind.GUARANTEED}
+
+
+def test_borrowing_above_guarantee_up_to_max(h100) -> None:
+    pool_make(flavor=h100, gpus=16)
+    plan_make(h100, guaranteed=2, max_gpus=6)
+    org = org_make()
+    jobs = [job_submit(org, gpus=2) for _ in range(4)]
+    admitted = quotas.admission_pass()
+    assert len(admitted) == 3
+    assert sorted(Allocation.objects.values_list("kind", flat=True)) == [
+        "borrowed",
+        "borrowed",
+        "guaranteed",
+    ]
+    assert status(jobs[3]) == "queued"
+
+
+def test_capacity_wait_reason_names_flavor_and_place(h100) -> None:
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, guaranteed=0, max_gpus=100)
+    a, b = org_make(), org_make()
+    first = job_submit(a, gpus=4)
+    assert quotas.admission_pass() == [first.id]
+    job_start(first.id)
+    second = job_submit(b, gpus=2, residency={"eu_only": True})
+    quotas.admission_pass()
+    second.refresh_from_db()
+    assert second.status == "queued"
+    assert second.pending_reason.startswith("waiting: no free H100 in EU pools; next free in about")
+    assert second.estimated_start is not None
+
+
+def test_job_that_does_not_fit_does_not_block_smaller_ones(h100) -> None:
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, max_gpus=100)
+    org = org_make()
+    running = job_submit(org, gpus=2)
+    quotas.admission_pass()
+    big = job_submit(org, gpus=4, priority=5)
+    small = job_submit(org, gpus=2)
+    assert quotas.admission_pass() == [small.id]
+    assert (
+        status(big) == "queued"
+        and "no free H100" in FineTuningJob.objects.get(pk=big.id).pending_reason
+    )
+    assert status(running) == "admitted"
+
+
+def test_concurrency_and_budget_limits(h100) -> None:
+    pool_make(flavor=h100, gpus=32)
+    plan_make(h100, max_gpus=32, concurrent=2, budget="100", max_job_hours="10")
+    org = org_make()
+    jobs = [job_submit(org, gpus=1) for _ in range(3)]
+    assert len(quotas.admission_pass()) == 2
+    reason = FineTuningJob.objects.get(pk=jobs[2].id).pending_reason
+    assert reason.startswith(
+        "waiting: your organization runs 2 of its 2 allowed concurrent H100 jobs"
+    )
+    job_start(jobs[0].id)
+    job_finish(jobs[0].id)
+    quotas.org_quota_override_set(organization=org, flavor=h100, values={"max_concurrent_jobs": 5})
+    big = job_submit(org, gpus=9)  # 9 x 10 h = 90 GPU-hours: over the 80 left
+    quotas.admission_pass()
+    assert status(jobs[2]) == "admitted"
+    reason = FineTuningJob.objects.get(pk=big.id).pending_reason
+    assert "monthly GPU-hours left" in reason and "resets on" in reason, reason
+
+
+def test_plan_without_flavor_and_residency(h100) -> None:
+    from tests.quotas.conftest import flavor_make
+
+    a100 = flavor_make("a100-80g", "NVIDIA A100")
+    pool_make(flavor=a100, gpus=8, country="US", region="us-east")
+    plan_make(h100, max_gpus=8)
+    org = org_make()
+    job = job_submit(org, flavor="a100-80g")
+    assert quotas.admission_pass() == []
+    assert "does not include A100" in FineTuningJob.objects.get(pk=job.id).pending_reason
+    quotas.org_quota_override_set(
+        organization=org, flavor=a100, values={"max_gpus": 4, "max_concurrent_jobs": 2}
+    )
+    eu = job_submit(org, flavor="a100-80g", residency={"eu_only": True})
+    assert quotas.admission_pass() == [job.id]
+    assert "data residency" in FineTuningJob.objects.get(pk=eu.id).pending_reason
+
+
+def test_booking_covers_its_owner_even_when_pool_is_full(h100) -> None:
+    pool = pool_make(flavor=h100, gpus=8)
+    plan_make(h100, max_gpus=0, concurrent=10)
+    owner, other = org_make(), org_make()
+    now = timezone.now()
+    booking_make(owner, pool, 4, start=now - timedelta(minutes=1), end=now + timedelta(hours=4))
+    quotas.org_quota_override_set(organization=other, flavor=pool.flavor, values={"max_gpus": 8})
+    greedy = [job_submit(other, gpus=2) for _ in range(4)]
+    booked = job_submit(owner, gpus=4)
+    admitted = quotas.admission_pass()
+    assert booked.id in admitted
+    assert sum(1 for j in greedy if j.id in admitted) == 2  # the 4 booked GPUs stay reserved
+    alloc = Allocation.objects.get(job_id=booked.id)
+    assert alloc.kind == Allocation.Kind.BOOKED and alloc.booking is not None
+
+
+@pytest.mark.parametrize("path", ["finish", "crash", "cancel_running", "cancel_admitted", "lost"])
+def test_quota_released_exactly_once_on_every_path(h100, path: str) -> None:
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, max_gpus=4)
+    org = org_make()
+    job = job_submit(org, gpus=4)
+    assert quotas.admission_pass() == [job.id]
+    if path != "cancel_admitted":
+        job_start(job.id)
+    {
+        "finish": job_finish,
+        "crash": job_crash,
+        "cancel_running": job_cancel,
+        "cancel_admitted": job_cancel,
+        "lost": job_lose,
+    }[path](job.id)
+    allocation = Allocation.objects.get(job_id=job.id)
+    assert allocation.released_at is not None
+    attempt_number = allocation.attempt_number
+    assert quotas.quota_release(job_id=job.id, attempt_number=attempt_number) is False
+    assert Allocation.objects.filter(released_at__isnull=True).count() == (
+        1 if path == "lost" and status(job) == "admitted" else 0
+    )
+
+
+def test_no_pools_admits_like_the_foundation(db: None) -> None:
+    org = org_make()
+    job = job_submit(org, flavor="")
+    assert quotas.admission_pass() == [job.id]
+    job_start(job.id)
+    job_finish(job.id)
+    assert Allocation.objects.get(job_id=job.id).released_at is not None
