@@ -112,16 +112,17 @@ class EndpointListView(APIView):
         return Response(endpoint_object(endpoint, with_secret=True))
 
 
-class EndpointDetailView(APIView):
-    def _endpoint(self, request: Request, endpoint_id: str) -> Any:
-        endpoint = webhook_endpoints_for_org(org_of(request)).filter(pk=endpoint_id).first()
-        if endpoint is None:
-            raise NotFound(f"No webhook endpoint {endpoint_id!r}.", param="webhook_endpoint_id")
-        return endpoint
+def _endpoint_or_404(request: Request, endpoint_id: str) -> Any:
+    endpoint = webhook_endpoints_for_org(org_of(request)).filter(pk=endpoint_id).first()
+    if endpoint is None:
+        raise NotFound(f"No webhook endpoint {endpoint_id!r}.", param="webhook_endpoint_id")
+    return endpoint
 
+
+class EndpointDetailView(APIView):
     @extend_schema(operation_id="webhooks_retrieve", responses=schema.WebhookEndpointObject)
     def get(self, request: Request, webhook_endpoint_id: str) -> Response:
-        return Response(endpoint_object(self._endpoint(request, webhook_endpoint_id)))
+        return Response(endpoint_object(_endpoint_or_404(request, webhook_endpoint_id)))
 
     @extend_schema(
         operation_id="webhooks_update",
@@ -129,6 +130,7 @@ class EndpointDetailView(APIView):
         responses=schema.WebhookEndpointObject,
     )
     def post(self, request: Request, webhook_endpoint_id: str) -> Response:
+        _endpoint_or_404(request, webhook_endpoint_id)
         data = _valid(EndpointUpdateSerializer, request)
         endpoint = services.webhook_endpoint_update(
             organization=org_of(request), endpoint_id=webhook_endpoint_id, **data
@@ -151,6 +153,7 @@ class EndpointRotateView(APIView):
     )
     @idempotent
     def post(self, request: Request, webhook_endpoint_id: str) -> Response:
+        _endpoint_or_404(request, webhook_endpoint_id)
         data = _valid(RotateSerializer, request)
         endpoint = services.webhook_endpoint_rotate_secret(
             organization=org_of(request),
@@ -167,6 +170,7 @@ class EndpointTestView(APIView):
         responses=schema.WebhookTestResultObject,
     )
     def post(self, request: Request, webhook_endpoint_id: str) -> Response:
+        _endpoint_or_404(request, webhook_endpoint_id)  # a foreign id is a 404, whatever the body
         data = _valid(TestSerializer, request)
         attempt = services.webhook_endpoint_test(
             organization=org_of(request),
