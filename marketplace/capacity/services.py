@@ -46,6 +46,16 @@ class CapacityUnavailable(Conflict):
     code = "capacity_unavailable"
 
 
+def _lock_pool(pk: int) -> Pool:
+    """The pool lock, first in the order pool → org quota → org balance.
+
+    NO KEY UPDATE: serializes every check-then-write on the pool, yet does not block rows that
+    merely reference the pool by foreign key (their KEY SHARE lock), such as a new booking or
+    billing row written while another lock is held.
+    """
+    return Pool.objects.select_for_update(no_key=True).get(pk=pk)
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -252,7 +262,11 @@ def pool_update(*, provider: Organization, pool_id: str, changes: dict[str, Any]
         raise InvalidInput(f"Unknown pool field(s): {', '.join(sorted(unknown))}.")
     clean = _pool_fields(changes)
     with transaction.atomic():
-        pool = Pool.objects.select_for_update().filter(provider=provider, public_id=pool_id).first()
+        pool = (
+            Pool.objects.select_for_update(no_key=True)
+            .filter(provider=provider, public_id=pool_id)
+            .first()
+        )
         if pool is None:
             raise NotFound(f"No pool {pool_id!r} of yours.", param="pool_id")
         new_count = clean.get("gpu_count", pool.gpu_count)
@@ -273,7 +287,7 @@ def pool_update(*, provider: Organization, pool_id: str, changes: dict[str, Any]
 
 def pool_approve(*, pool: Pool, by: User, cluster: ClusterConnection | None = None) -> Pool:
     with transaction.atomic():
-        locked = Pool.objects.select_for_update().select_related("provider").get(pk=pool.pk)
+        locked = _lock_pool(pool.pk)
         if locked.status not in {
             Pool.Status.PENDING,
             Pool.Status.REJECTED,
@@ -311,7 +325,7 @@ def pool_reject(*, pool: Pool, by: User, note: str = "") -> Pool:
 
 def pool_retire(*, pool: Pool) -> Pool:
     with transaction.atomic():
-        locked = Pool.objects.select_for_update().get(pk=pool.pk)
+        locked = _lock_pool(pool.pk)
         ahead = Booking.objects.filter(
             pool=locked, status=Booking.Status.CONFIRMED, end__gt=timezone.now()
         ).count()
@@ -346,7 +360,7 @@ def maintenance_window_create(
 ) -> MaintenanceWindow:
     _window(start, end)
     with transaction.atomic():
-        locked = Pool.objects.select_for_update().get(pk=pool.pk)
+        locked = _lock_pool(pool.pk)
         gpus = locked.gpu_count if gpu_count is None else gpu_count
         if not 1 <= gpus <= locked.gpu_count:
             raise InvalidInput(
@@ -518,7 +532,7 @@ def _unavailable(request: BookingRequest, candidates: list[Pool]) -> CapacityUna
 def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | None:
     """Lock the pool, check the peak, write. None when it does not fit (nothing written)."""
     with transaction.atomic():
-        locked = Pool.objects.select_for_update().get(pk=pool.pk)
+        locked = _lock_pool(pool.pk)
         if locked.status != Pool.Status.ACTIVE:
             return None
         loads = selectors.reserved_loads([locked.pk], request.start, request.end)[locked.pk]
@@ -708,7 +722,10 @@ def placement_commit(*, job: FineTuningJob, decision: PlacementDecision) -> Plac
     Raises CapacityUnavailable if a concurrent admission took the GPUs meanwhile.
     """
     with transaction.atomic():
-        pool = Pool.objects.select_for_update().get(pk=decision.pool.pk)
+        # NO KEY UPDATE: still serializes admissions and bookings on the pool, but does not block
+        # billing rows that merely reference the pool (FK key-share) while they hold a balance
+        # lock, which would deadlock against pool → balance.
+        pool = Pool.objects.select_for_update(no_key=True).get(pk=decision.pool.pk)
         Placement.objects.filter(job=job).delete()  # a requeued job is placed afresh
         usage = selectors.pools_usage([pool], timezone.now())[pool.pk]
         if decision.booking is not None:
