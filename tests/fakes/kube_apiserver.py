@@ -670,16 +670,19 @@ class FakeKubeApiServer:
         return self.list("pods", namespace, f"batch.kubernetes.io/job-name={job_name}")
 
     def wait_for(self, predicate: Any, timeout: float = 30.0) -> Any:
-        """Block until predicate() is truthy (re-checked on every change); return its value."""
+        """Block until predicate() is truthy (re-checked on every change); return its value.
+
+        The predicate runs without the lock: it may call this server over HTTP.
+        """
         end = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("condition not met")
+        while True:
+            value = predicate()
+            if value:
+                return value
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("condition not met")
+            with self.changed:
                 self.changed.wait(min(left, 0.2))
 
     # -- watch -----------------------------------------------------------------------------

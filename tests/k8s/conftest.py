@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,16 @@ def fake_api(tmp_path: Path) -> Iterator[FakeKubeApiServer]:
         yield api
 
 
+def kubelet_env() -> dict[str, str]:
+    """The pods' base environment: this interpreter's `python` first on PATH, no Django settings."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 @pytest.fixture
 def kubelet_api(tmp_path: Path) -> Iterator[FakeKubeApiServer]:
-    with FakeKubeApiServer(kubelet=True, kubeconfig_dir=str(tmp_path), kubelet_cwd=str(ROOT)) as api:
+    with FakeKubeApiServer(
+        kubelet=True, kubeconfig_dir=str(tmp_path), kubelet_cwd=str(ROOT), kubelet_env=kubelet_env()
+    ) as api:
         yield api

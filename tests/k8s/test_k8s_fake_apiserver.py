@@ -33,8 +33,13 @@ def _job(name: str, argv: list[str], **spec) -> dict:
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 5,
                     "containers": [
-                        {"name": "trainer", "image": "x", "command": argv[:1], "args": argv[1:],
-                         "env": [{"name": "GREETING", "value": "bonjour"}]}
+                        {
+                            "name": "trainer",
+                            "image": "x",
+                            "command": argv[:1],
+                            "args": argv[1:],
+                            "env": [{"name": "GREETING", "value": "bonjour"}],
+                        }
                     ],
                 },
             },
@@ -61,7 +66,9 @@ def test_create_get_list_and_resource_versions(fake_api):
     listed = batch.list_namespaced_job(NS, label_selector="app=t")
     assert sorted(j.metadata.name for j in listed.items) == ["a", "b"]
     assert int(listed.metadata.resource_version) > int(created.metadata.resource_version)
-    assert [j.metadata.name for j in batch.list_namespaced_job(NS, label_selector="run=b").items] == ["b"]
+    assert [
+        j.metadata.name for j in batch.list_namespaced_job(NS, label_selector="run=b").items
+    ] == ["b"]
     assert batch.list_namespaced_job("other").items == []
 
 
@@ -76,7 +83,11 @@ def test_404_and_409_are_status_objects(fake_api):
         batch.create_namespaced_job(NS, _job("a", ["true"]))
     body = json.loads(dup.value.body)
     assert dup.value.status == 409
-    assert (body["kind"], body["reason"], body["details"]["name"]) == ("Status", "AlreadyExists", "a")
+    assert (body["kind"], body["reason"], body["details"]["name"]) == (
+        "Status",
+        "AlreadyExists",
+        "a",
+    )
 
 
 def test_watch_streams_events_from_a_resource_version(fake_api):
@@ -84,9 +95,19 @@ def test_watch_streams_events_from_a_resource_version(fake_api):
     rv = batch.list_namespaced_job(NS).metadata.resource_version
     batch.create_namespaced_job(NS, _job("a", ["true"]))
     batch.delete_namespaced_job("a", NS, propagation_policy="Background")
-    events = list(watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=rv,
-                                       timeout_seconds=1, _request_timeout=5))
-    assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "a"), ("DELETED", "a")]
+    events = list(
+        watch.Watch().stream(
+            batch.list_namespaced_job,
+            NS,
+            resource_version=rv,
+            timeout_seconds=1,
+            _request_timeout=5,
+        )
+    )
+    assert [(e["type"], e["object"].metadata.name) for e in events] == [
+        ("ADDED", "a"),
+        ("DELETED", "a"),
+    ]
     assert isinstance(events[0]["object"], client.V1Job)
 
 
@@ -96,14 +117,28 @@ def test_watch_from_a_compacted_resource_version_gets_410(fake_api):
     batch.create_namespaced_job(NS, _job("a", ["true"]))
     fake_api.expire_watches()
     with pytest.raises(ApiException) as gone:
-        list(watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=rv,
-                                  timeout_seconds=1, _request_timeout=5))
+        list(
+            watch.Watch().stream(
+                batch.list_namespaced_job,
+                NS,
+                resource_version=rv,
+                timeout_seconds=1,
+                _request_timeout=5,
+            )
+        )
     assert gone.value.status == 410
     # the relist gives a fresh resourceVersion from which the watch works again
     fresh = batch.list_namespaced_job(NS).metadata.resource_version
     batch.create_namespaced_job(NS, _job("b", ["true"]))
-    events = list(watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=fresh,
-                                       timeout_seconds=1, _request_timeout=5))
+    events = list(
+        watch.Watch().stream(
+            batch.list_namespaced_job,
+            NS,
+            resource_version=fresh,
+            timeout_seconds=1,
+            _request_timeout=5,
+        )
+    )
     assert [e["object"].metadata.name for e in events] == ["b"]
 
 
@@ -114,8 +149,15 @@ def test_open_watch_ends_with_410_when_expired(fake_api):
     rv = batch.list_namespaced_job(NS).metadata.resource_version
     threading.Timer(0.3, fake_api.expire_watches).start()
     with pytest.raises(ApiException) as gone:
-        list(watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=rv,
-                                  timeout_seconds=10, _request_timeout=15))
+        list(
+            watch.Watch().stream(
+                batch.list_namespaced_job,
+                NS,
+                resource_version=rv,
+                timeout_seconds=10,
+                _request_timeout=15,
+            )
+        )
     assert gone.value.status == 410
 
 
@@ -182,13 +224,16 @@ def _done(batch, name):
 POLICY = {
     "rules": [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3]}},
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3]},
+        },
     ]
 }
 
 
 def test_pod_failure_policy_fails_the_job_on_user_error_exit_code(kubelet_api):
-    batch, core = _clients(kubelet_api)
+    batch, _core = _clients(kubelet_api)
     argv = [sys.executable, "-c", "raise SystemExit(3)"]
     batch.create_namespaced_job(NS, _job("user", argv, backoffLimit=3, podFailurePolicy=POLICY))
     kubelet_api.wait_for(lambda: _done(batch, "user"))
@@ -203,7 +248,10 @@ def test_backoff_limit_counts_other_failures(kubelet_api):
     argv = [sys.executable, "-c", "raise SystemExit(1)"]
     batch.create_namespaced_job(NS, _job("flaky", argv, backoffLimit=1, podFailurePolicy=POLICY))
     kubelet_api.wait_for(lambda: _done(batch, "flaky"))
-    assert _condition(batch.read_namespaced_job("flaky", NS), "Failed").reason == "BackoffLimitExceeded"
+    assert (
+        _condition(batch.read_namespaced_job("flaky", NS), "Failed").reason
+        == "BackoffLimitExceeded"
+    )
     assert len(kubelet_api.pods_of_job(NS, "flaky")) == 2
 
 
@@ -219,8 +267,16 @@ def test_eviction_sends_sigterm_and_the_ignore_rule_replaces_the_pod(kubelet_api
         "print('training', flush=True)\n"
         "time.sleep(60)\n"
     )
-    batch.create_namespaced_job(NS, _job("ev", [sys.executable, "-c", code], backoffLimit=0, podFailurePolicy=POLICY))
-    first = kubelet_api.wait_for(lambda: [p for p in kubelet_api.pods_of_job(NS, "ev") if "training" in kubelet_api.pod_log(NS, p["metadata"]["name"])])[0]
+    batch.create_namespaced_job(
+        NS, _job("ev", [sys.executable, "-c", code], backoffLimit=0, podFailurePolicy=POLICY)
+    )
+    first = kubelet_api.wait_for(
+        lambda: [
+            p
+            for p in kubelet_api.pods_of_job(NS, "ev")
+            if "training" in kubelet_api.pod_log(NS, p["metadata"]["name"])
+        ]
+    )[0]
     kubelet_api.evict(NS, first["metadata"]["name"])
     kubelet_api.wait_for(lambda: _done(batch, "ev"))
     job = batch.read_namespaced_job("ev", NS)
@@ -229,7 +285,9 @@ def test_eviction_sends_sigterm_and_the_ignore_rule_replaces_the_pod(kubelet_api
     evicted = pods[first["metadata"]["name"]]
     assert evicted.status.phase == "Failed"
     assert evicted.status.container_statuses[0].state.terminated.exit_code == 4
-    assert any(c.type == "DisruptionTarget" and c.status == "True" for c in evicted.status.conditions)
+    assert any(
+        c.type == "DisruptionTarget" and c.status == "True" for c in evicted.status.conditions
+    )
     assert "checkpointed" in core.read_namespaced_pod_log(evicted.metadata.name, NS)
     (replacement,) = [p for n, p in pods.items() if n != evicted.metadata.name]
     assert replacement.status.phase == "Succeeded"
