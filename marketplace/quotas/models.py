@@ -70,7 +70,7 @@ class PlanFlavorQuota(models.Model):
     max_concurrent_jobs = models.PositiveIntegerField(default=10)
 
     class Meta:
-        ordering = ["plan", "flavor"]
+        ordering = ["plan_id", "flavor_id"]
         constraints = [
             models.UniqueConstraint(fields=["plan", "flavor"], name="planquota_unique_flavor"),
             models.CheckConstraint(
@@ -102,7 +102,7 @@ class OrganizationQuota(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["organization"]
+        ordering = ["organization_id"]  # never a join: rows are locked FOR UPDATE
         constraints = [
             models.CheckConstraint(
                 condition=Q(weight__isnull=True) | Q(weight__gt=0), name="orgquota_weight_positive"
@@ -130,7 +130,7 @@ class FlavorQuotaOverride(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["organization", "flavor"]
+        ordering = ["organization_id", "flavor_id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["organization", "flavor"], name="quotaoverride_unique_org_flavor"
@@ -201,6 +201,9 @@ class Allocation(models.Model):
     # Budget reserved at admission (gpus x max job hours); replaced by actual use on release.
     reserved_gpu_hours = models.DecimalField(max_digits=12, decimal_places=3)
     used_gpu_hours = models.DecimalField(max_digits=12, decimal_places=3, null=True, blank=True)
+    # The quota this admission was checked against (quotas may change while work runs).
+    max_gpus_at_admission = models.PositiveIntegerField(null=True, blank=True)
+    guaranteed_gpus_at_admission = models.PositiveIntegerField(default=0)
     admitted_at = models.DateTimeField(default=timezone.now)
     expected_end = models.DateTimeField()
     preempt_requested_at = models.DateTimeField(null=True, blank=True)

@@ -166,11 +166,13 @@ def _admit_one(admit: Admit) -> str | None:
     job_id = admit.job.id
     try:
         with transaction.atomic():
-            pool = Pool.objects.select_for_update().get(pk=admit.pool.id)  # 1. pool (also
-            # locked by capacity's placement_commit below: the same lock, taken first)
-            OrganizationQuota.objects.select_for_update().filter(  # 2. org quota
+            # 1. pool (placement_commit below takes the same lock again). NO KEY UPDATE: it
+            # serializes admissions and bookings on the pool without blocking rows that only
+            # reference it (billing's FK key-share locks, taken while it holds a balance lock).
+            pool = Pool.objects.select_for_update(no_key=True).get(pk=admit.pool.id)
+            OrganizationQuota.objects.select_for_update(of=("self",)).get(  # 2. org quota
                 organization_id=admit.job.org_id
-            ).first()
+            )
             fresh = _admit_recheck(admit)
             job = FineTuningJob.objects.select_related("organization").get(pk=job_id)
             placement_commit(job=job, decision=_placement_decision(fresh, pool))
@@ -250,6 +252,8 @@ def _allocation_create(admit: Admit, job: FineTuningJob) -> Allocation:
         kind=admit.kind,
         priority=job.priority,
         reserved_gpu_hours=admit.reserve_hours,
+        max_gpus_at_admission=admit.quota.max_gpus,
+        guaranteed_gpus_at_admission=admit.quota.guaranteed_gpus,
         admitted_at=now,
         expected_end=now + timedelta(hours=float(admit.quota.max_job_hours)),
     )

@@ -132,7 +132,11 @@ def plan_flavor_quota_set(
         if field in cleaned and cleaned[field] is None:
             raise InvalidInput(f"{where}: {field} needs a value in a plan.", param=field)
     with transaction.atomic():
-        row = PlanFlavorQuota.objects.select_for_update().filter(plan=plan, flavor=flavor).first()
+        row = (
+            PlanFlavorQuota.objects.select_for_update(of=("self",))
+            .filter(plan=plan, flavor=flavor)
+            .first()
+        )
         existed = row is not None
         old = {f: getattr(row, f) for f in QUOTA_FIELDS} if row else dict.fromkeys(QUOTA_FIELDS)
         row = row or PlanFlavorQuota(plan=plan, flavor=flavor)
@@ -176,7 +180,9 @@ def org_plan_set(
             )
     with transaction.atomic():
         OrganizationQuota.objects.get_or_create(organization=organization)
-        row = OrganizationQuota.objects.select_for_update().get(organization=organization)
+        row = OrganizationQuota.objects.select_for_update(of=("self",)).get(
+            organization=organization
+        )
         old_plan = row.plan.slug if row.plan else PLAN_DEFAULT
         old_weight = _text(row.weight, PLAN_DEFAULT)
         row.plan, row.weight, row.updated_at = plan, weight, timezone.now()
@@ -217,7 +223,7 @@ def org_quota_override_set(
     with transaction.atomic():
         OrganizationQuota.objects.get_or_create(organization=organization)
         # Lock the org-quota row: admissions of this organization wait for the change.
-        OrganizationQuota.objects.select_for_update().get(organization=organization)
+        OrganizationQuota.objects.select_for_update(of=("self",)).get(organization=organization)
         row, _ = FlavorQuotaOverride.objects.get_or_create(organization=organization, flavor=flavor)
         old = {f: getattr(row, f) for f in (*QUOTA_FIELDS, "budget_unlimited")}
         for field, value in cleaned.items():
