@@ -192,9 +192,10 @@ def celery_worker_process(
             "data_folder_in": str(broker / "queue"),
             "data_folder_out": str(broker / "queue"),
             "processed_folder": str(broker / "processed"),
+            "control_folder": str(broker / "control"),
             "store_processed": False,
         }
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (broker / sub).mkdir(parents=True, exist_ok=True)
         app.close()
     processes: list[subprocess.Popen[bytes]] = []

@@ -49,6 +49,9 @@ class Command(BaseCommand):
 
     def _serve(self, bind: str) -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "marketplace.settings"}
+        # Trainers call back to the address we serve on, unless told otherwise.
+        env.setdefault("PARTAGE_INTERNAL_URL", f"http://{bind}")
+        env.setdefault("PARTAGE_PUBLIC_URL", f"http://{bind}")
         commands = [
             [
                 sys.executable,
