@@ -14,7 +14,7 @@ from django.http import FileResponse, HttpRequest, JsonResponse, StreamingHttpRe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -99,25 +99,23 @@ class FileDetailView(APIView):
         return Response({"id": file.id, "object": "file", "deleted": True})
 
 
-class BinaryRenderer(BaseRenderer):
-    """Lets clients ask for a file's bytes with any Accept header (errors still come as JSON)."""
+class AlwaysJson(DefaultContentNegotiation):
+    """Views that stream bytes or events answer errors in JSON, whatever the Accept header says."""
 
-    media_type = "application/octet-stream"
-    format = "bin"
-
-    def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
-    ) -> bytes:
-        return json.dumps(data).encode()
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: Any = None) -> Any:
+        return renderers[0], renderers[0].media_type
 
 
 class FileContentView(FileDetailView):
-    renderer_classes = [JSONRenderer, BinaryRenderer]
+    content_negotiation_class = AlwaysJson
     http_method_names = ["get", "head", "options"]
 
     @extend_schema(
         operation_id="files_content",
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+        responses={
+            (200, "application/jsonl"): OpenApiTypes.BINARY,
+            (200, "application/gzip"): OpenApiTypes.BINARY,
+        },
     )
     def get(self, request: Request, file_id: str) -> FileResponse:  # type: ignore[override]
         file = self._file(request, file_id)
@@ -308,16 +306,6 @@ class JobEventsView(APIView):
         )
 
 
-class EventStreamRenderer(BaseRenderer):
-    media_type = "text/event-stream"
-    format = "sse"
-
-    def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
-    ) -> bytes:
-        return json.dumps(data).encode()  # only errors are rendered; the stream writes itself
-
-
 def _sse(event: JobEvent) -> str:
     body = json.dumps(event_object(event), separators=(",", ":"))
     return f"id: {event.seq}\nevent: fine_tuning.job.event\ndata: {body}\n\n"
@@ -351,7 +339,7 @@ def job_event_stream(job_id: str, *, after_seq: int, max_seconds: float) -> Iter
 
 
 class JobEventStreamView(APIView):
-    renderer_classes = [JSONRenderer, EventStreamRenderer]
+    content_negotiation_class = AlwaysJson
 
     @extend_schema(
         operation_id="fine_tuning_jobs_events_stream",
@@ -366,7 +354,15 @@ class JobEventStreamView(APIView):
         ],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string", "enum": ["fine_tuning.job.event", "end"]},
+                        "data": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                },
                 description="Server-Sent Events: `id` is the event's seq, `data` an event object; "
                 "a final `end` event carries the job's status.",
             )

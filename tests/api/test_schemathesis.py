@@ -1,0 +1,123 @@
+"""Fuzz every /v1 operation from the OpenAPI schema (schemathesis): no 5xx, and every response
+matches the schema (status code, content type, body). Bounded: a few examples per operation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core.wsgi import get_wsgi_application
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture
+def fuzz_key(key_a: str, settings: Any) -> str:
+    settings.PARTAGE_API_RATE_LIMIT = 0
+    settings.PARTAGE_SSE_MAX_SECONDS = 1
+    return key_a
+
+
+@pytest.mark.django_db
+@schema.parametrize()
+@settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_every_operation_keeps_to_the_schema(case: Any, fuzz_key: str) -> None:
+    case.call_and_validate(headers={"Authorization": f"Bearer {fuzz_key}"}, checks=CHECKS)
+
+
+@pytest.fixture
+def populated(org_a: Any, fuzz_key: str, settings: Any) -> dict[str, str]:
+    """Real objects of org A, so that successful responses are checked too, not only errors."""
+    from marketplace.api.webhooks import services as webhooks
+    from tests.api.factories import job_for
+
+    settings.PARTAGE_WEBHOOK_ALLOW_PRIVATE = True
+    job = job_for(org_a, status="succeeded", events=4, checkpoints=2)
+    running = job_for(org_a, status="running", events=1)
+    endpoint = webhooks.webhook_endpoint_create(
+        organization=org_a,
+        name="h",
+        url="http://127.0.0.1:9/h",
+        event_types=["fine_tuning.job.failed"],
+    )
+    event = webhooks.webhook_event_emit(
+        organization=org_a, event_type="fine_tuning.job.failed", data={"id": job.id}
+    )
+    webhooks.webhook_deliveries_sweep()  # one failed attempt (nothing listens on port 9)
+    return {
+        "job_id": job.id,
+        "running_job_id": running.id,
+        "file_id": job.training_file_id,
+        "model_id": job.fine_tuned_model,
+        "webhook_endpoint_id": endpoint.id,
+        "delivery_id": event.deliveries.get().id,
+        "key_id": f"key_{org_a.api_keys.get().pk}",
+    }
+
+
+DETAIL_GETS = [
+    ("/v1/files", {}),
+    ("/v1/files/{file_id}", {"file_id"}),
+    ("/v1/files/{file_id}/content", {"file_id"}),
+    ("/v1/fine_tuning/jobs", {}),
+    ("/v1/fine_tuning/jobs/{job_id}", {"job_id"}),
+    ("/v1/fine_tuning/jobs/{job_id}/events", {"job_id"}),
+    ("/v1/fine_tuning/jobs/{job_id}/events/stream", {"job_id"}),
+    ("/v1/fine_tuning/jobs/{job_id}/checkpoints", {"job_id"}),
+    ("/v1/models", {}),
+    ("/v1/models/{model_id}", {"model_id"}),
+    ("/v1/webhook_endpoints", {}),
+    ("/v1/webhook_endpoints/{webhook_endpoint_id}", {"webhook_endpoint_id"}),
+    ("/v1/webhook_deliveries", {}),
+    ("/v1/webhook_deliveries/{delivery_id}", {"delivery_id"}),
+    ("/v1/webhook_event_types", {}),
+    ("/v1/organization", {}),
+    ("/v1/organization/members", {}),
+    ("/v1/api_keys", {}),
+    ("/v1/api_keys/{key_id}", {"key_id"}),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("path", "params"), DETAIL_GETS)
+def test_successful_reads_match_the_schema(
+    path: str, params: set[str], populated: dict[str, str], fuzz_key: str
+) -> None:
+    operation = schema[path]["GET"]
+    case = operation.Case(path_parameters={name: populated[name] for name in params})
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {fuzz_key}"}, checks=CHECKS
+    )
+    assert response.status_code == 200, response.text
+    if path.endswith("s") and "data" in response.text:
+        assert response.json()["data"], f"{path} returned an empty list: nothing was checked"
+
+
+@pytest.mark.django_db
+def test_job_actions_match_the_schema(populated: dict[str, str], fuzz_key: str) -> None:
+    for action in ("pause", "cancel"):
+        operation = schema[f"/v1/fine_tuning/jobs/{{job_id}}/{action}"]["POST"]
+        case = operation.Case(path_parameters={"job_id": populated["running_job_id"]})
+        response = case.call_and_validate(
+            headers={"Authorization": f"Bearer {fuzz_key}"}, checks=CHECKS
+        )
+        assert response.status_code in (200, 409), response.text
