@@ -1,0 +1,177 @@
+"""Every manifest in k8s/ (base and rendered overlays) and a rendered training Job validate
+with kubernetes-validate in strict mode against the newest Kubernetes version it knows."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from tests.k8s.test_k8s_executor import CONFIG, make_spec
+from workers.executors import k8s_constants as K
+from workers.executors.kubernetes import job_manifest
+
+K8S = Path(__file__).resolve().parents[2] / "k8s"
+VERSION = latest_version()
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+# ---------------------------------------------------------------- a small kustomize
+# kustomize may not be installed where tests run; this renders the subset k8s/ uses
+# (resources, strategic-merge patches by kind+name, images, common labels), and is checked
+# against `kubectl kustomize` when that is available.
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(i, dict) and "name" in i for i in base + patch)
+        and patch
+    ):
+        merged_list = [copy.deepcopy(i) for i in base]
+        for item in patch:
+            index = next((n for n, b in enumerate(merged_list) if b["name"] == item["name"]), None)
+            if index is None:
+                merged_list.append(copy.deepcopy(item))
+            else:
+                merged_list[index] = _merge(merged_list[index], item)
+        return merged_list
+    return copy.deepcopy(patch)
+
+
+def _set_images(obj: Any, images: dict[str, dict[str, str]]) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "image" and isinstance(value, str) and value in images:
+                rule = images[value]
+                obj[key] = f"{rule.get('newName', value)}@{rule['digest']}"
+            else:
+                _set_images(value, images)
+    elif isinstance(obj, list):
+        for item in obj:
+            _set_images(item, images)
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources", []):
+        path = directory / resource
+        docs += render(path) if path.is_dir() else _documents(path)
+    for patch in kustomization.get("patches", []):
+        for change in _documents(directory / patch["path"]):
+            key = (change["kind"], change["metadata"]["name"])
+            matches = [i for i, d in enumerate(docs) if (d["kind"], d["metadata"]["name"]) == key]
+            assert matches, f"patch {patch['path']} targets nothing: {key}"
+            for i in matches:
+                docs[i] = _merge(docs[i], change)
+    images = {i["name"]: i for i in kustomization.get("images", [])}
+    for doc in docs:
+        _set_images(doc, images)
+        for entry in kustomization.get("labels", []):
+            doc["metadata"].setdefault("labels", {}).update(entry["pairs"])
+    return docs
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, VERSION, strict=True)
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def _plain_manifests() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.mark.parametrize("path", _plain_manifests(), ids=lambda p: str(p.relative_to(K8S)))
+def test_each_base_manifest_validates_strictly(path: Path) -> None:
+    for doc in _documents(path):
+        if "overlays" in path.parts:
+            continue  # patches are partial on purpose; their rendered result is checked below
+        _validate(doc)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_each_rendered_overlay_validates_strictly(overlay: Path) -> None:
+    docs = render(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "Ingress", "Role", "RoleBinding", "NetworkPolicy"} <= kinds
+    assert {"PodDisruptionBudget", "Job", "ConfigMap"} <= kinds
+    for doc in docs:
+        _validate(doc)
+    images = [
+        c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+    assert images and all("@sha256:" in image for image in images)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_our_rendering_matches_kubectl_kustomize(overlay: Path) -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    theirs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in theirs:
+        _validate(doc)
+
+    def key(d: dict[str, Any]) -> tuple[str, str, str]:
+        return (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+
+    ours = {key(d): d for d in render(overlay)}
+    assert set(ours) == {key(d) for d in theirs}
+    for doc in theirs:
+        if doc["kind"] == "Deployment":
+            assert doc["spec"]["replicas"] == ours[key(doc)]["spec"]["replicas"]
+
+
+def test_rbac_is_limited_to_jobs_pods_and_logs_in_the_training_namespace() -> None:
+    (role,) = [d for d in _documents(K8S / "base" / "rbac.yaml") if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == CONFIG.namespace
+    resources = sorted(r for rule in role["rules"] for r in rule["resources"])
+    assert resources == ["jobs", "pods", "pods/log"]
+    verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
+    assert verbs["pods"] == {"get", "list", "watch"} and verbs["pods/log"] == {"get"}
+
+
+def test_network_policy_selects_the_labels_the_executor_puts_on_training_pods() -> None:
+    policy = next(
+        d
+        for d in _documents(K8S / "base" / "networkpolicy.yaml")
+        if d["metadata"]["namespace"] == CONFIG.namespace
+    )
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    pod_labels = job_manifest(make_spec(), CONFIG)["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert policy["spec"]["ingress"] == []
+    assert selector[K.LABEL_COMPONENT] == K.COMPONENT_TRAINING
+
+
+def test_rendered_training_job_validates_strictly() -> None:
+    _validate(job_manifest(make_spec(), CONFIG))
+    _validate(job_manifest(make_spec(gpus=0), CONFIG))
