@@ -1,0 +1,49 @@
+"""Django admin for accounts: users, organizations, memberships, API keys (hashes only)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin
+
+from marketplace.accounts.models import ApiKey, Membership, Organization, User
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(User)
+class PartageUserAdmin(UserAdmin):
+    search_fields = ["username", "email"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "kind", "country", "vat_id", "created_at"]
+    list_filter = ["kind", "country"]
+    search_fields = ["slug", "name", "legal_name", "vat_id"]
+    readonly_fields = ["public_id", "created_at"]
+    inlines = [MembershipInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = [
+        "prefix",
+        "name",
+        "organization",
+        "read_only",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["read_only"]
+    search_fields = ["prefix", "name", "organization__slug"]
+    # The hash is never shown and keys are never created here: the secret must be shown once.
+    exclude = ["hashed_secret"]
+    readonly_fields = ["prefix", "organization", "created_by", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
