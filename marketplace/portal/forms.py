@@ -171,3 +171,30 @@ class LaunchForm(forms.Form):
             "dropout": data["lora_dropout"],
             "target_modules": targets,
         }
+
+
+class OfferFilterForm(forms.Form):
+    flavor = forms.ChoiceField(label="GPU", required=False)
+    region = forms.ChoiceField(label="Region", required=False)
+    max_price = forms.DecimalField(
+        label="Max €/GPU-hour", required=False, min_value=0, max_digits=10, decimal_places=2
+    )
+    gpus = forms.IntegerField(label="Free GPUs now", required=False, min_value=1, max_value=1024)
+
+    def __init__(
+        self, *args: Any, flavors: list[tuple[str, str]], regions: list[str], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["flavor"].choices = [("", "Any GPU"), *flavors]  # type: ignore[attr-defined]
+        self.fields["region"].choices = [("", "Any region")] + [(r, r) for r in regions]  # type: ignore[attr-defined]
+
+
+class BookingForm(forms.Form):
+    pool = forms.CharField(max_length=40, widget=forms.HiddenInput)
+    gpu_count = forms.IntegerField(label="GPUs", min_value=1, max_value=1024, initial=1)
+    start = forms.DateTimeField(
+        label="Start (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+    )
+    hours = forms.IntegerField(label="Hours", min_value=1, max_value=24 * 90, initial=8)

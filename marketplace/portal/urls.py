@@ -66,6 +66,8 @@ urlpatterns = [
     path("jobs/<str:job_id>/manifest/", jobs.job_manifest, name="job-manifest"),
     # Capacity
     path("offers/", offers.offer_list, name="offers"),
+    path("offers/book/", offers.booking_new, name="offer-book"),
+    path("bookings/<str:booking_id>/cancel/", offers.booking_cancel, name="offer-booking-cancel"),
     # Usage and billing
     path("usage/", usage.usage, name="usage"),
     # Staff

@@ -42,3 +42,24 @@ def bob_web(bob: User) -> Client:
 @pytest.fixture
 def carol_web(carol: User) -> Client:
     return logged_in(carol)
+
+
+def make_file(org: Any, content: bytes | None = None, name: str = "train.jsonl") -> Any:
+    import io
+
+    from marketplace.finetuning.services import file_create
+    from tests.conftest import chat_lines, jsonl
+
+    data = content if content is not None else jsonl(chat_lines(8))
+    return file_create(organization=org, stream=io.BytesIO(data), filename=name, size=len(data))
+
+
+def make_job(org: Any, captured: Any, **kwargs: Any) -> Any:
+    """A queued job; the admission callbacks are captured, not run, so nothing trains."""
+    from marketplace.finetuning.services import job_create
+
+    file = make_file(org)
+    with captured(execute=False):
+        return job_create(
+            organization=org, model="partage/tiny-llama", training_file=file.id, **kwargs
+        )

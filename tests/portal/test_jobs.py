@@ -1,0 +1,150 @@
+"""Data and jobs in the portal: the validation report, launch with review, the live endpoint."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from marketplace.finetuning.models import File, FineTuningJob, JobEvent
+from marketplace.finetuning.services import job_event_add
+from tests.conftest import chat_lines, jsonl
+from tests.portal.conftest import make_file, make_job
+
+pytestmark = pytest.mark.django_db
+
+
+def test_upload_reports_every_bad_line_and_stores_nothing(alice_web: Client) -> None:
+    lines = [json.dumps(r) for r in chat_lines(6)]
+    lines[0] = "[1, 2]"
+    lines[3] = '{"prompt": "a", "completion": "b"}'
+    lines[5] = "{broken"
+    content = ("\n".join(lines) + "\n").encode()
+    response = alice_web.post("/data/", {"file": SimpleUploadedFile("t.jsonl", content)})
+    assert response.status_code == 400
+    report = response.context["rejected"]["report"]
+    found = [(e["line"], e["code"]) for e in report["errors"]]
+    assert (1, "not_an_object") in found and (6, "invalid_json") in found
+    assert (4, "mixed_formats") in found
+    body = response.content.decode()
+    for line, _code in found:  # every reported line is on the page
+        assert f'data-line="{line}"' in body
+    assert "{broken" in body
+    assert not File.objects.exists()
+
+
+def test_a_good_upload_shows_its_report(alice_web: Client) -> None:
+    response = alice_web.post(
+        "/data/", {"file": SimpleUploadedFile("t.jsonl", jsonl(chat_lines(5)))}, follow=True
+    )
+    assert response.status_code == 200
+    assert "All 5 lines are valid training examples" in response.content.decode()
+    assert File.objects.get().line_count == 5
+
+
+LAUNCH = {
+    "model": "partage/tiny-llama",
+    "n_epochs": 2,
+    "batch_size": 4,
+    "learning_rate_multiplier": 1.0,
+    "max_seq_length": 256,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "target_modules": "q_proj, v_proj",
+    "gpu_count": 1,
+    "suffix": "demo",
+}
+
+
+def test_launch_reviews_before_creating_the_job(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    file = make_file(org_a)
+    form = {**LAUNCH, "training_file": file.id}
+    review = alice_web.post("/jobs/new/", {**form, "action": "review"})
+    assert review.status_code == 200
+    body = review.content.decode()
+    assert "Review and confirm" in body and 'id="estimate-cost"' in body
+    assert review.context["estimate"].cost is not None
+    assert not FineTuningJob.objects.exists()
+    with django_capture_on_commit_callbacks(execute=False):
+        confirmed = alice_web.post("/jobs/new/", {**form, "action": "confirm"})
+    job = FineTuningJob.objects.get()
+    assert confirmed["Location"] == f"/jobs/{job.id}/"
+    assert job.lora["target_modules"] == ["q_proj", "v_proj"]
+    assert job.hyperparameters["n_epochs"] == 2 and job.suffix == "demo"
+    assert job.created_by.username == "alice"
+
+
+def test_launch_shows_the_service_s_own_errors(alice_web: Client, org_a: Any) -> None:
+    file = make_file(org_a)
+    response = alice_web.post(
+        "/jobs/new/", {**LAUNCH, "training_file": file.id, "lora_r": 200, "action": "review"}
+    )
+    assert response.status_code == 400
+    assert "lora.r must be an integer from 1 to 64" in response.content.decode()
+
+
+def test_launch_refuses_another_org_s_file(alice_web: Client, org_b: Any) -> None:
+    file = make_file(org_b)
+    response = alice_web.post(
+        "/jobs/new/", {**LAUNCH, "training_file": file.id, "action": "confirm"}
+    )
+    assert response.status_code == 400
+    assert not FineTuningJob.objects.exists()
+
+
+def test_live_endpoint_gives_progress_and_new_loss_points(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    for step, loss in [(1, 3.0), (2, 2.5), (3, 2.0)]:
+        job_event_add(
+            job_id=job.id,
+            message=f"step {step}",
+            type=JobEvent.Type.METRICS,
+            data={"step": step, "total_steps": 8, "train_loss": loss},
+        )
+    job_event_add(
+        job_id=job.id,
+        message="valid",
+        type=JobEvent.Type.METRICS,
+        data={"step": 3, "valid_loss": 2.2},
+    )
+    FineTuningJob.objects.filter(pk=job.pk).update(
+        progress={"step": 3, "total_steps": 8, "train_loss": 2.0, "eta_s": 50}
+    )
+    data = alice_web.get(f"/jobs/{job.id}/live/").json()
+    assert data["progress"]["percent"] == 37.5 and data["progress"]["eta_s"] == 50
+    assert data["train"] == [[1, 3.0], [2, 2.5], [3, 2.0]]
+    assert data["valid"] == [[3, 2.2]]
+    assert data["public_status"] == "queued" and data["finished"] is False
+    # Only new points after the last one seen.
+    again = alice_web.get(f"/jobs/{job.id}/live/?after={data['after']}").json()
+    assert again["train"] == [] and again["valid"] == []
+    job_event_add(
+        job_id=job.id,
+        message="step 4",
+        type=JobEvent.Type.METRICS,
+        data={"step": 4, "total_steps": 8, "train_loss": 1.5},
+    )
+    newer = alice_web.get(f"/jobs/{job.id}/live/?after={data['after']}").json()
+    assert newer["train"] == [[4, 1.5]]
+
+
+def test_cancel_a_queued_job(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = alice_web.post(f"/jobs/{job.id}/cancel/", follow=True)
+    assert "Cancelling" in response.content.decode()
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    # Cancelling twice explains itself instead of failing.
+    response = alice_web.post(f"/jobs/{job.id}/cancel/", follow=True)
+    assert "nothing to cancel" in response.content.decode()

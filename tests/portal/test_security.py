@@ -1,0 +1,147 @@
+"""Security of the portal: CSP without inline script, CSRF, login throttling, tenancy (404s)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from marketplace.finetuning.models import FineTuningJob
+from tests.portal.conftest import make_file, make_job
+
+pytestmark = pytest.mark.django_db
+
+INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
+INLINE_HANDLER = re.compile(r"<[^>]+\son[a-z]+\s*=", re.IGNORECASE)
+INLINE_STYLE = re.compile(r"<[^>]+\sstyle\s*=", re.IGNORECASE)
+
+
+def assert_strict_page(response: Any) -> None:
+    policy = response["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["script-src"] == "'self'"
+    assert directives["style-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'"
+    html = response.content.decode()
+    assert not INLINE_SCRIPT.search(html), INLINE_SCRIPT.search(html)
+    assert not INLINE_HANDLER.search(html), INLINE_HANDLER.search(html)
+    assert not INLINE_STYLE.search(html), INLINE_STYLE.search(html)
+
+
+def test_every_page_has_a_strict_csp_and_no_inline_script(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    anonymous = Client()
+    for url in ["/", "/login/", "/signup/", "/password-reset/"]:
+        response = anonymous.get(url)
+        assert response.status_code == 200, url
+        assert_strict_page(response)
+    pages = [
+        "/overview/",
+        "/data/",
+        f"/data/{job.training_file_id}/",
+        "/jobs/",
+        "/jobs/new/",
+        f"/jobs/{job.id}/",
+        "/team/",
+        "/api-keys/",
+        "/offers/",
+        "/usage/",
+    ]
+    for url in pages:
+        response = alice_web.get(url)
+        assert response.status_code == 200, url
+        assert_strict_page(response)
+    # The validation report (an error page) too.
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = alice_web.post("/data/", {"file": SimpleUploadedFile("x.jsonl", b"{oops\n")})
+    assert response.status_code == 400
+    assert_strict_page(response)
+
+
+def test_the_inline_script_check_can_fail() -> None:
+    assert INLINE_SCRIPT.search("<script>alert(1)</script>")
+    assert not INLINE_SCRIPT.search('<script src="/static/portal/portal.js" defer></script>')
+    assert INLINE_HANDLER.search('<button onclick="x()">')
+    assert INLINE_STYLE.search('<div style="color: red">')
+
+
+def test_forms_refuse_posts_without_the_csrf_token(alice: Any) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    response = client.post("/api-keys/", {"name": "ci"})
+    assert response.status_code == 403
+    page = client.get("/api-keys/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
+    assert token
+    response = client.post("/api-keys/", {"name": "ci", "csrfmiddlewaretoken": token.group(1)})
+    assert response.status_code == 200
+    assert "sk-ptg-" in response.content.decode()
+
+
+def _login(client: Client, password: str, ip: str = "10.0.0.1") -> Any:
+    return client.post("/login/", {"username": "alice", "password": password}, REMOTE_ADDR=ip)
+
+
+def test_login_is_throttled_per_username_and_address(alice: Any) -> None:
+    client = Client()
+    for _ in range(5):
+        response = _login(client, "wrong-password")
+        assert response.status_code == 200
+        assert "Please enter a correct username and password" in response.content.decode()
+    # Even the right password is refused now, with a clear message.
+    response = _login(client, "alice-password-123")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Too many failed sign-in attempts" in body and "Try again in 15 minute(s)" in body
+    assert "_auth_user_id" not in client.session
+    # From another address, alice can still sign in.
+    other = Client()
+    response = _login(other, "alice-password-123", ip="10.0.0.2")
+    assert response.status_code == 302
+    assert other.session["_auth_user_id"] == str(alice.pk)
+
+
+def test_a_success_clears_the_failure_count(alice: Any) -> None:
+    client = Client()
+    for _ in range(4):
+        _login(client, "wrong-password")
+    assert _login(client, "alice-password-123").status_code == 302
+    client.logout()
+    for _ in range(4):
+        _login(client, "wrong-password")
+    assert _login(client, "alice-password-123").status_code == 302
+
+
+def test_bob_cannot_open_alice_s_job_file_or_adapter(
+    alice_web: Client, bob_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    result = make_file(org_a, name="adapter.tar.gz")
+    FineTuningJob.objects.filter(pk=job.pk).update(result_file=result, manifest={"x": 1})
+    urls = [
+        f"/jobs/{job.id}/",
+        f"/jobs/{job.id}/live/",
+        f"/jobs/{job.id}/adapter/",
+        f"/jobs/{job.id}/manifest/",
+        f"/data/{job.training_file_id}/",
+        f"/data/{job.training_file_id}/download/",
+        f"/data/{result.id}/download/",
+    ]
+    for url in urls:
+        assert alice_web.get(url).status_code == 200, url
+        assert bob_web.get(url).status_code == 404, url
+    assert bob_web.post(f"/jobs/{job.id}/cancel/").status_code == 404
+    job.refresh_from_db()
+    assert job.status == "queued"
+    assert job.id not in bob_web.get("/jobs/").content.decode()
+
+
+def test_staff_pages_are_hidden_from_startups(alice_web: Client, carol_web: Client) -> None:
+    assert alice_web.get("/cockpit/").status_code == 404
+    assert carol_web.get("/cockpit/").status_code == 200
+    assert Client().get("/cockpit/").status_code == 302
