@@ -83,3 +83,33 @@ def test_partner_path_on_sqlite(
     assert manifest["base_model"]["id"] == "partage/tiny-llama"
     assert manifest["training_file"]["sha256"] == job.training_file.sha256
     assert manifest["seed"] == 7
+
+
+def test_cancel_stops_the_local_trainer(
+    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any
+) -> None:
+    file_id = upload(jsonl(chat_lines(64))).json()["id"]
+    job_id = client_a.post(
+        "/v1/fine_tuning/jobs",
+        {"model": "partage/tiny-llama", "training_file": file_id,
+         "hyperparameters": {"n_epochs": 50, "batch_size": 1}},
+        format="json",
+    ).json()["id"]
+    wait_for(
+        lambda: FineTuningJob.objects.get(pk=job_id).progress.get("step"),
+        timeout=120,
+        what="the first training step",
+    )
+    response = client_a.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert response.status_code == 200
+    job = wait_for(
+        lambda: (j := FineTuningJob.objects.get(pk=job_id)).status == "cancelled" and j,
+        timeout=60,
+        what="the job to be cancelled",
+    )
+    attempt = job.attempts.get()
+    assert attempt.status == JobAttempt.Status.CANCELLED and attempt.ended_at is not None
+    assert job.result_file_id is None
+    pid = int(attempt.handle.partition(":")[0])
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3],
+             timeout=30, what="the trainer process to exit")
