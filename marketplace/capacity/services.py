@@ -154,7 +154,7 @@ def _price(value: Any) -> Decimal:
         raise InvalidInput(
             "price_per_gpu_hour has at most 4 decimal places.", param="price_per_gpu_hour"
         )
-    return price
+    return price.quantize(Decimal("0.0001"))
 
 
 def _pool_fields(changes: dict[str, Any]) -> dict[str, Any]:
