@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Round
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
@@ -247,7 +248,8 @@ class Charge(AppendOnlyModel):
         indexes = [models.Index(fields=["job"], name="charge_job")]
         constraints = [
             models.CheckConstraint(
-                condition=Q(net=models.F("fee") + models.F("provider_amount")),
+                # Round(…, 2): SQLite adds decimals as floats; PostgreSQL is exact either way.
+                condition=Q(net=Round(models.F("fee") + models.F("provider_amount"), 2)),
                 name="charge_net_is_fee_plus_provider",
             )
         ]
@@ -295,7 +297,7 @@ class Invoice(models.Model):
                 name="invoice_one_live_per_org_period",
             ),
             models.CheckConstraint(
-                condition=Q(total=models.F("subtotal") + models.F("vat")),
+                condition=Q(total=Round(models.F("subtotal") + models.F("vat"), 2)),
                 name="invoice_total_is_subtotal_plus_vat",
             ),
         ]
@@ -361,7 +363,7 @@ class ProviderStatement(models.Model):
                 fields=["provider", "period_start"], name="statement_one_per_provider_period"
             ),
             models.CheckConstraint(
-                condition=Q(gross=models.F("fee") + models.F("payable")),
+                condition=Q(gross=Round(models.F("fee") + models.F("payable"), 2)),
                 name="statement_gross_is_fee_plus_payable",
             ),
         ]

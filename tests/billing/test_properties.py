@@ -1,0 +1,260 @@
+"""Property test: random life cycles of jobs, through the real job services and billing hooks.
+
+Hypothesis generates sequences of top-ups, admissions, starts, clock advances, preemptions,
+failures, pauses, resumes, cancellations, successes, duplicate deliveries and invoice runs. After
+every sequence (all jobs brought to an end and everything invoiced) REFERENCE §6 must hold, and
+each job's invoice lines must add up to exactly what the ledger charged it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import transaction
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from marketplace.accounts.services import organization_create
+from marketplace.billing import services as billing
+from marketplace.billing.models import Charge, InvoiceLine, JobPricing
+from marketplace.errors import InsufficientFunds, InvalidTransition
+from marketplace.finetuning import services as jobs
+from marketplace.finetuning.models import FineTuningJob, JobAttempt
+from marketplace.finetuning.models import JobStatus as S
+from tests.billing.conftest import admit, assert_invariants, fail, preempt, succeed, training_file
+from tests.capacity import factories
+from workers.executors.base import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
+
+pytestmark = pytest.mark.django_db
+
+START = datetime(2026, 10, 28, 8, 0, tzinfo=UTC)
+JOBS = 3
+
+job_index = st.integers(0, JOBS - 1)
+operation = st.one_of(
+    st.tuples(st.just("topup"), st.integers(0, 1), st.sampled_from(["5.00", "20.00", "120.00"])),
+    st.tuples(st.just("admit"), job_index, st.integers(0, 1), st.sampled_from([600, 1800, 7200])),
+    st.tuples(st.just("start"), job_index, st.booleans()),
+    st.tuples(st.just("run"), job_index, st.integers(0, 1), st.integers(1, 1800)),
+    st.tuples(st.just("advance"), st.integers(1, 4000)),
+    st.tuples(st.just("preempt"), job_index),
+    st.tuples(st.just("fail"), job_index, st.sampled_from([1, EXIT_USER_ERROR])),
+    st.tuples(st.just("succeed"), job_index),
+    st.tuples(st.just("pause"), job_index),
+    st.tuples(st.just("resume"), job_index),
+    st.tuples(st.just("cancel"), job_index),
+    st.tuples(st.just("replay"), job_index),
+    st.tuples(
+        st.just("invoice"),
+    ),
+)
+
+
+class World:
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        eu = organization_create(name="Startup FR", slug="startup-fr", country="FR")
+        rc = organization_create(
+            name="Startup DE", slug="startup-de", country="DE", vat_id="DE123456789"
+        )
+        self.orgs = [eu, rc]
+        provider = factories.provider("prov-x")
+        other = factories.provider("prov-y", country="DE")
+        self.pools = [
+            factories.pool(provider, price="2.4990", gpus=16),
+            factories.pool(other, price="0.7300", gpus=16),
+        ]
+        files = [training_file(org) for org in self.orgs]
+        self.jobs = [
+            jobs.job_create(
+                organization=self.orgs[i % 2],
+                model="partage/tiny-llama",
+                training_file=files[i % 2],
+                gpu_count=1 + i,
+            )
+            for i in range(JOBS)
+        ]
+        self.topups = 0
+        for org in self.orgs:
+            self.topup(org=self.orgs.index(org), amount="120.00")
+        self.invoiced_until = datetime(2026, 10, 1, tzinfo=UTC)
+
+    def job(self, index: int) -> FineTuningJob:
+        return FineTuningJob.objects.get(pk=self.jobs[index].pk)
+
+    def running_attempt(self, job: FineTuningJob) -> JobAttempt | None:
+        return JobAttempt.objects.filter(job=job, ended_at__isnull=True).order_by("-number").first()
+
+    # ------------------------------------------------------------------ operations
+
+    def topup(self, org: int, amount: str) -> None:
+        self.topups += 1
+        billing.topup_record(
+            organization=self.orgs[org], amount=Decimal(amount), reference=f"r{self.topups}"
+        )
+
+    def admit(self, index: int, pool: int, max_duration: int) -> None:
+        job = self.job(index)
+        if job.status == S.QUEUED:
+            try:
+                admit(job, self.pools[pool], max_duration=max_duration)
+            except InsufficientFunds:
+                pass
+
+    def start(self, index: int, train: bool) -> None:
+        job = self.job(index)
+        if job.status == S.ADMITTED:
+            attempt = jobs.attempt_for_dispatch(job_id=job.id)
+            assert attempt is not None
+            if train:
+                jobs.attempt_training_started(attempt=attempt)
+        elif job.status == S.STARTING and train:
+            attempt = self.running_attempt(job)
+            assert attempt is not None
+            jobs.attempt_training_started(attempt=attempt)
+
+    def run(self, index: int, pool: int, seconds: int) -> None:
+        """Admit, start and train for a while, in one step."""
+        self.admit(index, pool, 1800)
+        self.start(index, True)
+        self.advance(seconds)
+
+    def advance(self, seconds: int) -> None:
+        """Time passes; the executor's deadline (the admitted maximum duration) caps attempts."""
+        now = datetime.now(UTC)
+        limit = seconds
+        for attempt in JobAttempt.objects.filter(
+            ended_at__isnull=True, training_started_at__isnull=False
+        ):
+            allowed = JobPricing.objects.get(job_id=attempt.job_id).max_duration_seconds
+            used = (now - attempt.training_started_at).total_seconds()
+            limit = min(limit, int(allowed - used))
+        if limit > 0:
+            self.clock.shift(timedelta(seconds=limit, milliseconds=137))
+
+    def preempt(self, index: int) -> None:
+        job = self.job(index)
+        attempt = self.running_attempt(job)
+        if attempt is not None and job.status in {S.STARTING, S.RUNNING}:
+            preempt(attempt)
+
+    def fail(self, index: int, exit_code: int) -> None:
+        job = self.job(index)
+        attempt = self.running_attempt(job)
+        if attempt is not None and job.status in {S.STARTING, S.RUNNING}:
+            fail(attempt, exit_code=exit_code)
+
+    def succeed(self, index: int) -> None:
+        job = self.job(index)
+        attempt = self.running_attempt(job)
+        if attempt is not None and job.status == S.RUNNING:
+            succeed(job, attempt)
+
+    def pause(self, index: int) -> None:
+        job = self.job(index)
+        if job.status in {S.QUEUED, S.ADMITTED, S.STARTING, S.RUNNING}:
+            jobs.job_pause(organization=job.organization, job_id=job.id)
+            attempt = self.running_attempt(job)
+            if attempt is not None:
+                # The trainer writes its checkpoint and exits.
+                jobs.attempt_ended(
+                    attempt_id=attempt.pk, phase=Phase.FAILED, exit_code=EXIT_PREEMPTED
+                )
+
+    def resume(self, index: int) -> None:
+        job = self.job(index)
+        if job.status == S.PAUSED:
+            jobs.job_resume(organization=job.organization, job_id=job.id)
+
+    def cancel(self, index: int) -> None:
+        job = self.job(index)
+        if job.status in {S.QUEUED, S.PAUSED, S.STARTING, S.RUNNING}:
+            jobs.job_cancel(organization=job.organization, job_id=job.id)
+            attempt = self.running_attempt(job)
+            if attempt is not None:
+                jobs.attempt_ended(attempt_id=attempt.pk, phase=Phase.FAILED, exit_code=143)
+
+    def replay(self, index: int) -> None:
+        """Duplicate deliveries: the executor's end report, metering, settlement, a top-up."""
+        job = self.job(index)
+        last = (
+            JobAttempt.objects.filter(job=job, ended_at__isnull=False).order_by("-number").first()
+        )
+        if last is not None:
+            jobs.attempt_ended(attempt_id=last.pk, phase=Phase.FAILED, exit_code=1)
+            billing.attempt_meter(attempt=last)
+        if job.status in {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PAUSED}:
+            billing.job_settle(job=job)
+        if self.topups:
+            billing.topup_record(organization=self.orgs[0], amount=Decimal("5.00"), reference="r1")
+
+    def invoice(self) -> None:
+        """Month end: when nothing runs, jump to the next month and invoice the last one."""
+        if JobAttempt.objects.filter(ended_at__isnull=True).exists():
+            return
+        now = datetime.now(UTC)
+        start = datetime(now.year, now.month, 1, tzinfo=UTC)
+        end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+        self.clock.move_to(end + timedelta(seconds=5))
+        billing.invoices_finalize(period_start=start, period_end=end)
+
+    # ------------------------------------------------------------------ the end
+
+    def wind_down(self) -> None:
+        """Bring every job to an end the way the platform would, then invoice everything."""
+        for index in range(JOBS):
+            job = self.job(index)
+            attempt = self.running_attempt(job)
+            if job.status == S.RUNNING and attempt is not None:
+                succeed(job, attempt)
+            elif attempt is not None:
+                fail(attempt, exit_code=1)
+            job = self.job(index)
+            if job.status in {S.QUEUED, S.PAUSED}:
+                jobs.job_cancel(organization=job.organization, job_id=job.id)
+            elif job.status == S.ADMITTED:
+                jobs.job_pause(organization=job.organization, job_id=job.id)
+        for _ in range(3):
+            self.invoice()
+
+
+def check_invoices_match_ledger() -> None:
+    for job in FineTuningJob.objects.all():
+        charged = Charge.objects.filter(job=job)
+        lines = InvoiceLine.objects.filter(job=job, invoice__status="finalized")
+        assert sum((c.net for c in charged), Decimal(0)) == sum(
+            (x.amount for x in lines), Decimal(0)
+        )
+        assert sum((c.vat for c in charged), Decimal(0)) == sum((x.vat for x in lines), Decimal(0))
+        assert sum((c.provider_amount for c in charged), Decimal(0)) == sum(
+            (x.provider_amount for x in lines), Decimal(0)
+        )
+
+
+@settings(
+    max_examples=int(os.environ.get("BILLING_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=st.lists(operation, min_size=1, max_size=30))
+def test_money_invariants_hold_for_any_life_cycle(steps: list[tuple[Any, ...]]) -> None:
+    with transaction.atomic(), time_machine.travel(START, tick=False) as clock:
+        world = World(clock)
+        for step in steps:
+            event(step[0])
+            try:
+                getattr(world, step[0])(*step[1:])
+            except InvalidTransition:
+                pass  # a move the state machine refuses (e.g. resume of a running job) is fine
+        assert_invariants()
+        for job in FineTuningJob.objects.exclude(failure_class=""):
+            event(f"failure: {job.failure_class}")
+        world.wind_down()
+        assert_invariants()
+        check_invoices_match_ledger()
+        transaction.set_rollback(True)
