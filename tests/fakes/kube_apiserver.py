@@ -150,7 +150,7 @@ class FakeKubeApiServer:
         with self.changed:
             self.changed.notify_all()
         for key in list(self.processes):
-            self._kill_process(key, grace=0)
+            self._kill_process(key, grace=0.5)
         if self._httpd:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -358,15 +358,12 @@ class FakeKubeApiServer:
                 ]
             deleted = copy.deepcopy(obj)
         for pod_name in dependants:
-            self._delete_pod(namespace, pod_name)
-        if resource == "pods":
-            self._kill_process((namespace, name), grace=0)
+            with contextlib.suppress(ApiError):
+                self.delete("pods", namespace, pod_name, None)
+        if resource == "pods":  # the kubelet stops the container within the grace period
+            grace = obj["spec"].get("terminationGracePeriodSeconds", 30)
+            self._spawn(self._kill_process, (namespace, name), grace)
         return deleted
-
-    def _delete_pod(self, namespace: str, name: str) -> None:
-        self._kill_process((namespace, name), grace=0)
-        with contextlib.suppress(ApiError):
-            self.delete("pods", namespace, name, None)
 
     # -- the kubelet and Job controller ----------------------------------------------------
 
@@ -633,19 +630,19 @@ class FakeKubeApiServer:
         self.update("jobs", namespace, name, finish)
 
     def _kill_process(self, key: tuple[str, str], grace: float) -> None:
+        """Like the kubelet: SIGTERM to the container's main process, SIGKILL after the grace."""
         with self.lock:
             running = self.processes.get(key)
         if running is None or running.proc.poll() is not None:
             return
-        try:
-            os.killpg(running.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(running.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             running.proc.wait(timeout=grace if grace > 0 else 0.01)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(running.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(running.proc.pid, signal.SIGKILL)  # the whole container, children too
+        with contextlib.suppress(subprocess.TimeoutExpired):
             running.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
 
     def evict(self, namespace: str, pod_name: str, grace: float | None = None) -> None:
         """Evict like a drain: DisruptionTarget condition, SIGTERM, grace period, SIGKILL."""

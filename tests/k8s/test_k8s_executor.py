@@ -312,4 +312,6 @@ def test_watch_yields_events_and_410_asks_for_a_relist(fake_api):
     with pytest.raises(ResourceVersionExpired):
         list(ex.watch(ref, NS, "jobs", version, timeout_seconds=1))
     jobs, _ = ex.list_managed(ref, NS)
-    assert [j.name for j in jobs] == ["ft-abc123-a1"]
+    assert [(j.name, j.job_id, j.terminal) for j in jobs] == [
+        ("ft-abc123-a1", "ftjob-abc123", False)
+    ]

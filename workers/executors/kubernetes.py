@@ -93,14 +93,21 @@ class JobConfig:
 
     @classmethod
     def from_settings(cls) -> JobConfig:
+        """PARTAGE_K8S_<FIELD> from Django settings, else from the environment (or <NAME>_FILE)."""
         from django.conf import settings
 
-        prefix = "PARTAGE_K8S_"
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            key = prefix + field.name.upper()
-            if hasattr(settings, key):
-                values[field.name] = getattr(settings, key)
+            key = "PARTAGE_K8S_" + field.name.upper()
+            value = getattr(settings, key, None)
+            if value is None:
+                value = _env_text(key)
+                if value is not None and field.name == "extra_env":
+                    value = json.loads(value)
+                elif value is not None and isinstance(getattr(cls, field.name, None), int):
+                    value = int(value)
+            if value is not None:
+                values[field.name] = value
         if "extra_env" in values:
             values["extra_env"] = tuple(dict(values["extra_env"]).items())
         config = cls(**values)
@@ -344,7 +351,14 @@ class ClusterRef:
 def _default(name: str, fallback: str) -> str:
     from django.conf import settings
 
-    return str(getattr(settings, name, "") or fallback)
+    return str(getattr(settings, name, "") or _env_text(name) or fallback)
+
+
+def _env_text(name: str) -> str | None:
+    """Settings this module owns, read with Partage's one env helper (supports NAME_FILE)."""
+    from marketplace import env
+
+    return env.raw(name)
 
 
 class Connections:
@@ -562,22 +576,7 @@ class KubernetesExecutor:
         return job_phase(job, pods, handle=self.handle(spec))
 
     def cancel(self, spec: LaunchSpec) -> None:
-        namespace = _namespace(spec, self.config())
-        batch = k8s.BatchV1Api(self._api(spec))
-
-        def delete() -> None:
-            try:
-                batch.delete_namespaced_job(
-                    spec.name,
-                    namespace,
-                    propagation_policy="Background",
-                    _request_timeout=self._timeout(),
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-
-        self._call("delete_job", delete)
+        self.delete_job(ClusterRef.for_spec(spec), _namespace(spec, self.config()), spec.name)
         logger.info(
             "deleted Job %s", spec.name, extra={"job_id": spec.job_id, "org_id": spec.org_id}
         )
@@ -626,17 +625,43 @@ class KubernetesExecutor:
 
     # -- for the reconciler (not part of the Executor protocol)
 
-    def list_managed(self, ref: ClusterRef, namespace: str) -> tuple[list[JobView], str]:
-        """Every training Job Partage manages in the namespace, and the list's resourceVersion."""
+    def list_managed(
+        self, ref: ClusterRef, namespace: str, resource: str = "jobs"
+    ) -> tuple[list[WatchEvent], str]:
+        """Every training Job (or pod) Partage manages in the namespace, and the list's version."""
+        api = self.connections.get(ref, self.config().credentials_dir)
+
+        def list_them() -> Any:
+            kwargs: dict[str, Any] = {
+                "label_selector": K.MANAGED_SELECTOR,
+                "_request_timeout": self._timeout(),
+            }
+            if resource == "jobs":
+                return k8s.BatchV1Api(api).list_namespaced_job(namespace, **kwargs)
+            return k8s.CoreV1Api(api).list_namespaced_pod(namespace, **kwargs)
+
+        listed = self._call(f"list_{resource}", list_them)
+        raw = api.sanitize_for_serialization(listed)
+        version = str((raw.get("metadata") or {}).get("resourceVersion", ""))
+        return [_event("LISTED", resource, item) for item in raw.get("items") or []], version
+
+    def delete_job(self, ref: ClusterRef, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods. Absent already is fine."""
         batch = k8s.BatchV1Api(self.connections.get(ref, self.config().credentials_dir))
-        listed = self._call(
-            "list_jobs",
-            lambda: batch.list_namespaced_job(
-                namespace, label_selector=K.MANAGED_SELECTOR, _request_timeout=self._timeout()
-            ),
-        )
-        version = listed.metadata.resource_version if listed.metadata else ""
-        return [JobView.of(job) for job in listed.items], str(version)
+
+        def delete() -> None:
+            try:
+                batch.delete_namespaced_job(
+                    name,
+                    namespace,
+                    propagation_policy="Background",
+                    _request_timeout=self._timeout(),
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+        self._call("delete_job", delete)
 
     def watch(
         self,
@@ -667,16 +692,7 @@ class KubernetesExecutor:
                 ),  # and the client
                 allow_watch_bookmarks=True,
             ):
-                obj = event["raw_object"]
-                yield WatchEvent(
-                    type=event["type"],
-                    resource=resource,
-                    labels=dict(obj.get("metadata", {}).get("labels") or {}),
-                    name=obj.get("metadata", {}).get("name", ""),
-                    resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
-                    terminal=_raw_terminal(resource, obj),
-                    disrupted=_raw_disrupted(obj) if resource == "pods" else False,
-                )
+                yield _event(event["type"], resource, event["raw_object"])
         except ApiException as e:
             if e.status == 410:
                 raise ResourceVersionExpired(str(e.reason)) from e
@@ -698,26 +714,8 @@ class ResourceVersionExpired(KubernetesError):
 
 
 @dataclasses.dataclass(frozen=True)
-class JobView:
-    name: str
-    labels: dict[str, str]
-    terminal: bool
-
-    @classmethod
-    def of(cls, job: Any) -> JobView:
-        conditions = job.status.conditions if job.status else None
-        return cls(
-            name=job.metadata.name,
-            labels=dict(job.metadata.labels or {}),
-            terminal=any(
-                c.type in ("Complete", "Failed") and c.status == "True" for c in conditions or []
-            ),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
 class WatchEvent:
-    type: str  # ADDED | MODIFIED | DELETED | BOOKMARK
+    type: str  # ADDED | MODIFIED | DELETED | BOOKMARK, or LISTED from a relist
     resource: str  # jobs | pods
     name: str
     labels: dict[str, str]
@@ -733,6 +731,19 @@ class WatchEvent:
     def attempt(self) -> int:
         value = self.labels.get(K.LABEL_ATTEMPT, "")
         return int(value) if value.isdigit() else 0
+
+
+def _event(type_: str, resource: str, obj: dict[str, Any]) -> WatchEvent:
+    metadata = obj.get("metadata") or {}
+    return WatchEvent(
+        type=type_,
+        resource=resource,
+        labels=dict(metadata.get("labels") or {}),
+        name=metadata.get("name", ""),
+        resource_version=str(metadata.get("resourceVersion", "")),
+        terminal=_raw_terminal(resource, obj),
+        disrupted=_raw_disrupted(obj) if resource == "pods" else False,
+    )
 
 
 def _raw_terminal(resource: str, obj: dict[str, Any]) -> bool:
