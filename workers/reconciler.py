@@ -117,6 +117,19 @@ def _observe_dispatch_latency(created_at: datetime) -> None:
     metrics.DISPATCH_LATENCY_SECONDS.observe((timezone.now() - created_at).total_seconds())
 
 
+def unfinished_attempts(target: Target) -> list[Any]:
+    """Launched, unfinished Kubernetes attempts whose Job lives in this target."""
+    from marketplace.finetuning.models import JobAttempt
+
+    return list(
+        JobAttempt.objects.select_related("job", "job__organization").filter(
+            executor="kubernetes",
+            ended_at__isnull=True,
+            handle__startswith=f"{target.ref.name}/{target.namespace}/",
+        )
+    )
+
+
 # ---------------------------------------------------------------- the watch loop
 
 
@@ -144,7 +157,25 @@ class Watcher:
         )
         for item in items:
             self._apply(item)
+        if self.resource == "jobs":
+            listed = {(item.job_id, item.attempt) for item in items}
+            for attempt in unfinished_attempts(self.target):
+                if (attempt.job_id, attempt.number) not in listed:
+                    self._observe_vanished(attempt)
         self.version = version
+
+    def _observe_vanished(self, attempt: Any) -> None:
+        """A launched attempt whose Job is not listed: its DELETED event may be lost (410)."""
+        from marketplace.finetuning.dispatch import attempt_observe
+
+        try:
+            phase = attempt_observe(attempt=attempt)  # reads the Job itself: no false alarm
+        except KubernetesTemporaryError:
+            raise
+        except Exception:
+            logger.exception("observing %s failed", attempt.name)
+            return
+        self.handled.append(("VANISHED", f"observed-{phase}"))
 
     def run_once(self) -> None:
         """One list-or-watch round: returns when the server ends the watch (timeoutSeconds)."""
@@ -218,27 +249,40 @@ def collect_stale(executor: KubernetesExecutor, target_list: Iterable[Target]) -
     return deleted
 
 
-def run_forever(stop: threading.Event | None = None, *, resync_seconds: float = 60.0) -> None:
+def run_forever(
+    stop: threading.Event | None = None,
+    *,
+    resync_seconds: float = 60.0,
+    watch_timeout: int = WATCH_TIMEOUT_SECONDS,
+) -> None:
     """Watch every target's Jobs and Pods in threads; every `resync_seconds`, a level pass."""
+    from django.db import close_old_connections, connections
+
     stop = stop or threading.Event()
     executor = KubernetesExecutor()
     started: dict[tuple[Target, str], threading.Thread] = {}
-    while not stop.is_set():
-        for target in targets(executor):
-            for resource in RESOURCES:
-                key = (target, resource)
-                if key not in started or not started[key].is_alive():
-                    watcher = Watcher(executor, target, resource)
-                    thread = threading.Thread(
-                        target=watcher.run, args=(stop,), name=f"watch-{resource}", daemon=True
-                    )
-                    thread.start()
-                    started[key] = thread
-        try:
-            collect_stale(executor, [t for t, _r in started])
-        except KubernetesError as e:
-            logger.warning("level pass failed: %s", e)
-        stop.wait(resync_seconds)
+    try:
+        while not stop.is_set():
+            close_old_connections()
+            for target in targets(executor):
+                for resource in RESOURCES:
+                    key = (target, resource)
+                    if key not in started or not started[key].is_alive():
+                        watcher = Watcher(executor, target, resource, timeout_seconds=watch_timeout)
+                        thread = threading.Thread(
+                            target=watcher.run, args=(stop,), name=f"watch-{resource}", daemon=True
+                        )
+                        thread.start()
+                        started[key] = thread
+            try:
+                collect_stale(executor, {t for t, _r in started})
+            except KubernetesError as e:
+                logger.warning("level pass failed: %s", e)
+            stop.wait(resync_seconds)
+    finally:
+        for thread in started.values():
+            thread.join(timeout=watch_timeout + 15)
+        connections.close_all()
 
 
 def main() -> None:
