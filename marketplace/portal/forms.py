@@ -198,3 +198,43 @@ class BookingForm(forms.Form):
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
     )
     hours = forms.IntegerField(label="Hours", min_value=1, max_value=24 * 90, initial=8)
+
+
+class QuotaForm(forms.Form):
+    """One organization's quota for one GPU flavor. Empty fields stay as they are."""
+
+    organization = forms.ChoiceField()
+    flavor = forms.ChoiceField(label="GPU flavor")
+    guaranteed_gpus = forms.IntegerField(required=False, min_value=0, max_value=100_000)
+    max_gpus = forms.IntegerField(label="Max GPUs", required=False, min_value=0, max_value=100_000)
+    monthly_gpu_hours = forms.DecimalField(
+        label="Monthly GPU-hours", required=False, min_value=0, max_digits=12, decimal_places=2
+    )
+    max_job_hours = forms.DecimalField(
+        label="Max hours per job", required=False, min_value=0, max_digits=8, decimal_places=2
+    )
+    max_concurrent_jobs = forms.IntegerField(required=False, min_value=0, max_value=100_000)
+
+    def __init__(
+        self,
+        *args: Any,
+        organizations: list[tuple[str, str]],
+        flavors: list[tuple[str, str]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].choices = organizations  # type: ignore[attr-defined]
+        self.fields["flavor"].choices = flavors  # type: ignore[attr-defined]
+
+    def values(self) -> dict[str, Any]:
+        names = (
+            "guaranteed_gpus", "max_gpus", "monthly_gpu_hours", "max_job_hours",
+            "max_concurrent_jobs",
+        )  # fmt: skip
+        return {n: self.cleaned_data[n] for n in names if self.cleaned_data.get(n) is not None}
+
+
+class PriceForm(forms.Form):
+    price_per_gpu_hour = forms.DecimalField(
+        label="€ per GPU-hour", min_value=0, max_digits=10, decimal_places=4
+    )

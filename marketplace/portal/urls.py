@@ -70,6 +70,15 @@ urlpatterns = [
     path("bookings/<str:booking_id>/cancel/", offers.booking_cancel, name="offer-booking-cancel"),
     # Usage and billing
     path("usage/", usage.usage, name="usage"),
+    path("invoices/<str:invoice_id>/", usage.invoice_download, name="invoice"),
     # Staff
     path("cockpit/", staff.cockpit, name="cockpit"),
+    path("cockpit/quotas/", staff.quota_edit, name="cockpit-quota"),
+    path("cockpit/pools/<str:pool_id>/price/", staff.price_edit, name="cockpit-price"),
+    path("cockpit/pools/<str:pool_id>/review/", staff.pool_review, name="cockpit-pool-review"),
+    path(
+        "cockpit/providers/<str:org_id>/review/",
+        staff.provider_review,
+        name="cockpit-provider-review",
+    ),
 ]
