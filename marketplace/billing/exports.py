@@ -1,0 +1,173 @@
+"""Invoice exports: HTML (template), PDF (reportlab) and CSV. Same figures in all three."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from marketplace.billing.models import Invoice, InvoiceLine
+
+ROUNDING_RULE = (
+    "Each line is rounded once, half-even to the cent: amount = GPU-seconds x rate / 3600 "
+    "(a stream split over several invoices carries the difference of its cumulative amounts)."
+)
+CONTENT_TYPES = {
+    "html": "text/html; charset=utf-8",
+    "pdf": "application/pdf",
+    "csv": "text/csv; charset=utf-8",
+}
+
+
+def _lines(invoice: Invoice) -> list[InvoiceLine]:
+    return list(invoice.lines.all())
+
+
+def _vat_percent(invoice: Invoice) -> str:
+    return f"{(invoice.vat_rate * 100).normalize():f}"
+
+
+def _seller() -> dict[str, str]:
+    return {"name": "Partage", "country": settings.PARTAGE_PLATFORM_COUNTRY}
+
+
+def invoice_html(invoice: Invoice) -> str:
+    return render_to_string(
+        "billing/invoice.html",
+        {
+            "invoice": invoice,
+            "lines": _lines(invoice),
+            "vat_percent": _vat_percent(invoice),
+            "seller": _seller(),
+            "rounding_rule": ROUNDING_RULE,
+        },
+    )
+
+
+def invoice_csv(invoice: Invoice) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "invoice",
+            "line",
+            "job",
+            "pool",
+            "description",
+            "gpu_seconds",
+            "price_per_gpu_hour",
+            "amount",
+            "vat",
+            "currency",
+        ]
+    )
+    number = invoice.number or invoice.public_id
+    for index, line in enumerate(_lines(invoice), start=1):
+        writer.writerow(
+            [
+                number,
+                index,
+                line.job_id,
+                line.pool.public_id if line.pool else "",
+                _safe(line.description),
+                line.gpu_seconds,
+                line.price_per_gpu_hour,
+                line.amount,
+                line.vat,
+                invoice.currency,
+            ]
+        )
+    writer.writerow(
+        [number, "subtotal", "", "", "", "", "", invoice.subtotal, "", invoice.currency]
+    )
+    writer.writerow(
+        [number, "vat", "", "", _safe(invoice.vat_note), "", "", "", invoice.vat, invoice.currency]
+    )
+    writer.writerow([number, "total", "", "", "", "", "", invoice.total, "", invoice.currency])
+    return out.getvalue()
+
+
+def _safe(text: str) -> str:
+    """No spreadsheet formula injection through descriptions."""
+    return "'" + text if text[:1] in {"=", "+", "-", "@"} else text
+
+
+def invoice_pdf(invoice: Invoice) -> bytes:
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    styles = getSampleStyleSheet()
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer, pagesize=A4, title=f"Invoice {invoice.number or invoice.public_id}"
+    )
+    seller = _seller()
+    story: list[Any] = [
+        Paragraph(f"Invoice {invoice.number or '(draft)'} ({invoice.status})", styles["Title"]),
+        Paragraph(f"{seller['name']}, {seller['country']}", styles["Normal"]),
+        Paragraph(
+            f"Billed to: {_escape(invoice.customer_name or invoice.organization.name)} "
+            f"{invoice.customer_country} {('VAT id ' + _escape(invoice.customer_vat_id)) if invoice.customer_vat_id else ''}",
+            styles["Normal"],
+        ),
+        Paragraph(
+            f"Period: {invoice.period_start:%Y-%m-%d} to {invoice.period_end:%Y-%m-%d} (end excluded, UTC)",
+            styles["Normal"],
+        ),
+        Spacer(1, 12),
+    ]
+    rows: list[list[Any]] = [["Description", "GPU-seconds", "EUR / GPU-hour", "Amount (EUR)"]]
+    for line in _lines(invoice):
+        rows.append(
+            [
+                Paragraph(_escape(line.description), styles["BodyText"]),
+                str(line.gpu_seconds),
+                str(line.price_per_gpu_hour),
+                str(line.amount),
+            ]
+        )
+    rows += [
+        ["Subtotal", "", "", str(invoice.subtotal)],
+        [f"VAT ({_vat_percent(invoice)} %)", "", "", str(invoice.vat)],
+        ["Total", "", "", f"{invoice.total} {invoice.currency}"],
+    ]
+    table = Table(rows, colWidths=[250, 80, 90, 80], repeatRows=1)
+    table.setStyle(
+        TableStyle(
+            [
+                ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
+                ("LINEABOVE", (0, -3), (-1, -3), 0.5, colors.black),
+                ("FONTNAME", (0, -1), (-1, -1), "Helvetica-Bold"),
+            ]
+        )
+    )
+    story.append(table)
+    if invoice.vat_note:
+        story += [Spacer(1, 12), Paragraph(_escape(invoice.vat_note), styles["Italic"])]
+    story += [Spacer(1, 6), Paragraph(ROUNDING_RULE, styles["Italic"])]
+    document.build(story)
+    return buffer.getvalue()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def invoice_export(invoice: Invoice, export_format: str) -> tuple[bytes, str]:
+    """(content, content type) of the invoice in `export_format`: html, pdf or csv."""
+    if export_format == "pdf":
+        return invoice_pdf(invoice), CONTENT_TYPES["pdf"]
+    if export_format == "csv":
+        return invoice_csv(invoice).encode(), CONTENT_TYPES["csv"]
+    return invoice_html(invoice).encode(), CONTENT_TYPES["html"]
+
+
+def decimal_str(value: Decimal) -> str:
+    return f"{value:.2f}"

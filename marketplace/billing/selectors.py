@@ -1,0 +1,142 @@
+"""Reads for billing, scoped by organization from the start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import QuerySet
+
+from marketplace.accounts.models import Organization
+from marketplace.billing.models import BillingAccount, Invoice, ProviderStatement, UsageRecord
+from marketplace.billing.money import cents, fee_percent, usage_cost, vat_treatment
+from marketplace.billing.services.ledger import balance_available, balance_held
+from marketplace.errors import InvalidInput, NotFound
+
+
+def balance_for_org(org: Organization) -> dict[str, Decimal]:
+    account = BillingAccount.objects.filter(organization=org).first()
+    return {
+        "available": balance_available(organization=org),
+        "held": balance_held(organization=org),
+        "credit_limit": account.credit_limit if account else Decimal("0.00"),
+    }
+
+
+def usage_for_org(
+    org: Organization,
+    *,
+    period: tuple[datetime, datetime] | None = None,
+    job_id: str | None = None,
+    pool_public_id: str | None = None,
+) -> QuerySet[UsageRecord]:
+    records = UsageRecord.objects.filter(organization=org).select_related("pool", "attempt")
+    if period is not None:
+        records = records.filter(recorded_at__gte=period[0], recorded_at__lt=period[1])
+    if job_id:
+        records = records.filter(job_id=job_id)
+    if pool_public_id:
+        records = records.filter(pool__public_id=pool_public_id)
+    return records.order_by("-recorded_at", "-id")
+
+
+def invoices_for_org(org: Organization) -> QuerySet[Invoice]:
+    return Invoice.objects.filter(organization=org).order_by("-created_at", "-id")
+
+
+def invoice_for_org(org: Organization, public_id: str) -> Invoice:
+    invoice = (
+        invoices_for_org(org).filter(public_id=public_id).prefetch_related("lines__pool").first()
+    )
+    if invoice is None:
+        raise NotFound(f"No invoice {public_id!r} in your organization.", param="invoice_id")
+    return invoice
+
+
+def statements_for_provider(org: Organization) -> QuerySet[ProviderStatement]:
+    return ProviderStatement.objects.filter(provider=org).order_by("-created_at", "-id")
+
+
+def statement_for_provider(org: Organization, public_id: str) -> ProviderStatement:
+    statement = statements_for_provider(org).filter(public_id=public_id).first()
+    if statement is None:
+        raise NotFound(f"No statement {public_id!r} for your organization.", param="statement_id")
+    return statement
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    pool_public_id: str
+    gpu_flavor: str
+    gpu_count: int
+    duration_seconds: int
+    price_per_gpu_hour: Decimal
+    amount: Decimal
+    vat: Decimal
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "object": "billing.cost_estimate",
+            "pool": self.pool_public_id,
+            "gpu_flavor": self.gpu_flavor,
+            "gpu_count": self.gpu_count,
+            "estimated_duration_seconds": self.duration_seconds,
+            "price_per_gpu_hour": str(self.price_per_gpu_hour),
+            "currency": "EUR",
+            "amount": str(self.amount),
+            "vat": str(self.vat),
+            "total": str(self.amount + self.vat),
+        }
+
+
+def cost_estimate(
+    org: Organization, *, gpu_flavor: str, gpu_count: int, duration_seconds: int
+) -> CostEstimate:
+    """GPUs x estimated duration x the price of the cheapest pool that could run the job."""
+    from marketplace.capacity import selectors as capacity
+
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or not 1 <= gpu_count <= 64:
+        raise InvalidInput("gpu_count must be an integer from 1 to 64.", param="gpu_count")
+    if (
+        isinstance(duration_seconds, bool)
+        or not isinstance(duration_seconds, int)
+        or not 1 <= duration_seconds <= 90 * 24 * 3600
+    ):
+        raise InvalidInput(
+            "estimated_duration_seconds must be an integer from 1 to 7776000 (90 days).",
+            param="estimated_duration_seconds",
+        )
+    pools = capacity.placeable_pools().filter(gpu_count__gte=gpu_count)
+    if gpu_flavor:
+        pools = pools.filter(flavor__slug=gpu_flavor)
+    residency = capacity.residency_for_org(org)
+    feasible = [
+        pool
+        for pool in pools.order_by("price_per_gpu_hour", "id")
+        if residency.allows(pool.country)
+    ]
+    if not feasible:
+        wanted = f"{gpu_count} x {gpu_flavor or 'any flavor'}"
+        raise NotFound(
+            f"No active pool can run {wanted} within your residency policy "
+            f"({residency.describe()}); GET /v1/offers lists what is available.",
+            param="gpu_flavor",
+        )
+    pool = feasible[0]
+    amount = cents(usage_cost(Decimal(gpu_count * duration_seconds), pool.price_per_gpu_hour))
+    rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+    return CostEstimate(
+        pool_public_id=pool.public_id,
+        gpu_flavor=pool.flavor.slug,
+        gpu_count=gpu_count,
+        duration_seconds=duration_seconds,
+        price_per_gpu_hour=pool.price_per_gpu_hour,
+        amount=amount,
+        vat=cents(amount * rate),
+    )
+
+
+def platform_fee_percent() -> Decimal:
+    return fee_percent()
