@@ -5,9 +5,10 @@ Free GPUs of a pool at instant t (what an on-demand job may take):
     capacity
     - GPUs under maintenance at t
     - for each confirmed booking active at t: max(booked GPUs, GPUs its jobs use)
-    - GPUs of running jobs on the pool that no active booking covers
+    - GPUs of running work on the pool that no active booking covers
 
-A job counts while it is admitted, starting, running, finalizing, pausing or cancelling.
+Running work is read from the quotas app's live allocations (see `_running`); a placed job
+without one counts while admitted, starting, running, finalizing, pausing or cancelling.
 """
 
 from __future__ import annotations
@@ -148,13 +149,36 @@ def booked_gpus(pool: Pool, at: datetime) -> int:
     return sum(row[4] for row in rows)
 
 
-def _running(pool_ids: Iterable[int]) -> list[tuple[int, int | None, int]]:
-    """(pool_id, booking_id, gpus) for each job holding GPUs on these pools."""
-    return list(
-        Placement.objects.filter(
-            pool_id__in=list(pool_ids), job__status__in=HOLDING_STATES
-        ).values_list("pool_id", "booking_id", "gpu_count")
+def _running(pool_ids: Iterable[int], at: datetime) -> list[tuple[int, int | None, int]]:
+    """(pool_id, booking_id, gpus) for the work holding GPUs on these pools at `at`.
+
+    The quotas app's live allocations are the record (released exactly once, when every pod of
+    the attempt has ended). A job placed here without a live allocation counts from its
+    placement while it is in a holding state. For a future instant, an allocation counts if
+    it is expected to run until then; a bare placement counts only now.
+    """
+    from marketplace.quotas.models import Allocation
+
+    ids = list(pool_ids)
+    now = timezone.now()
+    live = Allocation.objects.filter(pool_id__in=ids, released_at__isnull=True)
+    if at > now:
+        live = live.filter(expected_end__gt=at)
+    rows = list(live.values_list("job_id", "pool_id", "booking_id", "gpus"))
+    allocated = set(
+        Allocation.objects.filter(pool_id__in=ids, released_at__isnull=True).values_list(
+            "job_id", flat=True
+        )
     )
+    if at <= now + timedelta(minutes=1):
+        rows += [
+            row
+            for row in Placement.objects.filter(
+                pool_id__in=ids, job__status__in=HOLDING_STATES
+            ).values_list("job_id", "pool_id", "booking_id", "gpu_count")
+            if row[0] not in allocated
+        ]
+    return [(pool_id, booking_id, gpus) for _job, pool_id, booking_id, gpus in rows]
 
 
 @dataclass(frozen=True)
@@ -191,7 +215,7 @@ def pools_usage(pools: Iterable[Pool], at: datetime) -> dict[int, PoolUsage]:
         booking_org[pk] = org_id
     used: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     on_demand: dict[int, int] = defaultdict(int)
-    for pool_id, booking_id, gpus in _running(by_id):
+    for pool_id, booking_id, gpus in _running(by_id, at):
         if booking_id is not None and booking_id in booked[pool_id]:
             used[pool_id][booking_id] += gpus
         else:

@@ -1,0 +1,116 @@
+"""A booking's GPUs are really reserved, through the real admission pass (quotas app): during
+the window another organization's on-demand job cannot take them; the booker's job can."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import time_machine
+from django.db.models import Sum
+from django.utils import timezone
+
+from marketplace.accounts.models import Organization
+from marketplace.accounts.services import organization_create
+from marketplace.billing.services import topup_record
+from marketplace.capacity import selectors, services
+from marketplace.finetuning import services as ft
+from marketplace.finetuning.models import FineTuningJob, JobStatus
+from marketplace.quotas import services as quotas
+from marketplace.quotas.models import Allocation
+from tests.capacity import factories
+from tests.conftest import chat_lines, jsonl
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _private_broker(tmp_path: Path, settings: Any) -> None:
+    """Tasks enqueued on commit land in a private folder; no worker runs here."""
+    from workers.celery import app
+
+    if settings.REDIS_URL:
+        return
+    for sub in ("queue", "processed"):
+        (tmp_path / "broker" / sub).mkdir(parents=True)
+    options = {
+        "data_folder_in": str(tmp_path / "broker" / "queue"),
+        "data_folder_out": str(tmp_path / "broker" / "queue"),
+        "processed_folder": str(tmp_path / "broker" / "processed"),
+        "store_processed": False,
+    }
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
+    app.conf.broker_transport_options = options
+
+
+def startup(slug: str) -> Organization:
+    org = organization_create(name=slug, slug=slug, country="FR")
+    topup_record(organization=org, amount=Decimal("100000"), reference=f"test-{slug}")
+    return org
+
+
+def submit(org: Organization, gpus: int) -> FineTuningJob:
+    training = ft.file_create(
+        organization=org, stream=io.BytesIO(jsonl(chat_lines(2))), filename="t.jsonl"
+    )
+    return ft.job_create(
+        organization=org,
+        model="partage/tiny-llama",
+        training_file=training.id,
+        gpu_flavor="h100-80g",
+        gpu_count=gpus,
+    )
+
+
+def status(job: FineTuningJob) -> str:
+    job.refresh_from_db()
+    return job.status
+
+
+def test_booked_gpus_are_not_taken_by_another_orgs_on_demand_job() -> None:
+    flavor = factories.flavor()
+    pool = factories.pool(gpus=8, price="2.00")
+    plan = quotas.plan_create(slug="everyone", name="Everyone", is_default=True)
+    quotas.plan_flavor_quota_set(
+        plan=plan,
+        flavor=flavor,
+        values={
+            "guaranteed_gpus": 0,
+            "max_gpus": 16,
+            "monthly_gpu_hours": None,
+            "max_job_hours": "2",
+            "max_concurrent_jobs": 10,
+        },
+    )
+    booker, other = startup("booker"), startup("other")
+    start = timezone.now() + timedelta(minutes=2)
+    booking = services.booking_create(
+        organization=booker,
+        flavor="h100-80g",
+        gpu_count=6,
+        start=start,
+        end=start + timedelta(hours=4),
+    )
+    with time_machine.travel(start + timedelta(minutes=1), tick=False):
+        too_big = submit(other, 4)
+        quotas.admission_pass_run()
+        assert status(too_big) == JobStatus.QUEUED  # only 2 GPUs are not booked
+        fits = submit(other, 2)
+        quotas.admission_pass_run()
+        assert status(fits) == JobStatus.ADMITTED
+        assert status(too_big) == JobStatus.QUEUED
+        mine = submit(booker, 6)
+        quotas.admission_pass_run()
+        assert status(mine) == JobStatus.ADMITTED
+        assert Allocation.objects.get(job=mine).booking == booking
+        assert mine.placement.booking == booking and mine.placement.pool == pool
+        live = Allocation.objects.filter(pool=pool, released_at__isnull=True)
+        assert live.aggregate(total=Sum("gpus"))["total"] == 8
+        assert selectors.pool_free_gpus(pool) == 0
+        assert status(too_big) == JobStatus.QUEUED
+        too_big.refresh_from_db()
+        assert too_big.pending_reason  # it says why it waits
