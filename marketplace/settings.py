@@ -109,7 +109,9 @@ EMAIL_BACKEND = env.get(
     if PRODUCTION
     else "django.core.mail.backends.console.EmailBackend",
 )
-DEFAULT_FROM_EMAIL = env.get("DJANGO_DEFAULT_FROM_EMAIL", str, default="Partage <no-reply@partage.local>")
+DEFAULT_FROM_EMAIL = env.get(
+    "DJANGO_DEFAULT_FROM_EMAIL", str, default="Partage <no-reply@partage.local>"
+)
 
 TEMPLATES = [
     {
@@ -299,9 +301,7 @@ SPECTACULAR_SETTINGS = {
 PARTAGE_API_RATE_LIMIT = env.get("PARTAGE_API_RATE_LIMIT", env.as_int, default=600)
 PARTAGE_API_RATE_WINDOW_SECONDS = env.get("PARTAGE_API_RATE_WINDOW_SECONDS", env.as_int, default=60)
 # Only for development and tests: let webhooks reach private, loopback and link-local hosts.
-PARTAGE_WEBHOOK_ALLOW_PRIVATE = env.get(
-    "PARTAGE_WEBHOOK_ALLOW_PRIVATE", env.as_bool, default=False
-)
+PARTAGE_WEBHOOK_ALLOW_PRIVATE = env.get("PARTAGE_WEBHOOK_ALLOW_PRIVATE", env.as_bool, default=False)
 if PRODUCTION and PARTAGE_WEBHOOK_ALLOW_PRIVATE:
     raise ImproperlyConfigured(
         "PARTAGE_WEBHOOK_ALLOW_PRIVATE=true is refused in production: webhooks would reach "

@@ -33,7 +33,9 @@ def main() -> int:
     api.headers["Authorization"] = f"Bearer {args.key}"
 
     with open(args.data, "rb") as data:
-        file = api.post(f"{args.base_url}/files", files={"file": data}, data={"purpose": "fine-tune"})
+        file = api.post(
+            f"{args.base_url}/files", files={"file": data}, data={"purpose": "fine-tune"}
+        )
     file.raise_for_status()
     print("uploaded", file.json()["id"])
 
@@ -56,8 +58,10 @@ def main() -> int:
     while True:
         state = api.get(f"{args.base_url}/fine_tuning/jobs/{job_id}").json()
         progress = (state.get("partage") or {}).get("progress") or {}
-        print(f"  {state['status']:<10} step {progress.get('step')}/{progress.get('total_steps')} "
-              f"loss {progress.get('train_loss')}")
+        print(
+            f"  {state['status']:<10} step {progress.get('step')}/{progress.get('total_steps')} "
+            f"loss {progress.get('train_loss')}"
+        )
         if state["status"] in {"succeeded", "failed", "cancelled"}:
             break
         if time.monotonic() > deadline:
@@ -86,8 +90,10 @@ def compare(model_id: str, adapter_dir: Path, question: str) -> int:
     base_dir = resolve(model_id)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True,
-        return_tensors="pt", return_dict=True,
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     n = inputs["input_ids"].shape[1]
