@@ -35,11 +35,10 @@ class ApiKeyRateThrottle(BaseThrottle):
         bucket = int(now // window)
         cache_key = f"api-rate:{principal.key.pk}:{bucket}"
         try:
-            cache.add(cache_key, 0, timeout=window * 2)
-            count = cache.incr(cache_key)
-        except ValueError:  # evicted between add and incr
-            cache.set(cache_key, 1, timeout=window * 2)
-            count = 1
+            try:
+                count = cache.incr(cache_key)  # one round trip on the hot path
+            except ValueError:  # first request of the window
+                count = 1 if cache.add(cache_key, 1, timeout=window * 2) else cache.incr(cache_key)
         except Exception:  # the cache is down: serve rather than refuse everyone
             logger.warning("rate-limit cache unavailable", exc_info=True)
             return True

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.api import schema
+from marketplace.api import selectors as api_selectors
 from marketplace.api.errors import error_body
 from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
@@ -230,8 +231,9 @@ class JobListView(APIView):
         responses=schema.JobList,
     )
     def get(self, request: Request) -> Response:
-        jobs = selectors.jobs_for_org(org_of(request))
-        return Response(page(request, jobs, job_object))
+        org = org_of(request)
+        jobs = api_selectors.jobs_for_org(org)
+        return Response(page(request, jobs, api_selectors.rendered_with_org(org, job_object)))
 
     @extend_schema(
         operation_id="fine_tuning_jobs_create",
@@ -260,7 +262,7 @@ class JobListView(APIView):
 
 
 def _job_or_404(request: Request, job_id: str) -> FineTuningJob:
-    job = selectors.job_for_org(org_of(request), job_id)
+    job = api_selectors.job_for_org(org_of(request), job_id)
     if job is None:
         raise NotFound(f"No fine-tuning job with id {job_id!r}.", param="job_id")
     return job
@@ -283,7 +285,7 @@ class JobActionView(APIView):
             "resume": services.job_resume,
         }[self.action_name]
         job = action(organization=org_of(request), job_id=job_id)
-        refreshed = selectors.job_for_org(org_of(request), job.id)
+        refreshed = api_selectors.job_for_org(org_of(request), job.id)
         return Response(job_object(refreshed or job))
 
 
@@ -461,7 +463,19 @@ def not_found(request: HttpRequest, unmatched: str = "") -> JsonResponse:
 
 
 def bench_bare(request: HttpRequest) -> JsonResponse:
-    """A plain Django JSON view, the baseline of benchmarks/api_bench.py; off unless enabled."""
+    """Plain Django JSON views, the baselines of benchmarks/api_bench.py; off unless enabled.
+
+    `?shape=constant` answers a constant; `?shape=job&id=…` and `?shape=list&org=<slug>` do the
+    same database read and rendering as the API, without authentication, DRF or rate limits.
+    """
     if not settings.PARTAGE_API_BENCH_VIEW:
         return not_found(request)
+    shape = request.GET.get("shape", "constant")
+    jobs = FineTuningJob.objects.select_related("organization").defer("manifest")
+    if shape == "job":
+        job = jobs.filter(pk=request.GET.get("id", "")).first()
+        return JsonResponse(job_object(job) if job else {}, status=200 if job else 404)
+    if shape == "list":
+        page_of = list(jobs.filter(organization__slug=request.GET.get("org", ""))[:100])
+        return JsonResponse({"object": "list", "data": [job_object(j) for j in page_of]})
     return JsonResponse({"object": "bench", "ok": True, "time": int(time.time())})

@@ -93,6 +93,33 @@ def _org_b_booking(org_b: Organization, settings: Any) -> str:
     ).public_id
 
 
+def _month() -> tuple[Any, Any]:
+    start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+def _org_b_invoice(org_b: Organization, settings: Any) -> str:
+    from marketplace.billing.services import invoices
+
+    start, end = _month()
+    return str(
+        invoices.invoice_draft(organization=org_b, period_start=start, period_end=end).public_id
+    )
+
+
+def _org_b_statement(org_b: Organization, settings: Any) -> str:
+    from marketplace.billing.services import statements
+    from tests.capacity import factories
+
+    provider = factories.provider()
+    start, end = _month()
+    statement_id = statements.statement_build(
+        provider=provider, period_start=start, period_end=end
+    ).public_id
+    OWNER_KEYS[statement_id] = api_key_create(organization=provider, name="s").secret
+    return str(statement_id)
+
+
 # Path parameter → a function (org B, settings) returning the id of one of org B's objects.
 ID_FACTORIES: dict[str, Callable[[Organization, Any], str]] = {
     "file_id": lambda org_b, settings: file_for(org_b).id,
@@ -105,6 +132,9 @@ ID_FACTORIES: dict[str, Callable[[Organization, Any], str]] = {
     ),
     "pool_id": _org_b_pool,
     "booking_id": _org_b_booking,
+    "invoice_id": _org_b_invoice,
+    "export_format": lambda org_b, settings: "csv",  # not an id: a valid value
+    "statement_id": _org_b_statement,
 }
 
 # Views that refuse by the caller's role before any lookup (a startup may not edit pools). They
