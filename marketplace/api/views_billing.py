@@ -278,7 +278,7 @@ class TopupView(APIView):
             organization=org,
             amount=services.money_parse(body.validated_data["amount"], param="amount"),
             reference=body.validated_data["reference"],
-            created_by=request.user.get_username(),  # type: ignore[union-attr]
+            created_by=request.user.get_username(),
         )
         balance = selectors.balance_for_org(org)
         return Response(

@@ -136,7 +136,14 @@ class InvoiceLineInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ["description", "gpu_seconds", "price_per_gpu_hour", "amount", "vat", "is_correction"]
-    readonly_fields = fields
+    readonly_fields = [
+        "description",
+        "gpu_seconds",
+        "price_per_gpu_hour",
+        "amount",
+        "vat",
+        "is_correction",
+    ]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

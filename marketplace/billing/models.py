@@ -20,9 +20,6 @@ from marketplace.accounts.models import Organization
 from marketplace.errors import Conflict
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 
-MONEY = {"max_digits": 14, "decimal_places": 2}
-PRICE = {"max_digits": 10, "decimal_places": 4}
-
 
 class ImmutableRow(Conflict):
     code = "immutable"
@@ -76,7 +73,8 @@ class BillingAccount(models.Model):
         Organization, on_delete=models.CASCADE, related_name="billing_account"
     )
     credit_limit = models.DecimalField(
-        **MONEY,
+        max_digits=14,
+        decimal_places=2,
         default=Decimal("0.00"),
         help_text="How far below zero the balance may go (an explicit credit line). 0: prepaid only.",
     )
@@ -129,7 +127,9 @@ class LedgerLine(AppendOnlyModel):
     organization = models.ForeignKey(
         Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    amount = models.DecimalField(**MONEY, help_text="Signed: debit positive, credit negative.")
+    amount = models.DecimalField(
+        max_digits=14, decimal_places=2, help_text="Signed: debit positive, credit negative."
+    )
     currency = models.CharField(max_length=3, default="EUR")
 
     class Meta:
@@ -152,7 +152,7 @@ class JobPricing(models.Model):
     provider = models.ForeignKey(
         Organization, null=True, on_delete=models.PROTECT, related_name="+"
     )
-    price_per_gpu_hour = models.DecimalField(**PRICE)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     max_duration_seconds = models.PositiveIntegerField(default=0)
     admitted_at = models.DateTimeField(default=timezone.now)
     hold_seq = models.PositiveIntegerField(default=0)
@@ -186,7 +186,7 @@ class UsageRecord(AppendOnlyModel):
     provider = models.ForeignKey(
         Organization, null=True, on_delete=models.PROTECT, related_name="+"
     )
-    price_per_gpu_hour = models.DecimalField(**PRICE)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     gpu_count = models.PositiveIntegerField()
     gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
     started_at = models.DateTimeField(null=True)
@@ -196,7 +196,7 @@ class UsageRecord(AppendOnlyModel):
         "Invoice", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
     )
 
-    objects = UsageRecordQuerySet.as_manager()
+    objects = UsageRecordQuerySet.as_manager()  # type: ignore[misc]
 
     class Meta:
         ordering = ["-recorded_at", "-id"]
@@ -232,14 +232,14 @@ class Charge(AppendOnlyModel):
     provider = models.ForeignKey(
         Organization, null=True, on_delete=models.PROTECT, related_name="+"
     )
-    price_per_gpu_hour = models.DecimalField(**PRICE)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     billable_gpu_seconds = models.DecimalField(
         max_digits=16, decimal_places=3, help_text="The stream's cumulative billable GPU-seconds."
     )
-    net = models.DecimalField(**MONEY)
-    vat = models.DecimalField(**MONEY)
-    fee = models.DecimalField(**MONEY)
-    provider_amount = models.DecimalField(**MONEY)
+    net = models.DecimalField(max_digits=14, decimal_places=2)
+    vat = models.DecimalField(max_digits=14, decimal_places=2)
+    fee = models.DecimalField(max_digits=14, decimal_places=2)
+    provider_amount = models.DecimalField(max_digits=14, decimal_places=2)
     entry = models.OneToOneField(JournalEntry, on_delete=models.PROTECT, related_name="charge")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -280,9 +280,9 @@ class Invoice(models.Model):
     vat_rate = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal("0"))
     reverse_charge = models.BooleanField(default=False)
     vat_note = models.CharField(max_length=300, blank=True)
-    subtotal = models.DecimalField(**MONEY, default=Decimal("0.00"))
-    vat = models.DecimalField(**MONEY, default=Decimal("0.00"))
-    total = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    subtotal = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    vat = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    total = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     finalized_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
@@ -316,11 +316,11 @@ class InvoiceLine(models.Model):
     description = models.CharField(max_length=300)
     gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
     billable_gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
-    price_per_gpu_hour = models.DecimalField(**PRICE)
-    amount = models.DecimalField(**MONEY)
-    vat = models.DecimalField(**MONEY)
-    fee = models.DecimalField(**MONEY)
-    provider_amount = models.DecimalField(**MONEY)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    vat = models.DecimalField(max_digits=14, decimal_places=2)
+    fee = models.DecimalField(max_digits=14, decimal_places=2)
+    provider_amount = models.DecimalField(max_digits=14, decimal_places=2)
     is_correction = models.BooleanField(default=False)
 
     class Meta:
@@ -345,9 +345,9 @@ class ProviderStatement(models.Model):
     period_end = models.DateTimeField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     fee_percent = models.DecimalField(max_digits=5, decimal_places=2)
-    gross = models.DecimalField(**MONEY, default=Decimal("0.00"))
-    fee = models.DecimalField(**MONEY, default=Decimal("0.00"))
-    payable = models.DecimalField(**MONEY, default=Decimal("0.00"))
+    gross = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    fee = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    payable = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     gpu_seconds = models.DecimalField(max_digits=18, decimal_places=3, default=Decimal("0"))
     payout_entry = models.OneToOneField(
         JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+"

@@ -321,13 +321,13 @@ def job_cost_so_far(*, job: FineTuningJob) -> Decimal:
         .first()
     )
     if running is not None:
-        price = (
+        snapshot = (
             JobPricing.objects.filter(job_id=job.pk)
             .values_list("price_per_gpu_hour", flat=True)
             .first()
         )
         seconds = Decimal((timezone.now() - running).total_seconds()) * max(job.gpu_count, 1)
-        cost += usage_cost(seconds, price or ZERO)
+        cost += usage_cost(seconds, snapshot or ZERO)
     return cost
 
 
