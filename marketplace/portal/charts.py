@@ -19,6 +19,7 @@ class Bar:
     label: str
     value: Decimal
     show_label: bool
+    anchor: str
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _nice_max(value: Decimal) -> Decimal:
     return magnitude * 10
 
 
-def bar_chart(points: list[tuple[str, Decimal]], *, label_every: int = 5) -> BarChart:
+def bar_chart(points: list[tuple[str, Decimal]], *, label_every: int = 7) -> BarChart:
     top = _nice_max(max((v for _, v in points), default=Decimal(0)))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(points), 1)
@@ -67,7 +68,8 @@ def bar_chart(points: list[tuple[str, Decimal]], *, label_every: int = 5) -> Bar
                 height=round(h, 1),
                 label=label,
                 value=value,
-                show_label=i % label_every == 0 or i == len(points) - 1,
+                show_label=(i % label_every == 0 and len(points) - i > 3) or i == len(points) - 1,
+                anchor="end" if i == len(points) - 1 and i else "start",
             )
         )
     ticks = [

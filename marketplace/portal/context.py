@@ -51,7 +51,8 @@ def org_required(view: View) -> View:
             return redirect_to_login(request.get_full_path())
         org = _pick_org(request)
         if org is None:
-            return redirect("portal:onboarding")
+            # Platform staff need no organization: their home is the cockpit.
+            return redirect("portal:cockpit" if request.user.is_staff else "portal:onboarding")
         request.org = org  # type: ignore[attr-defined]
         request.membership = membership_for(request.user, org)  # type: ignore[attr-defined]
         return view(request, *args, **kwargs)

@@ -205,7 +205,9 @@ class QuotaForm(forms.Form):
 
     organization = forms.ChoiceField()
     flavor = forms.ChoiceField(label="GPU flavor")
-    guaranteed_gpus = forms.IntegerField(required=False, min_value=0, max_value=100_000)
+    guaranteed_gpus = forms.IntegerField(
+        label="Guaranteed GPUs", required=False, min_value=0, max_value=100_000
+    )
     max_gpus = forms.IntegerField(label="Max GPUs", required=False, min_value=0, max_value=100_000)
     monthly_gpu_hours = forms.DecimalField(
         label="Monthly GPU-hours", required=False, min_value=0, max_digits=12, decimal_places=2
