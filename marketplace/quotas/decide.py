@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+
 from marketplace.capacity.policies import Residency
 from marketplace.quotas.models import Allocation
 from marketplace.quotas.quota_book import EffectiveQuota, QuotaBook
@@ -24,6 +26,14 @@ from marketplace.quotas.world import (
 )
 
 K = Allocation.Kind
+
+
+def min_run() -> timedelta:
+    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_MIN_RUN_SECONDS", 600))
+
+
+def grace() -> timedelta:
+    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_GRACE_SECONDS", 300))
 
 
 @dataclass

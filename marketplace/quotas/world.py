@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db.models import DecimalField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
@@ -25,8 +26,11 @@ from marketplace.capacity.models import (
 from marketplace.capacity.policies import Residency, residency_parse
 from marketplace.capacity.selectors import placeable_pools
 from marketplace.errors import InvalidInput
-from marketplace.finetuning.models import JobAttempt
+from marketplace.finetuning.models import FineTuningJob, JobAttempt, JobStatus
 from marketplace.quotas.models import Allocation
+
+if TYPE_CHECKING:
+    from marketplace.quotas.decide import PendingJob
 
 ZERO = Decimal("0")
 
@@ -291,3 +295,36 @@ def _load_pools(world: World, pools, maintenance, bookings) -> None:  # type: ig
         if pool_state is not None:
             pool_state.bookings[booking.pk] = entry
         world.org_bookings[booking.organization_id].append(entry)
+
+
+def pending_jobs_load() -> list[PendingJob]:
+    """The queue, in one query."""
+    from marketplace.quotas.decide import PendingJob
+
+    rows = FineTuningJob.objects.filter(status=JobStatus.QUEUED).values_list(
+        "id",
+        "organization_id",
+        "gpu_flavor",
+        "gpu_count",
+        "priority",
+        "created_at",
+        "residency",
+        "attempt_count",
+        "pending_reason",
+        "estimated_start",
+    )
+    return [
+        PendingJob(
+            id=r[0],
+            org_id=r[1],
+            flavor_slug=r[2],
+            gpus=max(r[3], 1),
+            priority=r[4],
+            created_at=r[5],
+            residency=r[6] or {},
+            attempt_count=r[7],
+            pending_reason=r[8],
+            estimated_start=r[9],
+        )
+        for r in rows
+    ]

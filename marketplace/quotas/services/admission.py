@@ -23,20 +23,12 @@ from marketplace.capacity.placement import PlacementDecision
 from marketplace.capacity.services import CapacityUnavailable, placement_commit
 from marketplace.errors import InsufficientFunds, InvalidTransition, NotFound
 from marketplace.finetuning.models import FineTuningJob, JobStatus
-from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait
+from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait, grace, min_run
 from marketplace.quotas.models import Allocation, OrganizationQuota
 from marketplace.quotas.quota_book import QuotaBook, default_max_job_hours
-from marketplace.quotas.world import LiveAllocation, world_load
+from marketplace.quotas.world import LiveAllocation, pending_jobs_load, world_load
 
 logger = logging.getLogger("partage.quotas")
-
-
-def min_run() -> timedelta:
-    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_MIN_RUN_SECONDS", 600))
-
-
-def grace() -> timedelta:
-    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_GRACE_SECONDS", 300))
 
 
 def max_per_pass() -> int:
@@ -52,36 +44,6 @@ class PassReport:
     reasons_updated: int = 0
 
 
-def _pending_jobs() -> list[PendingJob]:
-    rows = FineTuningJob.objects.filter(status=JobStatus.QUEUED).values_list(
-        "id",
-        "organization_id",
-        "gpu_flavor",
-        "gpu_count",
-        "priority",
-        "created_at",
-        "residency",
-        "attempt_count",
-        "pending_reason",
-        "estimated_start",
-    )
-    return [
-        PendingJob(
-            id=r[0],
-            org_id=r[1],
-            flavor_slug=r[2],
-            gpus=max(r[3], 1),
-            priority=r[4],
-            created_at=r[5],
-            residency=r[6] or {},
-            attempt_count=r[7],
-            pending_reason=r[8],
-            estimated_start=r[9],
-        )
-        for r in rows
-    ]
-
-
 def admission_pass(*, limit: int | None = None) -> list[str]:
     """Admit what fits; explain every wait. Returns the ids of the admitted jobs."""
     return admission_pass_run(limit=limit).admitted
@@ -91,7 +53,7 @@ def admission_pass_run(*, limit: int | None = None, now: datetime | None = None)
     now = now or timezone.now()
     limit = limit or max_per_pass()
     report = PassReport()
-    pending = _pending_jobs()
+    pending = pending_jobs_load()
     if not pending:
         return report
     world = world_load(now=now)
