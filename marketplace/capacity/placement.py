@@ -15,10 +15,12 @@ pool (see selectors.pools_reliability), computed exactly with fractions.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
+from typing import TypeVar
 
 from django.utils import timezone
 
@@ -30,6 +32,7 @@ from marketplace.errors import Conflict
 from marketplace.finetuning.models import FineTuningJob
 
 RELIABILITY_TOLERANCE = Fraction(1, 20)
+T = TypeVar("T")
 
 
 class NoPlacement(Conflict):
@@ -44,6 +47,29 @@ class NoPlacement(Conflict):
         self.estimated_start: datetime | None = None
         if details and details.get("estimated_start"):
             self.estimated_start = datetime.fromtimestamp(details["estimated_start"], tz=UTC)
+
+
+def most_reliable(candidates: Sequence[T], *, reliability: Callable[[T], Fraction]) -> list[T]:
+    """The candidates within RELIABILITY_TOLERANCE of the most reliable one."""
+    if not candidates:
+        return []
+    best = max(reliability(c) for c in candidates)
+    return [c for c in candidates if reliability(c) >= best - RELIABILITY_TOLERANCE]
+
+
+def cheapest_first(
+    candidates: Sequence[T],
+    *,
+    price: Callable[[T], Decimal],
+    reliability: Callable[[T], Fraction],
+    ident: Callable[[T], int],
+) -> list[T]:
+    """Price ascending, then reliability descending, then oldest (smallest id) first.
+
+    With `most_reliable`, this is the on-demand ordering; the admission pass can apply the same
+    two functions to its in-memory pool states (reliability from selectors.pools_reliability).
+    """
+    return sorted(candidates, key=lambda c: (price(c), -reliability(c), ident(c)))
 
 
 @dataclass(frozen=True)
@@ -134,8 +160,13 @@ def choose(need: PlacementNeed, *, at: datetime | None = None) -> PlacementDecis
         raise _nothing_fits(need, eligible, rejected, constraints, at)
     scores = selectors.pools_reliability([p.pk for p in fitting])
     best = max(scores.values())
-    top = [p for p in fitting if scores[p.pk] >= best - RELIABILITY_TOLERANCE]
-    chosen = min(top, key=lambda p: (p.price_per_gpu_hour, -scores[p.pk], p.pk))
+    top = most_reliable(fitting, reliability=lambda p: scores[p.pk])
+    chosen = cheapest_first(
+        top,
+        price=lambda p: p.price_per_gpu_hour,
+        reliability=lambda p: scores[p.pk],
+        ident=lambda p: p.pk,
+    )[0]
     return PlacementDecision(
         pool=chosen,
         booking=None,

@@ -261,3 +261,48 @@ def test_launch_settings_come_from_the_placed_pool(org_a) -> None:
     assert launch["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert launch["gpu_resource_name"] == "nvidia.com/gpu"
     assert launch["gpu_count"] == 2
+
+
+def test_estimate_before_submitting(org_a, org_b) -> None:
+    from marketplace.capacity.placement import job_estimate
+    from marketplace.capacity.policies import Residency
+
+    pool = factories.pool(gpus=4, price="2.00")
+    now = timezone.now().replace(microsecond=0)
+    with time_machine.travel(now, tick=False):
+        estimate = job_estimate(
+            organization=org_a,
+            gpu_flavor="h100-80g",
+            gpu_count=2,
+            residency=Residency(),
+            gpu_hours_per_gpu=Decimal("1.5"),
+        )
+        assert (estimate.pool, estimate.estimated_start) == (pool, now)
+        assert estimate.estimated_cost == Decimal("6.00")  # 2.00 x 2 GPUs x 1.5 h
+        start = now + timedelta(minutes=1)
+        services.booking_create(
+            organization=org_b,
+            flavor="h100-80g",
+            gpu_count=4,
+            start=start,
+            end=start + timedelta(hours=3),
+        )
+    with time_machine.travel(start + timedelta(minutes=1), tick=False):
+        busy = job_estimate(
+            organization=org_a,
+            gpu_flavor="h100-80g",
+            gpu_count=2,
+            residency=Residency(),
+            gpu_hours_per_gpu=Decimal("1"),
+        )
+        assert busy.pool == pool
+        assert busy.estimated_start == start + timedelta(hours=3)
+        assert busy.estimated_cost == Decimal("4.00")
+        nowhere = job_estimate(
+            organization=org_a,
+            gpu_flavor="h100-80g",
+            gpu_count=2,
+            residency=Residency(countries=frozenset({"US"})),
+            gpu_hours_per_gpu=Decimal("1"),
+        )
+        assert nowhere.pool is None and "hard constraints" in nowhere.reason
