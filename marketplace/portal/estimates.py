@@ -93,4 +93,5 @@ def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
 def job_cost(*, job: FineTuningJob) -> Decimal | None:
     from marketplace.billing.services import job_cost_so_far
 
-    return job_cost_so_far(job=job)
+    # Display only: billing keeps the unrounded figure; invoices round per line.
+    return job_cost_so_far(job=job).quantize(Decimal("0.01"))

@@ -71,6 +71,9 @@ def test_launch_reviews_before_creating_the_job(
     assert "Review and confirm" in body and 'id="estimate-cost"' in body
     assert review.context["estimate"].cost is not None
     assert not FineTuningJob.objects.exists()
+    back = alice_web.post("/jobs/new/", {**form, "action": "edit"})
+    assert "Launch a fine-tuning job" in back.content.decode()
+    assert back.context["form"]["suffix"].value() == "demo"
     with django_capture_on_commit_callbacks(execute=False):
         confirmed = alice_web.post("/jobs/new/", {**form, "action": "confirm"})
     job = FineTuningJob.objects.get()

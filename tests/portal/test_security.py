@@ -145,3 +145,23 @@ def test_staff_pages_are_hidden_from_startups(alice_web: Client, carol_web: Clie
     assert alice_web.get("/cockpit/").status_code == 404
     assert carol_web.get("/cockpit/").status_code == 200
     assert Client().get("/cockpit/").status_code == 302
+
+
+def test_switching_to_someone_else_s_organization_is_ignored(
+    bob_web: Client, org_a: Any, org_b: Any
+) -> None:
+    bob_web.post("/organization/switch/", {"org": org_a.public_id})
+    page = bob_web.get("/overview/").content.decode()
+    assert "Org B" in page and "Org A" not in page
+
+
+def test_the_admin_keeps_working_under_its_own_policy(carol: Any) -> None:
+    client = Client()
+    client.force_login(carol)
+    User = type(carol)
+    User.objects.filter(pk=carol.pk).update(is_superuser=True)
+    response = client.get("/admin/")
+    assert response.status_code == 200
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "style-src 'self' 'unsafe-inline'" in policy
+    assert not INLINE_SCRIPT.search(response.content.decode())

@@ -65,6 +65,8 @@ def job_launch(request: HttpRequest) -> HttpResponse:
     org = request.org  # type: ignore[attr-defined]
     form = _launch_form(request, request.POST or None)
     action = request.POST.get("action", "")
+    if action == "edit":  # back from the review, with the settings as they were
+        return page(request, "portal/jobs/launch.html", {"form": form})
     if request.method == "POST" and _checked(form):
         if action == "confirm":
             data = form.cleaned_data

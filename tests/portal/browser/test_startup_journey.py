@@ -66,6 +66,11 @@ def test_sign_up_upload_launch_watch_download(
     page = browser.page
     sign_up(page, "dana", "Dana Labs")
     assert page.get_by_role("heading", name="Dana Labs").is_visible()
+    page.goto("/api-keys/")
+    page.get_by_label("Name").fill("ci-pipeline")
+    page.get_by_role("button", name="Create key").click()
+    assert page.locator("#new-key").inner_text().startswith("sk-ptg-")
+    browser.shot("api-key-created")
 
     # 1. A file with three bad lines: every one is reported with its number, nothing is stored.
     good = [json.dumps(r) for r in _rows(24)]
@@ -107,8 +112,9 @@ def test_sign_up_upload_launch_watch_download(
     browser.shot("launch-form")
     page.get_by_role("button", name="Review cost and start").click()
     page.get_by_role("heading", name="Review and confirm").wait_for()
-    assert page.locator("#estimate-cost").inner_text().strip() != ""
-    assert page.locator("#estimate-start").inner_text().strip() != ""
+    # No GPU pool exists here: the embedded default trains locally, free, at once.
+    assert page.locator("#estimate-cost").inner_text().strip() == "€0.00"
+    assert page.locator("#estimate-start").inner_text().strip() == "Now"
     browser.shot("launch-review")
     page.get_by_role("button", name="Confirm and launch").click()
     page.wait_for_url("**/jobs/ftjob-*/")
@@ -161,3 +167,9 @@ def test_sign_up_upload_launch_watch_download(
         manifest = json.load(io.TextIOWrapper(extracted))
     assert manifest["base_model"]["id"] == "partage/tiny-llama"
     assert manifest == job.manifest
+
+    # The same page on a phone.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    page.locator("#download-adapter").wait_for()
+    browser.shot("job-succeeded-phone")
