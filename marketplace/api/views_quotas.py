@@ -14,10 +14,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.accounts.models import Organization
+from marketplace.accounts.models import Organization, User
 from marketplace.api.authentication import ApiKeyAuthentication
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
+from marketplace.api.views import org_of
 from marketplace.capacity.models import GpuFlavor
 from marketplace.errors import Forbidden, InvalidInput, NotFound
 from marketplace.quotas import selectors, services
@@ -37,6 +38,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def actor_of(request: Request) -> User | None:
+    return request.user if isinstance(request.user, User) else None
+
+
 def quota_object(row: dict[str, Any]) -> dict[str, Any]:
     return {"object": "quota", **_plain(row)}
 
@@ -45,7 +50,7 @@ class QuotaListView(APIView):
     """GET /v1/quotas: your organization's quota and current use, per GPU flavor."""
 
     def get(self, request: Request) -> Response:
-        rows = selectors.quota_usage_for_org(request.user.organization)
+        rows = selectors.quota_usage_for_org(org_of(request))
         return Response(
             {"object": "list", "data": [quota_object(r) for r in rows], "has_more": False}
         )
@@ -56,7 +61,7 @@ class UsageView(APIView):
 
     def get(self, request: Request) -> Response:
         start, end = selectors.month_period()
-        rows = selectors.quota_usage_for_org(request.user.organization)
+        rows = selectors.quota_usage_for_org(org_of(request))
         data = [
             {
                 "object": "usage",
@@ -136,7 +141,7 @@ class StaffQuotaOverrideView(StaffView):
             organization=org,
             flavor=gpu_flavor,
             values=dict(request.data),
-            actor=request.user,
+            actor=actor_of(request),
             via=QuotaAuditEntry.Via.API,
         )
         row = next(r for r in selectors.quota_usage_for_org(org) if r["flavor"] == flavor)
@@ -168,7 +173,7 @@ class StaffOrgPlanView(StaffView):
             organization=org,
             plan=plan,
             weight=weight,
-            actor=request.user,
+            actor=actor_of(request),
             via=QuotaAuditEntry.Via.API,
         )
         return Response(

@@ -29,11 +29,18 @@ K = Allocation.Kind
 
 
 def min_run() -> timedelta:
-    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_MIN_RUN_SECONDS", 600))
+    return timedelta(seconds=settings.PARTAGE_PREEMPT_MIN_RUN_SECONDS)
 
 
 def grace() -> timedelta:
-    return timedelta(seconds=getattr(settings, "PARTAGE_PREEMPT_GRACE_SECONDS", 300))
+    return timedelta(seconds=settings.PARTAGE_PREEMPT_GRACE_SECONDS)
+
+
+PLACEMENT_HOW: dict[str, str] = {
+    str(K.GUARANTEED): "within your organization's guaranteed GPUs",
+    str(K.BOOKED): "on your booking",
+    str(K.BORROWED): "on idle capacity borrowed above your guarantee (may be preempted)",
+}
 
 
 @dataclass
@@ -62,11 +69,7 @@ class Admit:
 
     @property
     def placement_reason(self) -> str:
-        how = {
-            K.GUARANTEED: "within your organization's guaranteed GPUs",
-            K.BOOKED: "on your booking",
-            K.BORROWED: "on idle capacity borrowed above your guarantee (may be preempted)",
-        }[self.kind]
+        how = PLACEMENT_HOW[self.kind]
         return (
             f"{self.job.gpus} x {self.flavor.label} on pool {self.pool.public_id} "
             f"({self.pool.region}, {self.pool.country}) {how}"

@@ -44,7 +44,7 @@ class EffectiveQuota:
 
 
 def default_max_job_hours() -> Decimal:
-    return Decimal(str(getattr(settings, "PARTAGE_DEFAULT_MAX_JOB_HOURS", 24)))
+    return Decimal(str(settings.PARTAGE_DEFAULT_MAX_JOB_HOURS))
 
 
 class QuotaBook:

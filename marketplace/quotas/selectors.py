@@ -93,12 +93,13 @@ def quota_usage_all_orgs(*, now: datetime | None = None) -> list[dict[str, Any]]
     for org_id in sorted(org_ids, key=lambda i: orgs[i].slug if i in orgs else ""):
         if org_id not in orgs:
             continue
+        plan = book.plan_of(org_id)
         result.append(
             {
                 "organization_id": orgs[org_id].public_id,
                 "organization": orgs[org_id].slug,
                 "weight": book.weight(org_id),
-                "plan": book.plan_of(org_id).slug if book.plan_of(org_id) else None,
+                "plan": plan.slug if plan else None,
                 "flavors": _usage_rows(world, book, org_id, queued.get(org_id, {})),
             }
         )

@@ -14,13 +14,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from django.db.models import DecimalField, OuterRef, Q, Subquery, Sum
+from django.db.models import DecimalField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from marketplace.capacity.models import (
     Booking,
     GpuFlavor,
     MaintenanceWindow,
+    Pool,
     ResidencyPolicy,
 )
 from marketplace.capacity.policies import Residency, residency_parse
@@ -249,8 +250,9 @@ def world_load(
             )
         )
     spent = Coalesce("used_gpu_hours", "reserved_gpu_hours", output_field=DecimalField())
-    for row in budget.values("organization_id", "flavor_id").annotate(hours=Sum(spent)):
-        world.usage[(row["organization_id"], row["flavor_id"])].budget_used = row["hours"] or ZERO
+    for spent_row in budget.values("organization_id", "flavor_id").annotate(hours=Sum(spent)):
+        key = (spent_row["organization_id"], spent_row["flavor_id"])
+        world.usage[key].budget_used = spent_row["hours"] or ZERO
     for policy in residency:
         world.residency[policy.organization_id] = residency_parse(
             {"eu_only": policy.eu_only, "countries": policy.countries or []}
@@ -258,7 +260,12 @@ def world_load(
     return world
 
 
-def _load_pools(world: World, pools, maintenance, bookings) -> None:  # type: ignore[no-untyped-def]
+def _load_pools(
+    world: World,
+    pools: QuerySet[Pool],
+    maintenance: QuerySet[MaintenanceWindow],
+    bookings: QuerySet[Booking],
+) -> None:
     down: defaultdict[int, int] = defaultdict(int)
     whole: set[int] = set()
     sizes: dict[int, int] = {}

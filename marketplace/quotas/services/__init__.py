@@ -6,6 +6,7 @@ from marketplace.quotas.services.changes import (
     org_quota_override_set,
     plan_create,
     plan_flavor_quota_set,
+    plan_update,
 )
 from marketplace.quotas.services.release import quota_release, quota_release_for_job
 
@@ -16,6 +17,7 @@ __all__ = [
     "org_quota_override_set",
     "plan_create",
     "plan_flavor_quota_set",
+    "plan_update",
     "quota_release",
     "quota_release_for_job",
 ]

@@ -32,7 +32,7 @@ logger = logging.getLogger("partage.quotas")
 
 
 def max_per_pass() -> int:
-    return int(getattr(settings, "PARTAGE_ADMISSIONS_PER_PASS", 200))
+    return int(settings.PARTAGE_ADMISSIONS_PER_PASS)
 
 
 @dataclass

@@ -255,3 +255,30 @@ def org_quota_override_set(
                 new=_text(getattr(row, field), PLAN_DEFAULT),
             )
     return row
+
+
+def plan_update(
+    *,
+    plan: Plan,
+    name: str,
+    weight: Decimal | int,
+    is_default: bool,
+    actor: User | None = None,
+    via: str = QuotaAuditEntry.Via.SERVICE,
+) -> Plan:
+    weight = Decimal(str(weight))
+    if weight <= 0:
+        raise InvalidInput("weight must be more than 0.", param="weight")
+    with transaction.atomic():
+        old = Plan.objects.select_for_update().get(pk=plan.pk)
+        if is_default and not old.is_default:
+            Plan.objects.filter(is_default=True).exclude(pk=plan.pk).update(is_default=False)
+        Plan.objects.filter(pk=plan.pk).update(name=name, weight=weight, is_default=is_default)
+        for field, before, after in [
+            ("name", old.name, name),
+            ("weight", str(old.weight), str(weight)),
+            ("is_default", str(old.is_default), str(is_default)),
+        ]:
+            _audit(actor=actor, via=via, plan=plan, field=field, old=before, new=after)
+    plan.refresh_from_db()
+    return plan
