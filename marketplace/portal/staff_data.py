@@ -1,4 +1,4 @@
-"""Usage against quota, read from the quotas domain's own read models (world + quota book).
+"""Usage against quota, from the quotas domain's selectors, shaped for the portal's gauges.
 
 Used by the startup's usage page (its gauges) and by the staff cockpit (every organization).
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-
-from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 
@@ -46,45 +44,42 @@ class QuotaLine:
         return self._percent(self.gpu_hours_month, self.monthly_gpu_hours)
 
 
-def quota_lines(org_ids: list[int]) -> dict[int, list[QuotaLine]]:
-    from marketplace.quotas.quota_book import QuotaBook
-    from marketplace.quotas.world import world_load
-
-    world = world_load(now=timezone.now(), pool_ids=[], org_ids=org_ids)
-    book = QuotaBook(org_ids=org_ids)
-    result: dict[int, list[QuotaLine]] = {}
-    for org_id in org_ids:
-        lines = []
-        for flavor in world.flavors.values():
-            quota = book.quota(org_id, flavor.id)
-            usage = world.usage.get((org_id, flavor.id))
-            lines.append(
-                QuotaLine(
-                    flavor_slug=flavor.slug,
-                    flavor_label=flavor.label,
-                    running_gpus=usage.quota_used if usage else 0,
-                    booked_gpus=usage.booked if usage else 0,
-                    max_gpus=quota.max_gpus,
-                    guaranteed_gpus=quota.guaranteed_gpus,
-                    running_jobs=usage.jobs if usage else 0,
-                    max_concurrent_jobs=quota.max_concurrent_jobs,
-                    gpu_hours_month=(usage.budget_used if usage else Decimal(0)).quantize(
-                        Decimal("0.01")
-                    ),
-                    monthly_gpu_hours=quota.monthly_gpu_hours,
-                    max_job_hours=quota.max_job_hours,
-                    source=quota.source,
-                )
-            )
-        result[org_id] = lines
-    return result
+def _line(row: dict[str, Any]) -> QuotaLine:
+    return QuotaLine(
+        flavor_slug=row["flavor"],
+        flavor_label=row["flavor_name"],
+        running_gpus=row["used_gpus"] - row["booked_gpus"],
+        booked_gpus=row["booked_gpus"],
+        max_gpus=row["max_gpus"],
+        guaranteed_gpus=row["guaranteed_gpus"],
+        running_jobs=row["running_jobs"],
+        max_concurrent_jobs=row["max_concurrent_jobs"],
+        gpu_hours_month=Decimal(row["gpu_hours_used"]).quantize(Decimal("0.01")),
+        monthly_gpu_hours=row["monthly_gpu_hours"],
+        max_job_hours=row["max_job_hours"],
+        source=row["source"],
+    )
 
 
 def quota_lines_for_org(org: Organization) -> list[QuotaLine]:
-    return quota_lines([org.pk])[org.pk]
+    from marketplace.quotas.selectors import quota_usage_for_org
+
+    return [_line(row) for row in quota_usage_for_org(org)]
 
 
 def organizations_against_quota() -> list[dict[str, Any]]:
-    orgs = list(Organization.objects.filter(kind=Organization.Kind.STARTUP).order_by("name"))
-    lines = quota_lines([o.pk for o in orgs])
-    return [{"org": org, "lines": lines[org.pk]} for org in orgs]
+    from marketplace.quotas.selectors import quota_usage_all_orgs
+
+    rows = quota_usage_all_orgs()
+    orgs = Organization.objects.in_bulk(
+        [r["organization_id"] for r in rows], field_name="public_id"
+    )
+    return [
+        {
+            "org": orgs[r["organization_id"]],
+            "plan": r["plan"],
+            "lines": [_line(f) for f in r["flavors"]],
+        }
+        for r in rows
+        if r["organization_id"] in orgs
+    ]

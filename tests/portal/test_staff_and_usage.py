@@ -18,7 +18,7 @@ from marketplace.billing.services import (
     month_bounds,
 )
 from marketplace.capacity.models import Pool, ProviderProfile
-from marketplace.finetuning.models import JobAttempt
+from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.quotas.models import QuotaAuditEntry
 from tests.capacity import factories
 from tests.portal.conftest import make_job
@@ -154,3 +154,18 @@ def test_finalized_invoices_download_for_their_org_only(
     assert download.status_code == 200 and download["Content-Type"].startswith("text/csv")
     assert f"invoice,{invoice.number}" in download.content.decode()
     assert bob_web.get(f"/invoices/{invoice.public_id}/").status_code == 404
+
+
+def test_cockpit_shows_each_pool_s_queue_and_running_jobs(
+    carol_web: Client, org_a: Any, org_b: Any
+) -> None:
+    pool = factories.pool(gpus=8, name="Paris H100")
+    waiting = factories.job(org_a, gpus=2, status="queued")
+    FineTuningJob.objects.filter(pk=waiting.pk).update(pending_reason="waiting: quota of org-a")
+    running = factories.running_on(pool, org_b, gpus=3)
+    response = carol_web.get("/cockpit/")
+    body = response.content.decode()
+    assert waiting.id in body and "waiting: quota of org-a" in body
+    row = next(r for r in response.context["pools"] if r["pool"].pk == pool.pk)
+    assert [j.id for j in row["running"]] == [running.id]
+    assert row["usage"].free == 5

@@ -24,11 +24,11 @@ from marketplace.capacity.models import (
     ProviderProfile,
 )
 from marketplace.errors import PartageError
-from marketplace.finetuning.models import FineTuningJob, JobStatus
+from marketplace.finetuning.models import FineTuningJob
 from marketplace.portal import staff_data
 from marketplace.portal.context import error_message, page, staff_required
 from marketplace.portal.forms import PriceForm, QuotaForm
-from marketplace.quotas.models import QuotaAuditEntry
+from marketplace.quotas.selectors import pending_queue_by_pool, quota_audit
 from marketplace.quotas.services import org_quota_override_set
 
 
@@ -71,14 +71,9 @@ def cockpit(request: HttpRequest) -> HttpResponse:
 
 
 def _cockpit_context(request: HttpRequest, quota_form: QuotaForm | None = None) -> dict[str, Any]:
-    pending_jobs = (
-        FineTuningJob.objects.filter(status=JobStatus.QUEUED)
-        .select_related("organization")
-        .order_by("-priority", "created_at")[:50]
-    )
     return {
         "pools": _pools_overview(),
-        "pending_jobs": pending_jobs,
+        "queues": [q for q in pending_queue_by_pool() if q["queued_jobs"]],
         "org_usage": staff_data.organizations_against_quota(),
         "providers": ProviderProfile.objects.filter(
             approval_status=ApprovalStatus.PENDING
@@ -88,9 +83,7 @@ def _cockpit_context(request: HttpRequest, quota_form: QuotaForm | None = None) 
         ),
         "clusters": ClusterConnection.objects.all(),
         "quota_form": quota_form or _quota_form(initial=_quota_initial(request)),
-        "audit": QuotaAuditEntry.objects.select_related(
-            "changed_by", "organization", "flavor", "plan"
-        )[:25],
+        "audit": quota_audit()[:25],
     }
 
 
