@@ -310,14 +310,9 @@ def invoices_finalize(
         Invoice.objects.bulk_create(new)
         invoices = {inv.organization_id: inv for inv in [*drafts.values(), *new]}
         invoice_ids = [inv.pk for inv in invoices.values()]
-        UsageRecord.objects.filter(
-            invoice__isnull=True, recorded_at__lt=period_end, organization_id__in=org_ids
-        ).claim_for_invoices(
-            models.Subquery(
-                Invoice.objects.filter(
-                    pk__in=invoice_ids, organization_id=models.OuterRef("organization_id")
-                ).values("pk")[:1]
-            )
+        UsageRecord.objects.claim_for_invoices(
+            invoice_of_org={org_id: inv.pk for org_id, inv in invoices.items()},
+            recorded_before=period_end,
         )
         claimed = UsageRecord.objects.filter(invoice_id__in=invoice_ids)
         orgs = Organization.objects.in_bulk(list(org_ids))
