@@ -45,9 +45,13 @@ def _max_job_hours(org: Organization, flavor_slug: str) -> Decimal:
 
 
 def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
+    """Where and when (capacity's job_estimate) and at most how much (billing's cost_estimate,
+    for the run limit the admission pass holds money for, capped by the spending cap)."""
+    from marketplace.billing.selectors import cost_estimate
     from marketplace.capacity.placement import job_estimate
     from marketplace.capacity.policies import residency_parse
     from marketplace.capacity.selectors import placeable_pools
+    from marketplace.errors import PartageError
 
     data = form.cleaned_data
     flavor, gpus, cap = data.get("gpu_flavor") or "", data["gpu_count"], data.get("max_cost")
@@ -59,34 +63,36 @@ def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
             start_detail="The local executor starts jobs as soon as they are admitted.",
         )
     hours = _max_job_hours(org, flavor)
-    estimate = job_estimate(
+    placement = job_estimate(
         organization=org,
         gpu_flavor=flavor,
         gpu_count=gpus,
         residency=residency_parse(None),
         gpu_hours_per_gpu=hours,
     )
-    result = LaunchEstimate(notes=[estimate.reason] if estimate.reason else [])
-    if estimate.pool is None or estimate.price_per_gpu_hour is None:
-        result.cost_detail = "No pool can run this job now; change the GPU or the GPU count."
+    result = LaunchEstimate(notes=[placement.reason] if placement.reason else [])
+    try:
+        cost = cost_estimate(
+            org, gpu_flavor=flavor, gpu_count=gpus, duration_seconds=int(hours * 3600)
+        )
+    except PartageError as e:
+        result.cost_detail = e.message
         return result
-    hourly = estimate.price_per_gpu_hour * gpus
-    upper = estimate.estimated_cost
-    if cap is not None and upper is not None:
-        upper = min(upper, cap)
-    result.cost = upper
+    total = cost.amount + cost.vat
+    capped = cap is not None and cap < cost.amount
+    result.cost = cap if capped else total
     result.cost_detail = (
-        f"At most, for the {hours} h run limit: {gpus} GPU(s) at €{estimate.price_per_gpu_hour:.2f} per "
-        f"GPU-hour on {estimate.pool.public_id} (€{hourly:.2f}/h, before fees and VAT). You pay "
-        "only for the GPU-seconds used."
+        f"At most: {gpus} GPU(s) for the {hours} h run limit at €{cost.price_per_gpu_hour:.2f} "
+        f"per GPU-hour on {cost.pool_public_id}, VAT included"
+        + (" — your spending cap stops it before" if capped else "")
+        + ". You pay only for the GPU-seconds used."
     )
-    start = estimate.estimated_start
-    now = timezone.now()
-    result.start_now = start is not None and (start - now).total_seconds() < 60
+    start = placement.estimated_start
+    result.start_now = start is not None and (start - timezone.now()).total_seconds() < 60
     result.estimated_start = start
-    result.start_detail = (
-        f"On {estimate.pool.name} ({estimate.pool.country}/{estimate.pool.region})."
-    )
+    if placement.pool is not None:
+        where = f"{placement.pool.name} ({placement.pool.country}/{placement.pool.region})"
+        result.start_detail = f"On {where}."
     return result
 
 

@@ -151,3 +151,30 @@ def test_cancel_a_queued_job(
     # Cancelling twice explains itself instead of failing.
     response = alice_web.post(f"/jobs/{job.id}/cancel/", follow=True)
     assert "nothing to cancel" in response.content.decode()
+
+
+def test_review_prices_the_job_on_the_cheapest_pool_that_fits(
+    alice_web: Client, org_a: Any
+) -> None:
+    from decimal import Decimal
+
+    from marketplace.billing.selectors import cost_estimate
+    from marketplace.quotas.quota_book import default_max_job_hours
+    from tests.capacity import factories
+
+    factories.pool(gpus=8, price="2.50", name="Paris H100")
+    factories.pool(gpus=1, price="1.00", name="Tiny H100")  # too small for 2 GPUs
+    file = make_file(org_a)
+    form = {**LAUNCH, "training_file": file.id, "gpu_flavor": "h100-80g", "gpu_count": 2}
+    estimate = alice_web.post("/jobs/new/", {**form, "action": "review"}).context["estimate"]
+    hours = default_max_job_hours()
+    expected = cost_estimate(
+        org_a, gpu_flavor="h100-80g", gpu_count=2, duration_seconds=int(hours * 3600)
+    )
+    assert expected.price_per_gpu_hour == Decimal("2.5000")
+    assert estimate.cost == expected.amount + expected.vat
+    assert expected.amount == Decimal("2.50") * 2 * hours
+    assert estimate.start_now and "Paris H100" in estimate.start_detail
+    capped = alice_web.post("/jobs/new/", {**form, "max_cost": "30", "action": "review"})
+    assert capped.context["estimate"].cost == Decimal("30")
+    assert "spending cap" in capped.context["estimate"].cost_detail

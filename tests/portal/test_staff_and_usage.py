@@ -150,9 +150,11 @@ def test_finalized_invoices_download_for_their_org_only(
     )
     page = alice_web.get("/usage/").content.decode()
     assert invoice.number in page
-    download = alice_web.get(f"/invoices/{invoice.public_id}/")
-    assert download.status_code == 200 and download["Content-Type"].startswith("text/csv")
-    assert f"invoice,{invoice.number}" in download.content.decode()
+    pdf = alice_web.get(f"/invoices/{invoice.public_id}/")
+    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")
+    csv = alice_web.get(f"/invoices/{invoice.public_id}/?format=csv")
+    assert csv["Content-Type"].startswith("text/csv") and invoice.number in csv.content.decode()
     assert bob_web.get(f"/invoices/{invoice.public_id}/").status_code == 404
 
 

@@ -40,10 +40,11 @@ def _daily(org_id: int) -> tuple[list[tuple[str, Decimal]], list[tuple[str, Deci
 @org_required
 def usage(request: HttpRequest) -> HttpResponse:
     from marketplace.billing.models import Invoice
+    from marketplace.billing.selectors import balance_for_org, invoices_for_org
 
     org = request.org  # type: ignore[attr-defined]
     hours, spend = _daily(org.pk)
-    invoices = Invoice.objects.filter(organization=org).exclude(status=Invoice.Status.VOID)
+    invoices = invoices_for_org(org).exclude(status=Invoice.Status.VOID)
     return page(
         request,
         "portal/usage/usage.html",
@@ -54,49 +55,36 @@ def usage(request: HttpRequest) -> HttpResponse:
             "spend_total": sum((v for _, v in spend), Decimal(0)),
             "quota_lines": staff_data.quota_lines_for_org(org),
             "invoices": invoices[:24],
+            "balance": balance_for_org(org),
             "days": DAYS,
         },
     )
 
 
+EXPORT_FORMATS = {"pdf", "csv"}
+
+
 @org_required
 def invoice_download(request: HttpRequest, invoice_id: str) -> HttpResponse:
-    """A finalized invoice as CSV: its lines, then subtotal, VAT and total, exactly as stored."""
-    import csv
-
+    """A finalized invoice as billing renders it: PDF (default) or CSV."""
     from django.http import Http404
 
+    from marketplace.billing.exports import invoice_export
     from marketplace.billing.models import Invoice
+    from marketplace.billing.selectors import invoice_for_org
+    from marketplace.errors import NotFound
 
-    invoice = (
-        Invoice.objects.filter(
-            organization=request.org,  # type: ignore[attr-defined]
-            public_id=invoice_id,
-            status=Invoice.Status.FINALIZED,
-        )
-        .prefetch_related("lines")
-        .first()
-    )
-    if invoice is None:
-        raise Http404("No such invoice in your organization.")
+    try:
+        invoice = invoice_for_org(request.org, invoice_id)  # type: ignore[attr-defined]
+    except NotFound:
+        raise Http404("No such invoice in your organization.") from None
+    if invoice.status != Invoice.Status.FINALIZED:
+        raise Http404("Only finalized invoices can be downloaded.")
+    export_format = request.GET.get("format", "pdf")
+    if export_format not in EXPORT_FORMATS:
+        export_format = "pdf"
+    content, content_type = invoice_export(invoice, export_format)
+    response = HttpResponse(content, content_type=content_type)
     name = invoice.number or invoice.public_id
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="invoice-{name}.csv"'
-    writer = csv.writer(response)
-    writer.writerow(["invoice", name, "customer", invoice.customer_name, invoice.customer_vat_id])
-    writer.writerow(["period", invoice.period_start.date(), invoice.period_end.date()])
-    writer.writerow(["description", "gpu_seconds", "eur_per_gpu_hour", "amount", "vat"])
-    for line in invoice.lines.all():
-        writer.writerow(
-            [
-                line.description,
-                line.billable_gpu_seconds,
-                line.price_per_gpu_hour,
-                line.amount,
-                line.vat,
-            ]
-        )
-    writer.writerow(["subtotal", "", "", invoice.subtotal, ""])
-    writer.writerow(["vat", invoice.vat_rate, invoice.vat_note, "", invoice.vat])
-    writer.writerow(["total", "", "", invoice.total, invoice.currency])
+    response["Content-Disposition"] = f'attachment; filename="invoice-{name}.{export_format}"'
     return response
