@@ -214,7 +214,9 @@ PARTAGE_MAX_TRAINING_LINES = env.get("PARTAGE_MAX_TRAINING_LINES", env.as_int, d
 PARTAGE_MAX_ADAPTER_RANK = env.get("PARTAGE_MAX_ADAPTER_RANK", env.as_int, default=64)
 # Quotas and admission (marketplace.quotas): borrowed work is preemptible only after running this
 # long; an admission pass admits at most this many jobs (the rest wait for the next pass).
-PARTAGE_PREEMPT_MIN_RUN_SECONDS = env.get("PARTAGE_PREEMPT_MIN_RUN_SECONDS", env.as_int, default=600)
+PARTAGE_PREEMPT_MIN_RUN_SECONDS = env.get(
+    "PARTAGE_PREEMPT_MIN_RUN_SECONDS", env.as_int, default=600
+)
 PARTAGE_PREEMPT_GRACE_SECONDS = env.get("PARTAGE_PREEMPT_GRACE_SECONDS", env.as_int, default=300)
 PARTAGE_ADMISSIONS_PER_PASS = env.get("PARTAGE_ADMISSIONS_PER_PASS", env.as_int, default=200)
 PARTAGE_DEFAULT_MAX_JOB_HOURS = env.get("PARTAGE_DEFAULT_MAX_JOB_HOURS", env.as_int, default=24)

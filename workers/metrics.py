@@ -103,7 +103,8 @@ def queue_depth(queue: str = "celery") -> int | None:
     import redis
 
     try:
-        return int(redis.Redis.from_url(url, socket_timeout=2).llen(queue))
+        length: Any = redis.Redis.from_url(url, socket_timeout=2).llen(queue)
+        return int(length)
     except redis.RedisError:
         return None
 

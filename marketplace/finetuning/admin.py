@@ -32,20 +32,23 @@ class FileAdmin(ReadOnlyAdmin):
     search_fields = ["id", "filename", "sha256", "organization__slug"]
 
 
+ATTEMPT_FIELDS: list[Any] = [
+    "number",
+    "executor",
+    "name",
+    "status",
+    "exit_code",
+    "training_started_at",
+    "ended_at",
+    "gpu_seconds",
+]
+
+
 class AttemptInline(admin.TabularInline):
     model = JobAttempt
     extra = 0
-    fields = [
-        "number",
-        "executor",
-        "name",
-        "status",
-        "exit_code",
-        "training_started_at",
-        "ended_at",
-        "gpu_seconds",
-    ]
-    readonly_fields = fields
+    fields = ATTEMPT_FIELDS
+    readonly_fields = ATTEMPT_FIELDS
     can_delete = False
 
 

@@ -135,6 +135,9 @@ ID_FACTORIES: dict[str, Callable[[Organization, Any], str]] = {
     "invoice_id": _org_b_invoice,
     "export_format": lambda org_b, settings: "csv",  # not an id: a valid value
     "statement_id": _org_b_statement,
+    # staff-only routes (below): the organization and flavor are names, not private ids
+    "organization": lambda org_b, settings: org_b.slug,
+    "flavor": lambda org_b, settings: "h100-80g",
 }
 
 # Views that refuse by the caller's role before any lookup (a startup may not edit pools). They
@@ -145,6 +148,9 @@ ROLE_DENIED = {
     ("PATCH", "v1/pools/<str:pool_id>"),
     ("DELETE", "v1/pools/<str:pool_id>"),
     ("POST", "v1/pools/<str:pool_id>/maintenance_windows"),
+    # staff-only: a startup's key gets the same 403 for every organization, its own included
+    ("PATCH", "v1/admin/organizations/<str:organization>/quotas/<str:flavor>"),
+    ("PUT", "v1/admin/organizations/<str:organization>/plan"),
 }
 
 PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>\w+)>")
@@ -223,6 +229,9 @@ def test_lists_never_show_another_orgs_objects(
             continue
         response = client_a.get("/" + route)
         body = response.content.decode()
+        if route.startswith("v1/admin/"):  # staff-only lists: a startup's key is refused
+            assert response.status_code == 403, (route, body)
+            continue
         assert response.status_code in (200, 400), (route, body)  # 400: a required query parameter
         leaked = [i for i in b_ids if i in body]
         assert not leaked, (route, leaked)

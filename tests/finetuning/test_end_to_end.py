@@ -91,8 +91,11 @@ def test_cancel_stops_the_local_trainer(
     file_id = upload(jsonl(chat_lines(64))).json()["id"]
     job_id = client_a.post(
         "/v1/fine_tuning/jobs",
-        {"model": "partage/tiny-llama", "training_file": file_id,
-         "hyperparameters": {"n_epochs": 50, "batch_size": 1}},
+        {
+            "model": "partage/tiny-llama",
+            "training_file": file_id,
+            "hyperparameters": {"n_epochs": 50, "batch_size": 1},
+        },
         format="json",
     ).json()["id"]
     wait_for(
@@ -111,5 +114,11 @@ def test_cancel_stops_the_local_trainer(
     assert attempt.status == JobAttempt.Status.CANCELLED and attempt.ended_at is not None
     assert job.result_file_id is None
     pid = int(attempt.handle.partition(":")[0])
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3],
-             timeout=30, what="the trainer process to exit")
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+        ),
+        timeout=30,
+        what="the trainer process to exit",
+    )
