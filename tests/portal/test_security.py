@@ -165,3 +165,23 @@ def test_the_admin_keeps_working_under_its_own_policy(carol: Any) -> None:
     policy = response["Content-Security-Policy"]
     assert "script-src 'self';" in policy and "style-src 'self' 'unsafe-inline'" in policy
     assert not INLINE_SCRIPT.search(response.content.decode())
+
+
+@pytest.mark.parametrize("url", ["/jobs/", "/data/", "/overview/"])
+def test_list_pages_do_not_grow_queries_with_rows(
+    alice_web: Client,
+    org_a: Any,
+    url: str,
+    django_capture_on_commit_callbacks: Any,
+    django_assert_max_num_queries: Any,
+) -> None:
+    make_job(org_a, django_capture_on_commit_callbacks)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as one:
+        assert alice_web.get(url).status_code == 200
+    for _ in range(5):
+        make_job(org_a, django_capture_on_commit_callbacks)
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        assert alice_web.get(url).status_code == 200
