@@ -10,14 +10,18 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.accounts.models import ApiKey
+from marketplace.api import serializers_capacity as docs
+from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
+from marketplace.api.views import LIST_PARAMETERS
 from marketplace.capacity import selectors, services
 from marketplace.capacity.models import Booking, GpuFlavor, MaintenanceWindow, Pool
 from marketplace.errors import InvalidInput, NotFound
@@ -162,6 +166,7 @@ def _schedule(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class FlavorListView(APIView):
+    @extend_schema(operation_id="gpu_flavors_list", responses=docs.FlavorList)
     def get(self, request: Request) -> Response:
         data = [flavor_object(f) for f in selectors.flavors()]
         return Response({"object": "list", "data": data, "has_more": False})
@@ -170,19 +175,24 @@ class FlavorListView(APIView):
 class OfferQuerySerializer(serializers.Serializer):
     gpu_model = serializers.CharField(required=False, max_length=100)
     flavor = serializers.CharField(required=False, max_length=40)
-    min_memory_gb = serializers.IntegerField(required=False, min_value=1)
+    min_memory_gb = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
     country = serializers.CharField(required=False, min_length=2, max_length=2)
     region = serializers.CharField(required=False, max_length=60)
     max_price = serializers.DecimalField(
         required=False, max_digits=10, decimal_places=4, min_value=Decimal("0")
     )
     available_at = serializers.IntegerField(required=False, min_value=0)
-    gpus = serializers.IntegerField(required=False, min_value=1)
+    gpus = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
 
 
 class OfferListView(APIView):
     """Anyone logged in may search offers; each shows live free GPUs (at `available_at`)."""
 
+    @extend_schema(
+        operation_id="offers_list",
+        parameters=[OfferQuerySerializer, *LIST_PARAMETERS],
+        responses=docs.OfferList,
+    )
     def get(self, request: Request) -> Response:
         query = _validated(
             OfferQuerySerializer,
@@ -229,10 +239,15 @@ POOL_FIELDS = set(PoolWriteSerializer().fields)
 class PoolListView(APIView):
     """A provider's own pools."""
 
+    @extend_schema(operation_id="pools_list", parameters=LIST_PARAMETERS, responses=docs.PoolList)
     def get(self, request: Request) -> Response:
         pools = selectors.pools_for_provider(org_of(request))
         return Response(_public_page(request, pools, pool_object))
 
+    @extend_schema(
+        operation_id="pools_create", request=PoolWriteSerializer, responses={201: docs.PoolObject}
+    )
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _validated(PoolWriteSerializer, _known_fields(request, POOL_FIELDS))
         for required in ("flavor", "country"):
@@ -255,9 +270,13 @@ def _own_pool(request: Request, pool_id: str) -> Pool:
 
 
 class PoolDetailView(APIView):
+    @extend_schema(operation_id="pools_retrieve", responses=docs.PoolObject)
     def get(self, request: Request, pool_id: str) -> Response:
         return Response(pool_object(_own_pool(request, pool_id)))
 
+    @extend_schema(
+        operation_id="pools_update", request=PoolWriteSerializer, responses=docs.PoolObject
+    )
     def patch(self, request: Request, pool_id: str) -> Response:
         changes = _known_fields(request, POOL_FIELDS)
         pool = services.pool_update(provider=org_of(request), pool_id=pool_id, changes=changes)
@@ -265,6 +284,7 @@ class PoolDetailView(APIView):
             pool_object(selectors.pool_for_provider(org_of(request), pool.public_id) or pool)
         )
 
+    @extend_schema(operation_id="pools_retire", responses=docs.PoolObject)
     def delete(self, request: Request, pool_id: str) -> Response:
         pool = services.pool_retire(pool=_own_pool(request, pool_id))
         return Response(pool_object(pool))
@@ -278,11 +298,18 @@ class MaintenanceSerializer(serializers.Serializer):
 
 
 class PoolMaintenanceView(APIView):
+    @extend_schema(operation_id="pool_maintenance_windows_list", responses=docs.MaintenanceList)
     def get(self, request: Request, pool_id: str) -> Response:
         pool = _own_pool(request, pool_id)
         windows = [maintenance_object(w) for w in pool.maintenance_windows.all()]
         return Response({"object": "list", "data": windows, "has_more": False})
 
+    @extend_schema(
+        operation_id="pool_maintenance_windows_create",
+        request=MaintenanceSerializer,
+        responses={201: docs.MaintenanceObject},
+    )
+    @idempotent
     def post(self, request: Request, pool_id: str) -> Response:
         pool = _own_pool(request, pool_id)
         data = _validated(MaintenanceSerializer, request.data)
@@ -322,10 +349,19 @@ def _booking_args(request: Request) -> dict[str, Any]:
 
 
 class BookingListView(APIView):
+    @extend_schema(
+        operation_id="bookings_list", parameters=LIST_PARAMETERS, responses=docs.BookingList
+    )
     def get(self, request: Request) -> Response:
         bookings = selectors.bookings_for_org(org_of(request))
         return Response(_public_page(request, bookings, booking_object))
 
+    @extend_schema(
+        operation_id="bookings_create",
+        request=BookingSerializer,
+        responses={201: docs.BookingObject},
+    )
+    @idempotent
     def post(self, request: Request) -> Response:
         key = request.auth
         booking = services.booking_create(
@@ -337,6 +373,9 @@ class BookingListView(APIView):
 class BookingQuoteView(APIView):
     """Price, pool and the cancellation refunds, before confirming. Writes nothing."""
 
+    @extend_schema(
+        operation_id="bookings_quote", request=BookingSerializer, responses=docs.BookingQuoteObject
+    )
     def post(self, request: Request) -> Response:
         quote = services.booking_quote(**_booking_args(request))
         earliest = quote.earliest
@@ -375,11 +414,15 @@ def _own_booking(request: Request, booking_id: str) -> Booking:
 
 
 class BookingDetailView(APIView):
+    @extend_schema(operation_id="bookings_retrieve", responses=docs.BookingObject)
     def get(self, request: Request, booking_id: str) -> Response:
         return Response(booking_object(_own_booking(request, booking_id)))
 
 
 class BookingCancellationQuoteView(APIView):
+    @extend_schema(
+        operation_id="bookings_cancellation_quote", responses=docs.CancellationQuoteObject
+    )
     def get(self, request: Request, booking_id: str) -> Response:
         booking = _own_booking(request, booking_id)
         quote = services.booking_cancellation_quote(booking=booking)
@@ -401,6 +444,8 @@ class BookingCancellationQuoteView(APIView):
 
 
 class BookingCancelView(APIView):
+    @extend_schema(operation_id="bookings_cancel", request=None, responses=docs.BookingObject)
+    @idempotent
     def post(self, request: Request, booking_id: str) -> Response:
         booking = services.booking_cancel(organization=org_of(request), booking_id=booking_id)
         return Response(booking_object(_own_booking(request, booking.public_id)))
@@ -424,9 +469,15 @@ class ResidencyPolicyView(APIView):
             "description": residency.describe(),
         }
 
+    @extend_schema(operation_id="residency_policy_retrieve", responses=docs.ResidencyObject)
     def get(self, request: Request) -> Response:
         return Response(self._render(request))
 
+    @extend_schema(
+        operation_id="residency_policy_update",
+        request=ResidencySerializer,
+        responses=docs.ResidencyObject,
+    )
     def put(self, request: Request) -> Response:
         data = _validated(ResidencySerializer, request.data)
         services.residency_policy_set(

@@ -145,9 +145,6 @@ ID_FACTORIES: dict[str, Callable[[Organization, Any], str]] = {
 # answer exactly as it does for an id that does not exist. Owners: move the role check after the
 # scoped lookup and delete the entry.
 ROLE_DENIED = {
-    ("PATCH", "v1/pools/<str:pool_id>"),
-    ("DELETE", "v1/pools/<str:pool_id>"),
-    ("POST", "v1/pools/<str:pool_id>/maintenance_windows"),
     # staff-only: a startup's key gets the same 403 for every organization, its own included
     ("PATCH", "v1/admin/organizations/<str:organization>/quotas/<str:flavor>"),
     ("PUT", "v1/admin/organizations/<str:organization>/plan"),

@@ -304,6 +304,21 @@ def test_booking_flow_quote_book_409_cancel(client_a, client_b) -> None:
     )
 
 
+def test_booking_create_is_idempotent(client_a) -> None:
+    factories.pool(gpus=8)
+    request = {"flavor": "h100-80g", "gpus": 2, "start": later(0), "end": later(1)}
+    first = client_a.post("/v1/bookings", request, format="json", HTTP_IDEMPOTENCY_KEY="bk-1")
+    again = client_a.post("/v1/bookings", request, format="json", HTTP_IDEMPOTENCY_KEY="bk-1")
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    assert Booking.objects.count() == 1
+    other = client_a.post(
+        "/v1/bookings", {**request, "gpus": 3}, format="json", HTTP_IDEMPOTENCY_KEY="bk-1"
+    )
+    assert_error(other, 409, "idempotency_key_reused", "Idempotency-Key")
+    assert Booking.objects.count() == 1
+
+
 def test_booking_validation_errors(client_a) -> None:
     factories.pool(gpus=8)
     base = {"flavor": "h100-80g", "gpus": 1, "start": later(0), "end": later(1)}

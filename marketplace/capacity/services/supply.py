@@ -217,7 +217,9 @@ def pool_create(*, provider: Organization, flavor: str, country: str, **fields: 
 
 
 def pool_update(*, provider: Organization, pool_id: str, changes: dict[str, Any]) -> Pool:
-    _provider_checked(provider)
+    # Look the pool up first: another org's pool id answers 404 like an unknown one.
+    if not Pool.objects.filter(provider=provider, public_id=pool_id).exists():
+        raise NotFound(f"No pool with id {pool_id!r} among yours.", param="pool_id")
     fixed = set(changes) & {"flavor", "country", "provider", "status", "cluster"}
     if fixed:
         raise InvalidInput(
@@ -236,7 +238,7 @@ def pool_update(*, provider: Organization, pool_id: str, changes: dict[str, Any]
             .first()
         )
         if pool is None:
-            raise NotFound(f"No pool {pool_id!r} of yours.", param="pool_id")
+            raise NotFound(f"No pool with id {pool_id!r} among yours.", param="pool_id")
         new_count = clean.get("gpu_count", pool.gpu_count)
         if new_count < pool.gpu_count:
             now = timezone.now()

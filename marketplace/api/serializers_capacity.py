@@ -1,0 +1,139 @@
+"""Documented response shapes of the /v1 capacity routes (OpenAPI only; views_capacity builds
+the bodies). The schemathesis test checks responses against these, so keep them in step."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from marketplace.api.schema import const, list_of
+
+
+class FlavorObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("gpu_flavor")
+    model = serializers.CharField()
+    memory_gb = serializers.IntegerField()
+    interconnect = serializers.ChoiceField(choices=["pcie", "nvlink", "sxm"])
+
+
+class ProviderRef(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+
+
+class OfferObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("offer")
+    provider = ProviderRef()
+    flavor = FlavorObject()
+    gpu_count = serializers.IntegerField()
+    free_gpus = serializers.IntegerField(help_text="Free for on-demand work at the asked instant.")
+    region = serializers.CharField()
+    country = serializers.CharField()
+    certifications = serializers.ListField(child=serializers.CharField())
+    price_per_gpu_hour = serializers.CharField(help_text="Decimal EUR, 4 places.")
+    currency = serializers.CharField()
+
+
+class PoolObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("pool")
+    created_at = serializers.IntegerField()
+    name = serializers.CharField()
+    flavor = FlavorObject()
+    gpu_count = serializers.IntegerField()
+    region = serializers.CharField()
+    country = serializers.CharField()
+    certifications = serializers.ListField(child=serializers.CharField())
+    price_per_gpu_hour = serializers.CharField()
+    currency = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=["pending_approval", "active", "maintenance", "rejected", "retired"]
+    )
+    approved_at = serializers.IntegerField(allow_null=True)
+    review_note = serializers.CharField(allow_null=True)
+    cluster = serializers.CharField(allow_null=True)
+    node_selector = serializers.DictField(child=serializers.CharField())
+    tolerations = serializers.ListField(child=serializers.JSONField())
+
+
+class MaintenanceObject(serializers.Serializer):
+    id = serializers.IntegerField()
+    object = const("maintenance_window")
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    gpu_count = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField(allow_blank=True)
+
+
+class BookingObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("booking")
+    created_at = serializers.IntegerField()
+    pool = serializers.CharField()
+    flavor = serializers.CharField()
+    gpus = serializers.IntegerField()
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["confirmed", "cancelled"])
+    price_per_gpu_hour = serializers.CharField()
+    amount = serializers.CharField()
+    currency = serializers.CharField()
+    cancellation_policy = serializers.CharField()
+    cancelled_at = serializers.IntegerField(allow_null=True)
+    refund_fraction = serializers.CharField(allow_null=True)
+    refund_amount = serializers.CharField(allow_null=True)
+
+
+class RefundRow(serializers.Serializer):
+    cancel_before = serializers.IntegerField()
+    refund_fraction = serializers.CharField()
+    refund_amount = serializers.CharField()
+
+
+class WindowRef(serializers.Serializer):
+    pool = serializers.CharField()
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+
+
+class BookingQuoteObject(serializers.Serializer):
+    object = const("booking.quote")
+    fits = serializers.BooleanField()
+    pool = serializers.CharField(allow_null=True)
+    gpus = serializers.IntegerField()
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    price_per_gpu_hour = serializers.CharField(allow_null=True)
+    amount = serializers.CharField(allow_null=True)
+    currency = serializers.CharField()
+    cancellation_policy = serializers.CharField()
+    cancellation_rules = serializers.CharField()
+    refund_schedule = RefundRow(many=True)
+    earliest = WindowRef(allow_null=True)
+
+
+class CancellationQuoteObject(serializers.Serializer):
+    object = const("booking.cancellation_quote")
+    booking = serializers.CharField()
+    cancellable = serializers.BooleanField()
+    refund_fraction = serializers.CharField()
+    refund_amount = serializers.CharField()
+    currency = serializers.CharField()
+    reason = serializers.CharField()
+    cancellation_rules = serializers.CharField()
+    refund_schedule = RefundRow(many=True)
+
+
+class ResidencyObject(serializers.Serializer):
+    object = const("residency_policy")
+    eu_only = serializers.BooleanField()
+    countries = serializers.ListField(child=serializers.CharField())
+    description = serializers.CharField()
+
+
+FlavorList = list_of(FlavorObject, "GpuFlavorList")
+OfferList = list_of(OfferObject, "OfferList")
+PoolList = list_of(PoolObject, "PoolList")
+MaintenanceList = list_of(MaintenanceObject, "MaintenanceWindowList")
+BookingList = list_of(BookingObject, "BookingList")
