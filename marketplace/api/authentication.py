@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from marketplace.accounts.models import ApiKey
+from marketplace.accounts.models import ApiKey, Organization
 from marketplace.accounts.selectors import api_key_by_secret
 from marketplace.accounts.services import api_key_touch
 
@@ -49,3 +49,21 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+def principal_of(request: Request) -> ApiKeyPrincipal:
+    """The API-key caller of a /v1 request (views behind ApiKeyAuthentication only)."""
+    principal: object = request.user
+    if not isinstance(principal, ApiKeyPrincipal):
+        raise exceptions.NotAuthenticated(
+            "Missing API key: send 'Authorization: Bearer <your Partage key>'."
+        )
+    return principal
+
+
+def organization_of(request: Request) -> Organization:
+    return principal_of(request).organization
+
+
+def api_key_of(request: Request) -> ApiKey:
+    return principal_of(request).key

@@ -15,13 +15,14 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.db import IntegrityError, transaction
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from marketplace.api.authentication import organization_of
 from marketplace.api.models import IdempotencyRecord
 from marketplace.errors import Conflict, InvalidInput
 
@@ -84,7 +85,7 @@ def idempotent(handler: Handler) -> Handler:
         key = _key_of(request)
         if key is None:
             return handler(view, request, *args, **kwargs)
-        organization = request.user.organization
+        organization = organization_of(request)
         fingerprint = _fingerprint(request)
         with transaction.atomic():
             try:
@@ -106,4 +107,4 @@ def idempotent(handler: Handler) -> Handler:
             record.save(update_fields=["status_code", "response_body"])
             return response
 
-    return wrapper  # type: ignore[return-value]
+    return cast(Handler, wrapper)

@@ -19,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.api.inputs import body_of
 from marketplace.errors import Conflict, InvalidInput, NotFound
 from marketplace.finetuning import selectors, services
 from marketplace.finetuning.models import FineTuningJob
@@ -59,6 +60,12 @@ class InternalView(APIView):
     permission_classes = [TokenMatchesJob]
     parser_classes = [JSONParser, MultiPartParser]
 
+    def principal(self, request: Request) -> JobPrincipal:
+        principal: object = request.user
+        if not isinstance(principal, JobPrincipal):
+            raise exceptions.NotAuthenticated("Missing job token.")
+        return principal
+
     def job(self, request: Request, job_id: str) -> FineTuningJob:
         job = FineTuningJob.objects.select_related("organization").filter(pk=job_id).first()
         if job is None:
@@ -66,12 +73,13 @@ class InternalView(APIView):
         return job
 
     def attempt_number(self, request: Request, job: FineTuningJob) -> int:
-        raw = request.data.get("attempt", request.user.attempt)
+        token_attempt = self.principal(request).attempt
+        raw = body_of(request).get("attempt", token_attempt)
         try:
             number = int(raw)
         except (TypeError, ValueError):
             raise InvalidInput("attempt must be an integer.", param="attempt") from None
-        if number != request.user.attempt:
+        if number != token_attempt:
             raise Conflict("The token belongs to another attempt.")
         if number != job.attempt_count:
             raise Conflict(
@@ -131,7 +139,7 @@ class EventsView(InternalView):
     def post(self, request: Request, job_id: str) -> Response:
         job = self.job(request, job_id)
         number = self.attempt_number(request, job)
-        events = request.data.get("events")
+        events = body_of(request).get("events")
         if not isinstance(events, list):
             raise InvalidInput("events must be a list of trainer events.", param="events")
         flags = services.trainer_events_record(job_id=job.id, attempt_number=number, events=events)
@@ -145,9 +153,10 @@ class CheckpointUploadView(InternalView):
         archive = request.FILES.get("archive")
         if archive is None:
             raise InvalidInput("Send the checkpoint as multipart field 'archive'.", param="archive")
+        fields = body_of(request)
         try:
-            step = int(request.data.get("step", ""))
-            metrics = json.loads(request.data.get("metrics") or "{}")
+            step = int(fields.get("step", ""))
+            metrics = json.loads(fields.get("metrics") or "{}")
         except (TypeError, ValueError) as e:
             raise InvalidInput(f"Bad checkpoint fields: {e}") from e
         checkpoint = services.checkpoint_store(
@@ -171,7 +180,7 @@ class AdapterUploadView(InternalView):
         archive = request.FILES.get("archive")
         if archive is None:
             raise InvalidInput("Send the adapter as multipart field 'archive'.", param="archive")
-        manifest = services.manifest_from_json(request.data.get("manifest") or "")
+        manifest = services.manifest_from_json(body_of(request).get("manifest") or "")
         job = services.adapter_store(
             job_id=job.id, attempt_number=number, archive=archive, manifest=manifest
         )
@@ -183,12 +192,13 @@ class ExitView(InternalView):
         from workers.executors.base import EXIT_OK, EXIT_PREEMPTED, Phase
 
         job = self.job(request, job_id)
-        number = request.user.attempt
+        number = self.principal(request).attempt
+        fields = body_of(request)
         attempt = job.attempts.filter(number=number).first()
         if attempt is None:
             raise NotFound("No such attempt.")
         try:
-            code = int(request.data.get("exit_code"))
+            code = int(fields.get("exit_code", ""))
         except (TypeError, ValueError):
             raise InvalidInput("exit_code must be an integer.", param="exit_code") from None
         phase = (
@@ -203,7 +213,7 @@ class ExitView(InternalView):
             phase=phase,
             exit_code=code,
             reason="" if code == EXIT_OK else f"trainer exited with code {code}",
-            logs=str(request.data.get("logs") or ""),
+            logs=str(fields.get("logs") or ""),
         )
         return Response({"status": job.status})
 

@@ -22,7 +22,7 @@ ERROR_STATUSES = {
 }
 
 
-class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "marketplace.api.authentication.ApiKeyAuthentication"
     name = "bearerAuth"
 
@@ -94,7 +94,25 @@ def list_of(item: type[serializers.Serializer], name: str) -> type[serializers.S
         "first_id": serializers.CharField(allow_null=True, required=False),
         "last_id": serializers.CharField(allow_null=True, required=False),
     }
-    return type(name, (serializers.Serializer,), fields)
+    return shape(name, fields)
+
+
+def shape(
+    name: str,
+    fields: dict[str, serializers.Field],
+    *,
+    base: type[serializers.Serializer] = serializers.Serializer,
+    doc: str | None = None,
+) -> type[serializers.Serializer]:
+    """A serializer class built from a dict of fields.
+
+    For shapes whose field names shadow Serializer attributes (`data`, `read_only`): a class
+    body would redeclare those attributes with another type.
+    """
+    attrs: dict[str, Any] = {**fields, "__module__": __name__}
+    if doc is not None:
+        attrs["__doc__"] = doc
+    return type(name, (base,), attrs)
 
 
 class FileObject(serializers.Serializer):
@@ -166,14 +184,18 @@ class JobObject(serializers.Serializer):
     )
 
 
-class JobEventObject(serializers.Serializer):
-    id = serializers.CharField()
-    object = const("fine_tuning.job.event")
-    created_at = serializers.IntegerField()
-    level = serializers.ChoiceField(choices=["info", "warn", "error"])
-    message = serializers.CharField(allow_blank=True)
-    type = serializers.ChoiceField(choices=["message", "metrics"])
-    data = serializers.JSONField(allow_null=True)
+JobEventObject = shape(
+    "JobEventObject",
+    {
+        "id": serializers.CharField(),
+        "object": const("fine_tuning.job.event"),
+        "created_at": serializers.IntegerField(),
+        "level": serializers.ChoiceField(choices=["info", "warn", "error"]),
+        "message": serializers.CharField(allow_blank=True),
+        "type": serializers.ChoiceField(choices=["message", "metrics"]),
+        "data": serializers.JSONField(allow_null=True),
+    },
+)
 
 
 class CheckpointObject(serializers.Serializer):
@@ -218,9 +240,10 @@ class WebhookTestResultObject(serializers.Serializer):
     delivery_id = serializers.CharField()
 
 
-class WebhookEventTypeListObject(serializers.Serializer):
-    object = const("list")
-    data = serializers.ListField(child=serializers.CharField())
+WebhookEventTypeListObject = shape(
+    "WebhookEventTypeListObject",
+    {"object": const("list"), "data": serializers.ListField(child=serializers.CharField())},
+)
 
 
 class DeliveryAttemptObject(serializers.Serializer):
@@ -264,20 +287,25 @@ class MemberObject(serializers.Serializer):
     created_at = serializers.IntegerField()
 
 
-class ApiKeyObject(serializers.Serializer):
-    id = serializers.CharField()
-    object = const("api_key")
-    name = serializers.CharField()
-    prefix = serializers.CharField()
-    created_at = serializers.IntegerField()
-    last_used_at = serializers.IntegerField(allow_null=True)
-    revoked_at = serializers.IntegerField(allow_null=True)
-    read_only = serializers.BooleanField()
-    resources = serializers.ListField(child=serializers.CharField())
+def _api_key_fields() -> dict[str, serializers.Field]:
+    return {
+        "id": serializers.CharField(),
+        "object": const("api_key"),
+        "name": serializers.CharField(),
+        "prefix": serializers.CharField(),
+        "created_at": serializers.IntegerField(),
+        "last_used_at": serializers.IntegerField(allow_null=True),
+        "revoked_at": serializers.IntegerField(allow_null=True),
+        "read_only": serializers.BooleanField(),
+        "resources": serializers.ListField(child=serializers.CharField()),
+    }
 
 
-class ApiKeyWithSecretObject(ApiKeyObject):
-    secret = serializers.CharField(help_text="Shown once, at creation.")
+ApiKeyObject = shape("ApiKeyObject", _api_key_fields())
+ApiKeyWithSecretObject = shape(
+    "ApiKeyWithSecretObject",
+    {**_api_key_fields(), "secret": serializers.CharField(help_text="Shown once, at creation.")},
+)
 
 
 FileList = list_of(FileObject, "FileList")

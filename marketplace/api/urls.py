@@ -1,5 +1,7 @@
 """URL map of the /v1 partner API. Each domain owns a routes module, included below."""
 
+from typing import Any
+
 from django.urls import include, path, re_path
 from drf_spectacular.views import (
     SpectacularJSONAPIView,
@@ -10,7 +12,11 @@ from drf_spectacular.views import (
 from marketplace.api import views
 
 # The schema covers /v1 only (not the trainers' internal API); docs need no key.
-_public = {"authentication_classes": [], "permission_classes": [], "throttle_classes": []}
+_public: dict[str, list[Any]] = {
+    "authentication_classes": [],
+    "permission_classes": [],
+    "throttle_classes": [],
+}
 
 urlpatterns = [
     path(

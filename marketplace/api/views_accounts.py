@@ -14,6 +14,7 @@ from marketplace.accounts import selectors as account_selectors
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import ApiKey, Membership
 from marketplace.api import schema
+from marketplace.api.authentication import api_key_of
 from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
@@ -113,16 +114,20 @@ def _member_cursor(queryset: Any, after: str) -> Any:
     )
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    read_only = serializers.BooleanField(required=False, default=False)
-    resources = serializers.ListField(
-        child=serializers.CharField(max_length=40),
-        required=False,
-        default=list,
-        help_text="Limit the key to these resources (first /v1 path segment, webhooks grouped); "
-        "empty means all.",
-    )
+ApiKeyCreateSerializer = schema.shape(
+    "ApiKeyCreateSerializer",
+    {
+        "name": serializers.CharField(max_length=100),
+        "read_only": serializers.BooleanField(required=False, default=False),
+        "resources": serializers.ListField(
+            child=serializers.CharField(max_length=40),
+            required=False,
+            default=list,
+            help_text="Limit the key to these resources (first /v1 path segment, webhooks "
+            "grouped); empty means all.",
+        ),
+    },
+)
 
 
 def _no_wider_than_caller(caller: ApiKey, *, read_only: bool, resources: list[str]) -> None:
@@ -173,7 +178,7 @@ class ApiKeyListView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         _no_wider_than_caller(
-            request.auth, read_only=data["read_only"], resources=data["resources"]
+            api_key_of(request), read_only=data["read_only"], resources=data["resources"]
         )
         issued = account_services.api_key_create(
             organization=org_of(request),
