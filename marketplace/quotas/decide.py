@@ -124,6 +124,7 @@ class Decider:
         self.book = book
         self.min_run = min_run
         self.grace = grace
+        self._bounds: dict[int, int] = {}
 
     # ------------------------------------------------------------- fair-share order
 
@@ -298,9 +299,10 @@ class Decider:
         """Find borrowed work to stop so that an entitled job fits; None when there is none."""
         now = self.world.now
         for pool in sorted(pools, key=lambda p: -p.free(own_booking=booking_id)):
-            live = [a for a in self.world.live if a.pool_id == pool.id]
-            freeing = sum(a.gpus for a in live if a.preempt_requested)
+            freeing = sum(a.gpus for a in pool.live if a.preempt_requested)
             missing = job.gpus - pool.free(own_booking=booking_id) - freeing
+            if missing > self._preemptible_bound(pool):
+                continue  # even every preemptible job there would not be enough
             if missing <= 0:
                 return Wait(
                     f"waiting: borrowed work on pool {pool.public_id} is being stopped "
@@ -308,7 +310,7 @@ class Decider:
                     now + self.grace,
                 )
             victims = sorted(
-                (a for a in live if self._preemptible(a, job)),
+                (a for a in pool.live if self._preemptible(a, job)),
                 key=lambda a: (a.priority, -(a.training_started_at or now).timestamp()),
             )
             chosen: list[LiveAllocation] = []
@@ -320,6 +322,7 @@ class Decider:
             if missing <= 0:
                 for victim in chosen:
                     victim.preempt_requested = True
+                self._bounds.pop(pool.id, None)
                 return Wait(
                     f"waiting: stopping {len(chosen)} borrowed job(s) on pool {pool.public_id} "
                     "to free the GPUs you are entitled to",
@@ -327,6 +330,19 @@ class Decider:
                     preempt=chosen,
                 )
         return None
+
+    def _preemptible_bound(self, pool: PoolState) -> int:
+        """GPUs of borrowed work on the pool that some job could preempt (an upper bound)."""
+        if pool.id not in self._bounds:
+            self._bounds[pool.id] = sum(
+                a.gpus
+                for a in pool.live
+                if a.kind == K.BORROWED
+                and not a.preempt_requested
+                and a.training_started_at is not None
+                and a.training_started_at <= self.world.now - self.min_run
+            )
+        return self._bounds[pool.id]
 
     def _preemptible(self, alloc: LiveAllocation, job: PendingJob) -> bool:
         if alloc.kind != K.BORROWED or alloc.preempt_requested:
@@ -349,7 +365,8 @@ class Decider:
         best: tuple[datetime, PoolState] | None = None
         for pool in pools:
             needed = job.gpus - pool.free() + pool.claimed
-            when = _earliest(pool.releases, needed, now)
+            when = now if needed <= 0 else pool.release_time(needed)
+            when = max(when, now) if when is not None else None
             if when is not None and (best is None or when < best[0]):
                 best = (when, pool)
         when = best[0] if best else None

@@ -37,6 +37,22 @@ ZERO = Decimal("0")
 
 
 @dataclass
+class LiveAllocation:
+    id: int
+    job_id: str
+    org_id: int
+    flavor_id: int | None
+    pool_id: int | None
+    booking_id: int | None
+    gpus: int
+    kind: str
+    priority: int
+    expected_end: datetime
+    preempt_requested: bool
+    training_started_at: datetime | None
+
+
+@dataclass
 class BookingState:
     id: int
     org_id: int
@@ -65,6 +81,18 @@ class PoolState:
     bookings: dict[int, BookingState] = field(default_factory=dict)
     releases: list[tuple[datetime, int]] = field(default_factory=list)  # expected, sorted
     claimed: int = 0  # GPUs promised, in estimates, to jobs ahead in the queue
+    live: list[LiveAllocation] = field(default_factory=list)
+    _freed_by: list[int] | None = None  # cumulative GPUs freed by each release, cached
+
+    def release_time(self, needed: int) -> datetime | None:
+        """When expected releases will have freed `needed` GPUs (None: they never will)."""
+        if self._freed_by is None:
+            total, self._freed_by = 0, []
+            for _, gpus in self.releases:
+                total += gpus
+                self._freed_by.append(total)
+        index = bisect.bisect_left(self._freed_by, needed)
+        return self.releases[index][0] if index < len(self.releases) else None
 
     def booked_unused(self, except_booking: int | None = None) -> int:
         return sum(b.unused for b in self.bookings.values() if b.id != except_booking)
@@ -90,22 +118,6 @@ class OrgFlavorUsage:
     @property
     def total(self) -> int:
         return self.guaranteed + self.borrowed + self.booked
-
-
-@dataclass
-class LiveAllocation:
-    id: int
-    job_id: str
-    org_id: int
-    flavor_id: int | None
-    pool_id: int | None
-    booking_id: int | None
-    gpus: int
-    kind: str
-    priority: int
-    expected_end: datetime
-    preempt_requested: bool
-    training_started_at: datetime | None
 
 
 @dataclass
@@ -162,7 +174,9 @@ class World:
         pool = self.pools.get(alloc.pool_id) if alloc.pool_id else None
         if pool is not None:
             pool.used += alloc.gpus
+            pool.live.append(alloc)
             bisect.insort(pool.releases, (alloc.expected_end, alloc.gpus))
+            pool._freed_by = None
             booking = pool.bookings.get(alloc.booking_id) if alloc.booking_id else None
             if booking is not None and alloc.kind == Allocation.Kind.BOOKED:
                 booking.used += alloc.gpus
