@@ -36,7 +36,19 @@ def _wait_status(sdk: OpenAI, job_id: str, wanted: set[str], timeout: float = 24
         job = sdk.fine_tuning.jobs.retrieve(job_id)
         return job if job.status in wanted else None
 
-    return wait_for(reached, timeout=timeout, interval=1, what=f"job {job_id} to be {wanted}")
+    try:
+        return wait_for(reached, timeout=timeout, interval=1, what=f"job {job_id} to be {wanted}")
+    except AssertionError as e:
+        from marketplace.finetuning.models import FineTuningJob
+
+        job = FineTuningJob.objects.get(pk=job_id)
+        story = [f"{ev.seq} {ev.level} {ev.message}" for ev in job.events.order_by("seq")]
+        attempts = [
+            (a.number, a.status, a.exit_code, a.reason, a.logs[-1500:]) for a in job.attempts.all()
+        ]
+        raise AssertionError(
+            f"{e}; status={job.status}; events={story[-15:]}; attempts={attempts}"
+        ) from None
 
 
 def _sse_events(url: str, key: str, last_event_id: str | None = None) -> list[dict[str, str]]:
@@ -156,17 +168,43 @@ def test_openai_sdk_drives_the_whole_flow(
     event = sdk.webhooks.unwrap(delivery.body, delivery.headers, secret=secret)
     assert event.type == "fine_tuning.job.succeeded" and event.data.id == job.id
 
-    # Another job: pause, resume, then cancel it.
+    # Another job: pause, resume, then cancel it. Each stop comes once the trainer trains (a
+    # step reported), when a stop means "checkpoint and exit".
     other = sdk.fine_tuning.jobs.create(
         model="partage/tiny-llama",
         training_file=training.id,
         hyperparameters={"n_epochs": 50, "batch_size": 1},
     )
+
+    def steps() -> list[int]:
+        return [
+            int(e.data["step"])
+            for e in sdk.fine_tuning.jobs.list_events(other.id)
+            if e.type == "metrics" and e.data and "train_loss" in e.data
+        ]
+
+    def steps_reported() -> int:
+        return len(steps())
+
+    def wait_steps_over(count: int) -> int:
+        return wait_for(
+            lambda: max(steps_reported() - count, 0),
+            timeout=240,
+            interval=1,
+            what=f"job {other.id} to report a training step after the first {count}",
+        )
+
+    wait_steps_over(0)
     paused = sdk.fine_tuning.jobs.pause(other.id)
     assert paused.status in {"paused", "running"}
-    _wait_status(sdk, other.id, {"paused"} | TERMINAL, timeout=120)
+    assert _wait_status(sdk, other.id, {"paused"} | TERMINAL, timeout=120).status == "paused"
+    before_resume = steps()
     resumed_job = sdk.fine_tuning.jobs.resume(other.id)
     assert resumed_job.status in {"queued", "running"}
+    wait_steps_over(len(before_resume))
+    # Events list newest first: the resumed attempt continues from the pause's checkpoint.
+    first_after_resume = steps()[: -len(before_resume)][-1]
+    assert 1 < first_after_resume <= max(before_resume) + 1, (before_resume, steps())
     cancelled = sdk.fine_tuning.jobs.cancel(other.id)
     assert cancelled.status in {"cancelled", "running"}
     assert _wait_status(sdk, other.id, TERMINAL, timeout=120).status == "cancelled"
