@@ -3,13 +3,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from marketplace.api.internal import health_live, health_ready
+from marketplace.api.internal import health_live, health_ready, metrics
 
 urlpatterns = [
     path("v1/", include("marketplace.api.urls")),
     path("internal/v1/", include("marketplace.api.internal_urls")),
     path("healthz", health_live, name="health-live"),
     path("readyz", health_ready, name="health-ready"),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("marketplace.portal.urls")),
 ]

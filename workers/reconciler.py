@@ -29,6 +29,8 @@ from workers.executors.kubernetes import (
 logger = logging.getLogger("partage.reconciler")
 
 WATCH_TIMEOUT_SECONDS = 60
+# A Job whose attempt ended in Partage is left this long to end by itself before deletion.
+STALE_JOB_GRACE_SECONDS = 60.0
 RESOURCES = ("jobs", "pods")
 
 
@@ -92,12 +94,21 @@ def handle(event: WatchEvent, executor: KubernetesExecutor, target: Target) -> s
         return "unknown"
     extra["org_id"] = attempt.job.organization.public_id
     if attempt.ended_at is not None:
-        if event.resource == "jobs" and event.type != "DELETED" and not event.terminal:
-            # The attempt ended in Partage (reported, lost, superseded) but its Job still runs.
-            logger.info("deleting Job %s: its attempt already ended", event.name, extra=extra)
-            executor.delete_job(target.ref, target.namespace, event.name)
-            return "deleted-stale"
-        return "ended"
+        if event.resource != "jobs" or event.type == "DELETED":
+            return "ended"
+        # The attempt ended in Partage (the trainer reported it, or it was lost or superseded).
+        # The pod's log says more than the trainer's report: keep it before anything deletes it.
+        if event.terminal:
+            if event.type != "LISTED" or not attempt.logs:
+                capture_logs(attempt, executor)
+            return "ended"
+        if _within_grace(attempt.ended_at):
+            return "ending"  # a trainer that reported its end exits on its own in a moment
+        # Its Job still runs: delete it so a stale pod cannot keep the GPU.
+        capture_logs(attempt, executor)
+        logger.info("deleting Job %s: its attempt already ended", event.name, extra=extra)
+        executor.delete_job(target.ref, target.namespace, event.name)
+        return "deleted-stale"
     if event.resource == "jobs" and event.type == "ADDED" and event.attempt == 1:
         _observe_dispatch_latency(attempt.job.created_at)
     if event.disrupted:
@@ -109,6 +120,24 @@ def handle(event: WatchEvent, executor: KubernetesExecutor, target: Target) -> s
         logger.info("attempt observed: %s", phase, extra={**extra, "phase": str(phase)})
         return f"observed-{phase}"
     return "live"
+
+
+def capture_logs(attempt: Any, executor: KubernetesExecutor) -> bool:
+    """Store the pods' log on the attempt (visible to its owner) when it says more."""
+    from marketplace.finetuning import services
+    from marketplace.finetuning.dispatch import launch_spec
+
+    logs = executor.logs(launch_spec(attempt))
+    return services.attempt_logs_capture(attempt_id=attempt.pk, logs=logs)
+
+
+def _within_grace(ended_at: datetime) -> bool:
+    """Whether a Job whose attempt ended at `ended_at` may still be finishing on its own."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    grace = float(getattr(settings, "PARTAGE_K8S_STALE_JOB_GRACE_SECONDS", STALE_JOB_GRACE_SECONDS))
+    return (timezone.now() - ended_at).total_seconds() < grace
 
 
 def _observe_dispatch_latency(created_at: datetime) -> None:

@@ -224,6 +224,29 @@ def health_live(request: HttpRequest) -> Any:
     return JsonResponse({"status": "ok"})
 
 
+def metrics(request: HttpRequest) -> Any:
+    """Prometheus exposition (workers/metrics.py). With PARTAGE_METRICS_TOKEN set, and always in
+    production, it needs `Authorization: Bearer <that token>`: the Ingress routes every path."""
+    import hmac
+
+    from django.http import HttpResponse
+
+    from marketplace import env
+    from workers.metrics import render
+
+    token = env.raw("PARTAGE_METRICS_TOKEN") or ""
+    if token or settings.PRODUCTION:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            return HttpResponse(
+                "Metrics need `Authorization: Bearer <PARTAGE_METRICS_TOKEN>`.\n",
+                status=403,
+                content_type="text/plain",
+            )
+    body, content_type = render()
+    return HttpResponse(body, content_type=content_type)
+
+
 def health_ready(request: HttpRequest) -> Any:
     from django.db import connection
     from django.http import JsonResponse

@@ -76,7 +76,10 @@ def job_stop(*, job_id: str) -> None:
             ended = services.job_transition(job_id=job_id, to=target, message=f"Job {target}")
             services._job_ended(ended)
         return
-    executor_for(attempt).cancel(launch_spec(attempt))
+    executor, spec = executor_for(attempt), launch_spec(attempt)
+    # Deleting the Job deletes its pods and their logs: keep what they said first.
+    services.attempt_logs_capture(attempt_id=attempt.pk, logs=executor.logs(spec))
+    executor.cancel(spec)
 
 
 def attempt_observe(*, attempt: JobAttempt) -> Phase:
@@ -92,7 +95,7 @@ def attempt_observe(*, attempt: JobAttempt) -> Phase:
         phase=seen.phase,
         exit_code=seen.exit_code,
         reason=seen.reason,
-        logs=logs,
+        logs=logs or None,  # a vanished pod's empty log must not erase a captured one
     )
     return seen.phase
 

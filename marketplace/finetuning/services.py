@@ -573,6 +573,18 @@ def attempt_launched(*, attempt: JobAttempt, handle: str) -> None:
     JobAttempt.objects.filter(pk=attempt.pk, handle="").update(handle=handle)
 
 
+def attempt_logs_capture(*, attempt_id: int, logs: str) -> bool:
+    """Keep the executor's copy of an attempt's output (the pod log, read before the pod is
+    deleted) when it holds more than what is stored. Changes nothing else."""
+    logs = logs[-200_000:]
+    with transaction.atomic():
+        attempt = JobAttempt.objects.select_for_update().filter(pk=attempt_id).first()
+        if attempt is None or len(logs) <= len(attempt.logs):
+            return False
+        JobAttempt.objects.filter(pk=attempt_id).update(logs=logs)
+    return True
+
+
 def attempt_training_started(*, attempt: JobAttempt) -> None:
     """The trainer reported its first sign of life: starting → running, start metering."""
     with transaction.atomic():
@@ -597,8 +609,8 @@ def _attempt_close(
         "reason": reason[:2000],
         "ended_at": now,
     }
-    if logs is not None:
-        fields["logs"] = logs[-200_000:]
+    if logs is not None and len(logs[-200_000:]) >= len(attempt.logs):
+        fields["logs"] = logs[-200_000:]  # never replace a fuller copy captured earlier
     closed = JobAttempt.objects.filter(pk=attempt.pk, ended_at__isnull=True).update(**fields)
     if not closed:
         return False

@@ -658,6 +658,14 @@ class FakeKubeApiServer:
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         self._kill_process((namespace, pod_name), grace=grace)
 
+    def crash(self, namespace: str, pod_name: str) -> None:
+        """The container dies at once (OOM kill, node crash): SIGKILL, no condition, no grace."""
+        with self.lock:
+            running = self.processes.get((namespace, pod_name))
+        if running is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(running.proc.pid, signal.SIGKILL)
+
     def pod_log(self, namespace: str, pod_name: str) -> str:
         with self.lock:
             running = self.processes.get((namespace, pod_name))
