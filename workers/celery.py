@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
 
@@ -22,3 +23,11 @@ app.conf.update(
     },
 )
 app.autodiscover_tasks(["workers"], related_name="tasks")
+
+
+@worker_init.connect
+def _metrics_exporter(**kwargs: object) -> None:
+    """Serve the worker's own metrics (dispatch, Kubernetes API latency) on PARTAGE_METRICS_PORT."""
+    from workers.metrics import exporter_start
+
+    exporter_start()

@@ -3,7 +3,8 @@
 Counts that the database knows (jobs by state, GPU-seconds) are read from it at scrape time,
 so every process reports the same truth. Latencies are observed in the process that measures
 them (executor, reconciler); set PROMETHEUS_MULTIPROC_DIR to aggregate worker processes.
-`render()` returns the exposition; the HTTP view lives in marketplace/urls.py.
+`render()` is what the web's /metrics serves (marketplace/api/internal.py); Celery workers and
+the reconciler serve their own on PARTAGE_METRICS_PORT (`exporter_start`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import REGISTRY, Collector
+
+# Multiprocess mode writes one file per process and metric there, from the first metric on.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -109,13 +121,27 @@ def queue_depth(queue: str = "celery") -> int | None:
         return None
 
 
+def process_registry() -> CollectorRegistry:
+    """This process's metrics, or every process's under PROMETHEUS_MULTIPROC_DIR."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def exporter_start(port: int | str | None = None) -> int | None:
+    """Serve this process's metrics on `port` (default: PARTAGE_METRICS_PORT), for processes
+    without a web view: Celery workers, the reconciler. Returns the port, or None when unset."""
+    port = port or os.environ.get("PARTAGE_METRICS_PORT")
+    if not port:
+        return None
+    start_http_server(int(port), registry=process_registry())
+    return int(port)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        process_registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(process_registry)
-    else:
-        process_registry = REGISTRY
     database = CollectorRegistry()
     database.register(DatabaseCollector())
-    return generate_latest(process_registry) + generate_latest(database), CONTENT_TYPE_LATEST
+    return generate_latest(process_registry()) + generate_latest(database), CONTENT_TYPE_LATEST

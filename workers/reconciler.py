@@ -321,11 +321,7 @@ def main() -> None:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
     django.setup()
-    port = os.environ.get("PARTAGE_RECONCILER_METRICS_PORT")
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(int(port))
+    metrics.exporter_start()  # on PARTAGE_METRICS_PORT, when set
     stop = threading.Event()
     import signal
 

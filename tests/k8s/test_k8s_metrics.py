@@ -125,3 +125,45 @@ def test_queue_depth_is_the_length_of_the_redis_queue(settings: Any) -> None:
     finally:
         connection.delete(queue)
     assert metrics.queue_depth(queue) == 0
+
+
+def test_workers_and_the_reconciler_serve_their_own_metrics(tmp_path: Any) -> None:
+    """Under PROMETHEUS_MULTIPROC_DIR (k8s/base/configmap.yaml), even before the folder exists."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import REPO, wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import time; from workers import metrics; "
+        "metrics.observe_k8s_call('create_job', 'ok', 0.02); "
+        "print(metrics.exporter_start(), flush=True); time.sleep(60)"
+    )
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "not-yet" / "prometheus"),
+        "PARTAGE_METRICS_PORT": str(port),
+    }
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
+    try:
+
+        def scraped() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        text = wait_for(scraped, timeout=60, interval=0.2)
+        found = samples(text)
+        create = {"operation": "create_job", "status": "ok"}
+        assert value(found, "partage_k8s_api_request_seconds_count", **create) == 1
+    finally:
+        process.kill()
+        process.wait(timeout=10)
