@@ -90,6 +90,25 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
 
 
 def load(port: int, path: str, key: str, *, threads: int, seconds: float) -> dict[str, float]:
+    return summary(*timed(port, path, key, threads=threads, seconds=seconds))
+
+
+def summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000,
+        "errors": errors,
+    }
+
+
+def timed(
+    port: int, path: str, key: str, *, threads: int, seconds: float
+) -> tuple[list[float], int, float]:
+    """Closed-loop load: `threads` clients, each a new connection per request (no keep-alive,
+    like gunicorn's sync workers). Returns the latencies, the non-200 count and the time taken."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -118,15 +137,7 @@ def load(port: int, path: str, key: str, *, threads: int, seconds: float) -> dic
         thread.start()
     for thread in pool:
         thread.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "rps": len(latencies) / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "errors": errors,
-    }
+    return latencies, errors, time.perf_counter() - began
 
 
 def main() -> None:
@@ -139,7 +150,8 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/6")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="concurrent client connections")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="per target, all rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
 
@@ -182,10 +194,18 @@ def main() -> None:
             "bare list": "/v1/_bench/bare?shape=list&org=bench",
             "api list (100)": "/v1/fine_tuning/jobs?limit=100",
         }
-        results = {}
-        for name, path in targets.items():
+        for path in targets.values():
             load(args.port, path, key, threads=args.threads, seconds=2)  # warm up
-            results[name] = load(args.port, path, key, threads=args.threads, seconds=args.seconds)
+        # Interleaved rounds: on a shared machine, a slow spell hits every target alike.
+        samples: dict[str, tuple[list[float], int, float]] = {n: ([], 0, 0.0) for n in targets}
+        for _ in range(args.rounds):
+            for name, path in targets.items():
+                lat, err, took = timed(
+                    args.port, path, key, threads=args.threads, seconds=args.seconds / args.rounds
+                )
+                before = samples[name]
+                samples[name] = (before[0] + lat, before[1] + err, before[2] + took)
+        results = {name: summary(*sample) for name, sample in samples.items()}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -204,6 +224,7 @@ def main() -> None:
                 "workers": args.workers,
                 "threads": args.threads,
                 "seconds": args.seconds,
+                "rounds": args.rounds,
                 "results": results,
             }
         )

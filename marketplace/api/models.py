@@ -51,9 +51,19 @@ class WebhookEvent(models.Model):
     type = models.CharField(max_length=80)
     data = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Set for events found by a sweep (a booking's start, an invoice finalized…): at most one
+    # event per organization and key, however many sweeps see it.
+    dedup_key = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "dedup_key"],
+                condition=~models.Q(dedup_key=""),
+                name="whevent_unique_dedup_key",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.type}"

@@ -1,4 +1,5 @@
-"""Celery entry points for webhook deliveries: one attempt per task, plus a periodic sweep."""
+"""Celery entry points for webhooks: one delivery attempt per task, a periodic sweep of due
+deliveries, and a periodic sweep of scheduled events (bookings, invoices, quota thresholds)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from workers.celery import app
 
 app.conf.beat_schedule.setdefault(
     "partage-webhook-sweep", {"task": "partage.webhook_sweep", "schedule": 30.0}
+)
+app.conf.beat_schedule.setdefault(
+    "partage-webhook-scheduled-events",
+    {"task": "partage.webhook_scheduled_events", "schedule": 60.0},
 )
 
 
@@ -23,3 +28,10 @@ def webhook_sweep(**kwargs: Any) -> int:
     from marketplace.api.webhooks.services import webhook_deliveries_sweep
 
     return webhook_deliveries_sweep()
+
+
+@app.task(name="partage.webhook_scheduled_events", acks_late=True)
+def webhook_scheduled_events(**kwargs: Any) -> int:
+    from marketplace.api.webhooks.scheduled import webhook_scheduled_events_sweep
+
+    return webhook_scheduled_events_sweep()

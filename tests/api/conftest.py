@@ -69,8 +69,9 @@ def webhook_receiver(settings: Any) -> Iterator[Receiver]:
 def eager_celery(settings: Any) -> Iterator[None]:
     from workers.celery import app
 
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Read before the setting changes: the app loads its config from settings on first use.
     previous = app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = True
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = previous

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -177,6 +177,28 @@ def webhook_event_emit(
     `data` must hold the `id` of the object concerned, e.g. {"id": "ftjob-…"}; keep it small,
     receivers fetch the object through the API.
     """
+    event = _event_emit(organization=organization, event_type=event_type, data=data)
+    assert event is not None
+    return event
+
+
+def webhook_event_emit_once(
+    *, organization: Organization | int, event_type: str, data: dict[str, Any], dedup_key: str
+) -> WebhookEvent | None:
+    """Like `webhook_event_emit`, at most once per organization and `dedup_key` (for sweeps
+    that see the same fact again and again); a repeat returns None and sends nothing."""
+    return _event_emit(
+        organization=organization, event_type=event_type, data=data, dedup_key=dedup_key
+    )
+
+
+def _event_emit(
+    *,
+    organization: Organization | int,
+    event_type: str,
+    data: dict[str, Any],
+    dedup_key: str | None = None,
+) -> WebhookEvent | None:
     event_type_check(event_type, param="event_type")
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise InvalidInput(
@@ -185,9 +207,20 @@ def webhook_event_emit(
     org_id = organization if isinstance(organization, int) else organization.pk
     now = timezone.now()
     with transaction.atomic():
-        event = WebhookEvent.objects.create(
-            id=_new_id("evt"), organization_id=org_id, type=event_type, data=data, created_at=now
-        )
+        try:
+            with transaction.atomic():
+                event = WebhookEvent.objects.create(
+                    id=_new_id("evt"),
+                    organization_id=org_id,
+                    type=event_type,
+                    data=data,
+                    created_at=now,
+                    dedup_key=dedup_key or "",
+                )
+        except IntegrityError:
+            if not dedup_key:
+                raise
+            return None  # already announced
         endpoints = WebhookEndpoint.objects.filter(
             organization_id=org_id, deleted_at__isnull=True
         ).only("id", "event_types")
