@@ -178,3 +178,50 @@ def test_review_prices_the_job_on_the_cheapest_pool_that_fits(
     capped = alice_web.post("/jobs/new/", {**form, "max_cost": "30", "action": "review"})
     assert capped.context["estimate"].cost == Decimal("30")
     assert "spending cap" in capped.context["estimate"].cost_detail
+
+
+def test_job_page_shows_state_pending_reason_events_checkpoints_and_logs(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketplace.finetuning.models import Checkpoint, JobAttempt
+
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    start = (timezone.now() + timedelta(hours=2)).replace(second=0, microsecond=0)
+    FineTuningJob.objects.filter(pk=job.pk).update(
+        pending_reason="waiting for 1 x h100-80g: all 8 GPUs of Paris H100 are busy",
+        estimated_start=start,
+    )
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    assert "waiting for 1 x h100-80g: all 8 GPUs of Paris H100 are busy" in body
+    assert f'datetime="{start.isoformat()}"' in body  # estimated start, machine-readable
+    assert "Cancel job" in body and "Download adapter" not in body
+    assert "Validated training file; job queued" in body  # the event log
+
+    attempt = JobAttempt.objects.create(
+        job=job, number=1, executor="local", name="a1", logs="step 10 loss 1.234\nsaved adapter"
+    )
+    Checkpoint.objects.create(
+        job=job,
+        attempt=attempt,
+        step=10,
+        metrics={"train_loss": 1.234, "valid_loss": 1.5},
+        archive="checkpoints/x.tar.gz",
+        sha256="0" * 64,
+        bytes=10,
+    )
+    adapter = make_file(org_a, name="adapter.tar.gz")
+    FineTuningJob.objects.filter(pk=job.pk).update(
+        status="succeeded", result_file=adapter, manifest={"base_model": {"id": job.model}}
+    )
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    assert '<td class="num">10</td><td class="num">1.2340</td><td class="num">1.5000</td>' in body
+    assert "step 10 loss 1.234" in body  # the attempt's logs
+    assert f'href="/jobs/{job.id}/adapter/"' in body and f'href="/jobs/{job.id}/manifest/"' in body
+    assert "PeftModel.from_pretrained(base, &quot;adapter&quot;)" in body
+    assert "Cancel job" not in body
+    manifest = alice_web.get(f"/jobs/{job.id}/manifest/")
+    assert manifest.json() == {"base_model": {"id": job.model}}

@@ -185,3 +185,45 @@ def test_list_pages_do_not_grow_queries_with_rows(
         make_job(org_a, django_capture_on_commit_callbacks)
     with django_assert_max_num_queries(len(one.captured_queries)):
         assert alice_web.get(url).status_code == 200
+
+
+def _deploy_check(env: dict[str, str], tmp_path: Any) -> str:
+    """`manage.py check --deploy` (security checks) in a fresh process with this environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "REDIS_URL", "PARTAGE_", "DJANGO_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--tag", "security"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**clean, "PARTAGE_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return result.stdout + result.stderr
+
+
+def test_session_and_csrf_cookies_are_secure_in_production(tmp_path: Any) -> None:
+    production = _deploy_check(
+        {
+            "PARTAGE_ENV": "production",
+            "DJANGO_SECRET_KEY": "p7-" + "x9Yq2" * 10,
+            "DJANGO_ALLOWED_HOSTS": "partage.example",
+            "DATABASE_URL": "postgres://partage@db.invalid:5432/partage",
+        },
+        tmp_path,
+    )
+    assert "System check identified" in production or "no issues" in production, production
+    # W012: SESSION_COOKIE_SECURE, W016: CSRF_COOKIE_SECURE, W004: HSTS, W008: HTTPS redirect.
+    for warning in ("security.W012", "security.W016", "security.W004", "security.W008"):
+        assert warning not in production, production
+    # The same check does flag the local, plain-HTTP default: it can fail.
+    local = _deploy_check({"PARTAGE_ENV": "development"}, tmp_path)
+    assert "security.W012" in local and "security.W016" in local, local

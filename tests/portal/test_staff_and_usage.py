@@ -1,4 +1,4 @@
-"""The staff cockpit (quotas, prices, approvals, all audited by their services) and the
+"""The staff cockpit (quotas audited by the quotas domain; prices and approvals in the staff change log) and the
 startup's usage page (charts, quota gauges, invoices)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.utils import timezone
 
@@ -73,15 +74,23 @@ def test_a_bad_quota_is_explained_and_changes_nothing(carol_web: Client, org_a: 
     assert not QuotaAuditEntry.objects.filter(organization=org_a).exists()
 
 
-def test_staff_changes_a_price(carol_web: Client) -> None:
-    pool = factories.pool(gpus=8, price="2.50")
+def test_staff_changes_a_price_and_the_change_is_audited(carol_web: Client, carol: Any) -> None:
+    pool = factories.pool(gpus=8, price="2.50", name="Paris H100")
     carol_web.post(f"/cockpit/pools/{pool.public_id}/price/", {"price_per_gpu_hour": "1.9"})
     pool.refresh_from_db()
     assert pool.price_per_gpu_hour == Decimal("1.9000")
+    entry = LogEntry.objects.get(object_id=str(pool.pk))
+    assert entry.user == carol
+    assert entry.get_change_message() == "Paris H100: price per GPU-hour €2.5000 → €1.9000"
+    log = carol_web.get("/cockpit/").content.decode()
+    assert "<strong>carol</strong> · Paris H100: price per GPU-hour €2.5000 → €1.9000" in log
     response = carol_web.post(
         f"/cockpit/pools/{pool.public_id}/price/", {"price_per_gpu_hour": "-1"}, follow=True
     )
     assert "greater than or equal to 0" in response.content.decode()
+    pool.refresh_from_db()
+    assert pool.price_per_gpu_hour == Decimal("1.9000")
+    assert LogEntry.objects.count() == 1  # a refused change logs nothing
 
 
 def test_staff_approves_a_provider_then_its_pool(carol_web: Client) -> None:
@@ -97,6 +106,11 @@ def test_staff_approves_a_provider_then_its_pool(carol_web: Client) -> None:
     )
     pool.refresh_from_db()
     assert pool.status == Pool.Status.ACTIVE and pool.cluster == cluster
+    messages = [e.get_change_message() for e in LogEntry.objects.order_by("id")]
+    assert messages == [
+        f"{provider.name}: approved as a provider",
+        f"{pool.name}: approved on cluster {cluster.name}",
+    ]
 
 
 def test_startups_cannot_use_the_cockpit(alice_web: Client, org_a: Any) -> None:

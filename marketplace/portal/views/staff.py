@@ -15,7 +15,6 @@ from django.views.decorators.http import require_POST
 
 from marketplace.accounts.models import Organization, User
 from marketplace.capacity import selectors as capacity
-from marketplace.capacity import services as capacity_services
 from marketplace.capacity.models import (
     ApprovalStatus,
     ClusterConnection,
@@ -25,7 +24,7 @@ from marketplace.capacity.models import (
 )
 from marketplace.errors import PartageError
 from marketplace.finetuning.models import FineTuningJob
-from marketplace.portal import staff_data
+from marketplace.portal import audit, staff_data
 from marketplace.portal.context import error_message, page, staff_required
 from marketplace.portal.forms import PriceForm, QuotaForm
 from marketplace.quotas.selectors import pending_queue_by_pool, quota_audit
@@ -84,6 +83,7 @@ def _cockpit_context(request: HttpRequest, quota_form: QuotaForm | None = None) 
         "clusters": ClusterConnection.objects.all(),
         "quota_form": quota_form or _quota_form(initial=_quota_initial(request)),
         "audit": quota_audit()[:25],
+        "staff_changes": audit.staff_changes(),
     }
 
 
@@ -137,10 +137,8 @@ def price_edit(request: HttpRequest, pool_id: str) -> HttpResponse:
         messages.error(request, f"{pool.name}: {form.errors.as_text()}")
         return redirect("portal:cockpit")
     try:
-        capacity_services.pool_update(
-            provider=pool.provider,
-            pool_id=pool.public_id,
-            changes={"price_per_gpu_hour": form.cleaned_data["price_per_gpu_hour"]},
+        audit.pool_price_set(
+            pool=pool, price=form.cleaned_data["price_per_gpu_hour"], actor=_actor(request)
         )
     except PartageError as e:
         error_message(request, e)
@@ -157,22 +155,18 @@ def provider_review(request: HttpRequest, org_id: str) -> HttpResponse:
     org = Organization.objects.filter(public_id=org_id, kind=Organization.Kind.PROVIDER).first()
     if org is None:
         raise Http404("No such provider.")
+    approve = request.POST.get("decision") == "approve"
     try:
-        if request.POST.get("decision") == "approve":
-            capacity_services.provider_approve(
-                organization=org,
-                by=_actor(request),
-            )
-            messages.success(request, f"Provider {org.name} approved.")
-        else:
-            capacity_services.provider_reject(
-                organization=org,
-                by=_actor(request),
-                note=request.POST.get("note", ""),
-            )
-            messages.success(request, f"Provider {org.name} rejected.")
+        audit.provider_review(
+            organization=org,
+            approve=approve,
+            actor=_actor(request),
+            note=request.POST.get("note", ""),
+        )
     except PartageError as e:
         error_message(request, e)
+    else:
+        messages.success(request, f"Provider {org.name} {'approved' if approve else 'rejected'}.")
     return redirect("portal:cockpit")
 
 
@@ -180,18 +174,23 @@ def provider_review(request: HttpRequest, org_id: str) -> HttpResponse:
 @staff_required
 def pool_review(request: HttpRequest, pool_id: str) -> HttpResponse:
     pool = _pool(pool_id)
+    approve = request.POST.get("decision") == "approve"
+    cluster_id = request.POST.get("cluster", "")
+    cluster = (
+        ClusterConnection.objects.filter(pk=int(cluster_id)).first()
+        if cluster_id.isdigit()
+        else None
+    )
     try:
-        if request.POST.get("decision") == "approve":
-            cluster = ClusterConnection.objects.filter(pk=request.POST.get("cluster") or 0).first()
-            capacity_services.pool_approve(pool=pool, by=_actor(request), cluster=cluster)
-            messages.success(request, f"Pool {pool.name} is live.")
-        else:
-            capacity_services.pool_reject(
-                pool=pool,
-                by=_actor(request),
-                note=request.POST.get("note", ""),
-            )
-            messages.success(request, f"Pool {pool.name} rejected.")
+        audit.pool_review(
+            pool=pool,
+            approve=approve,
+            actor=_actor(request),
+            cluster=cluster,
+            note=request.POST.get("note", ""),
+        )
     except PartageError as e:
         error_message(request, e)
+    else:
+        messages.success(request, f"Pool {pool.name} {'is live' if approve else 'rejected'}.")
     return redirect("portal:cockpit")

@@ -21,7 +21,7 @@ from marketplace.capacity.services import booking_create
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.quotas.models import Allocation, QuotaAuditEntry
 from tests.capacity import factories
-from tests.portal.browser.conftest import Browser
+from tests.portal.browser.conftest import Browser, assert_accessible
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -142,6 +142,7 @@ def test_staff_changes_a_quota_and_the_startup_sees_it(
         audit = staff.page.locator("#quota-audit").inner_text()
         assert "carol set max_gpus of Org A / h100-80g" in audit
         assert QuotaAuditEntry.objects.filter(changed_by=carol, field="max_gpus").exists()
+        assert_accessible(staff)
         staff.shot("staff-cockpit")
 
         startup.page.reload()
@@ -150,12 +151,14 @@ def test_staff_changes_a_quota_and_the_startup_sees_it(
         assert startup.page.get_by_role("link", name="Download").count() == 1  # last invoice
         spend = startup.page.locator("#spend-total").inner_text()
         assert spend != "€0.00"
+        assert_accessible(startup)
         startup.shot("usage")
 
         startup.page.goto("/offers/")
         startup.page.locator("tr", has_text="Paris H100").get_by_role("link", name="Book").click()
         startup.page.get_by_role("button", name="Get a quote").click()
         startup.page.locator("#booking-quote").wait_for()
+        assert_accessible(startup)
         startup.shot("offers-and-booking")
     finally:
         startup.close()

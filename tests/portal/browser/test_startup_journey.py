@@ -10,15 +10,36 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from marketplace.finetuning.models import FineTuningJob
+from marketplace.finetuning.models import FineTuningJob, JobAttempt
+from tests.conftest import wait_for
+from tests.portal.browser.conftest import assert_accessible
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+# Evaluated by the browser every 100 ms: records each in-progress value of the bar and size of
+# the loss chart; true once enough distinct ones were seen, or once the job has ended (then the
+# test's assertions say what was missing).
+WATCH = """need => {
+  const seen = JSON.parse(sessionStorage.getItem("watch") || '{"values": [], "points": []}');
+  const status = document.getElementById("job-live").dataset.status;
+  const value = document.getElementById("job-progress").value;
+  const points = Number(document.getElementById("loss-chart").dataset.trainPoints || 0);
+  if ((status === "running" || status === "finalizing") && value > 0 && value < 100) {
+    if (!seen.values.includes(value)) { seen.values.push(value); }
+    if (!seen.points.includes(points)) { seen.points.push(points); }
+    sessionStorage.setItem("watch", JSON.stringify(seen));
+  }
+  const enough = seen.values.length >= need.values && seen.points.length >= need.points
+    && Math.max(0, ...seen.points) >= need.min_points;
+  const ended = ["succeeded", "failed", "cancelled"].includes(status);
+  return enough || ended ? seen : false;
+}"""
 
 
 def _rows(count: int) -> list[dict[str, Any]]:
@@ -90,6 +111,7 @@ def test_sign_up_upload_launch_watch_download(
     assert "no_assistant_message" in text and "invalid_json" in text
     assert "unrecognized_role" in text
     assert "{not json" in text  # the offending line itself is shown
+    assert_accessible(browser)
     browser.shot("upload-validation-errors")
     assert FineTuningJob.objects.count() == 0
 
@@ -97,6 +119,7 @@ def test_sign_up_upload_launch_watch_download(
     upload(page, "colours.jsonl", _jsonl(good))
     page.wait_for_url("**/data/file-*/")
     assert "All 24 lines are valid" in page.inner_text("main")
+    assert_accessible(browser)
     browser.shot("file-validated")
 
     # 3. Launch: settings, then the review with cost and start, then confirm.
@@ -115,42 +138,45 @@ def test_sign_up_upload_launch_watch_download(
     # No GPU pool exists here: the embedded default trains locally, free, at once.
     assert page.locator("#estimate-cost").inner_text().strip() == "€0.00"
     assert page.locator("#estimate-start").inner_text().strip() == "Now"
+    assert_accessible(browser)
     browser.shot("launch-review")
     page.get_by_role("button", name="Confirm and launch").click()
     page.wait_for_url("**/jobs/ftjob-*/")
     job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
 
     # 4. Watch: the progress bar moves and the loss chart grows, without reloading the page.
-    bar = page.locator("#job-progress")
+    # The browser itself records what the page shows while the job runs (in sessionStorage, so
+    # the record survives the page's own reload when the job ends); the test waits on it.
     chart = page.locator("#loss-chart")
-    seen_values: set[float] = set()
-    seen_points: set[int] = set()
-    shot_taken = False
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = page.locator("#job-live").get_attribute("data-status")
-        value = bar.evaluate("node => node.value")
-        points = int(chart.get_attribute("data-train-points") or 0)
-        if status in {"running", "finalizing"} and 0 < value < 100:
-            seen_values.add(value)
-            seen_points.add(points)
-            if not shot_taken and points >= 3:
-                browser.shot("job-training")
-                shot_taken = True
-        if status in {"succeeded", "failed", "cancelled"}:
-            break
-        time.sleep(0.3)
+    page.wait_for_function(
+        WATCH, arg={"values": 1, "points": 1, "min_points": 3}, polling=100, timeout=300_000
+    )
+    assert_accessible(browser)
+    browser.shot("job-training")
+    seen = page.wait_for_function(
+        WATCH, arg={"values": 2, "points": 2, "min_points": 0}, polling=100, timeout=300_000
+    ).json_value()
+    assert len(seen["values"]) >= 2, f"progress bar values seen while running: {seen}"
+    assert len(seen["points"]) >= 2, f"loss chart sizes seen while running: {seen}"
     # The page reloads itself once the job finishes; the adapter link then appears.
     download_link = page.locator("#download-adapter")
-    download_link.wait_for(timeout=120_000)
+    download_link.wait_for(timeout=300_000)
     job = FineTuningJob.objects.get(pk=job_id)
     assert job.status == "succeeded", [a.logs[-2000:] for a in job.attempts.all()]
-    assert len(seen_values) >= 2, f"progress bar values seen while running: {seen_values}"
-    assert len(seen_points) >= 2, f"loss chart sizes seen while running: {seen_points}"
+    # The trainer process reports its exit (and its logs) just after the adapter.
+    wait_for(
+        lambda: JobAttempt.objects.filter(job_id=job_id, ended_at__isnull=False).exists(),
+        timeout=120,
+        what="the trainer's exit report",
+    )
+    page.reload()
+    logs = page.locator("pre.log").last.inner_text()
+    assert logs.strip() and "Logs appear when" not in logs, logs
     assert page.locator("#job-progress").evaluate("node => node.value") == 100
     page.wait_for_function("Number(document.getElementById('loss-chart').dataset.trainPoints) > 3")
     assert int(chart.get_attribute("data-valid-points") or 0) >= 1
     assert "PeftModel.from_pretrained" in page.inner_text("#peft-snippet")
+    assert_accessible(browser)
     browser.shot("job-succeeded")
 
     # 5. Download the adapter archive and check what it holds.
@@ -168,8 +194,15 @@ def test_sign_up_upload_launch_watch_download(
     assert manifest["base_model"]["id"] == "partage/tiny-llama"
     assert manifest == job.manifest
 
-    # The same page on a phone.
+    # The same page on a phone (test_accessibility walks every page at this width).
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
     page.locator("#download-adapter").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     browser.shot("job-succeeded-phone")
+
+    # Log out: the session ends and private pages send back to the log-in page.
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(f"{browser.base_url}/")
+    page.goto("/jobs/")
+    page.wait_for_url("**/login/?next=/jobs/")
