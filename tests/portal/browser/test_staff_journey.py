@@ -142,6 +142,11 @@ def test_staff_changes_a_quota_and_the_startup_sees_it(
         audit = staff.page.locator("#quota-audit").inner_text()
         assert "carol set max_gpus of Org A / h100-80g" in audit
         assert QuotaAuditEntry.objects.filter(changed_by=carol, field="max_gpus").exists()
+        # A price change lands in the staff change log.
+        helsinki = staff.page.locator("tr", has_text="Helsinki H100 SXM")
+        helsinki.get_by_label("Price of Helsinki H100 SXM").fill("2.9")
+        helsinki.get_by_role("button", name="Save").click()
+        staff.page.locator("#staff-changes", has_text="€3.1000 → €2.9000").wait_for()
         assert_accessible(staff)
         staff.shot("staff-cockpit")
 
