@@ -99,7 +99,7 @@ class FileDetailView(APIView):
     def get(self, request: Request, file_id: str) -> Response:
         return Response(file_object(self._file(request, file_id)))
 
-    @extend_schema(operation_id="files_delete", responses=schema.DeletedObject)
+    @extend_schema(operation_id="files_delete", responses={200: schema.DeletedObject})
     def delete(self, request: Request, file_id: str) -> Response:
         file = services.file_delete(organization=org_of(request), file_id=file_id)
         return Response({"id": file.id, "object": "file", "deleted": True})

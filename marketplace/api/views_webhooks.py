@@ -137,7 +137,7 @@ class EndpointDetailView(APIView):
         )
         return Response(endpoint_object(endpoint))
 
-    @extend_schema(operation_id="webhooks_delete", responses=schema.DeletedObject)
+    @extend_schema(operation_id="webhooks_delete", responses={200: schema.DeletedObject})
     def delete(self, request: Request, webhook_endpoint_id: str) -> Response:
         endpoint = services.webhook_endpoint_delete(
             organization=org_of(request), endpoint_id=webhook_endpoint_id

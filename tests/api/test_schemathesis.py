@@ -132,3 +132,21 @@ def test_job_actions_match_the_schema(populated: dict[str, str], fuzz_key: str) 
             headers={"Authorization": f"Bearer {fuzz_key}"}, checks=CHECKS
         )
         assert response.status_code in (200, 409), response.text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/v1/files/{file_id}", "file_id"),
+        ("/v1/webhook_endpoints/{webhook_endpoint_id}", "webhook_endpoint_id"),
+    ],
+)
+def test_successful_deletes_match_the_schema(
+    path: str, param: str, populated: dict[str, str], fuzz_key: str
+) -> None:
+    case = schema[path]["DELETE"].Case(path_parameters={param: populated[param]})
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {fuzz_key}"}, checks=CHECKS
+    )
+    assert response.status_code == 200 and response.json()["deleted"] is True, response.text
