@@ -278,3 +278,36 @@ def test_delivery_rechecks_the_target(
     attempt = WebhookDelivery.objects.get(event=event).attempts.get()
     assert attempt.status_code is None and "non-public" in attempt.error
     assert webhook_receiver.received == []
+
+
+def test_delivery_connects_to_the_address_it_checked(
+    org_a: Any, webhook_receiver: Any, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolver whose answer changes after the check (DNS rebinding) cannot move the
+    delivery: the host is resolved once, and the request goes to that address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    port = urlsplit(webhook_receiver.url).port
+    answers = iter(["127.0.0.1", "10.255.255.1"])
+    lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.rebind.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    endpoint = _endpoint(org_a, f"http://hooks.rebind.test:{port}/hooks?src=partage")
+    event = webhooks.webhook_event_emit(
+        organization=org_a, event_type="fine_tuning.job.succeeded", data={"id": "ftjob-r"}
+    )
+    attempt = WebhookDelivery.objects.get(event=event).attempts.get()
+    assert (attempt.status_code, attempt.error) == (200, "")
+    assert lookups == ["hooks.rebind.test"]
+    [received] = webhook_receiver.received
+    assert received.path == "/hooks?src=partage"
+    assert received.headers["host"] == f"hooks.rebind.test:{port}"
+    standardwebhooks.Webhook(endpoint.secret).verify(received.body, received.headers)

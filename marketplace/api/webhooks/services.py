@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import requests
+import urllib3
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -28,7 +28,7 @@ from marketplace.api.models import (
 )
 from marketplace.api.webhooks import signing
 from marketplace.api.webhooks.events import EVENT_TYPES, event_type_check
-from marketplace.api.webhooks.targets import webhook_url_check
+from marketplace.api.webhooks.targets import webhook_post, webhook_target, webhook_url_check
 from marketplace.errors import InvalidInput, NotFound
 
 logger = logging.getLogger("partage.webhooks")
@@ -303,15 +303,15 @@ def _send(delivery: WebhookDelivery) -> tuple[int | None, str, str, int]:
     }
     started = time.monotonic()
     try:
-        webhook_url_check(endpoint.url)
-        response = requests.post(
-            endpoint.url, data=body, headers=headers, timeout=REQUEST_TIMEOUT, allow_redirects=False
+        target = webhook_target(endpoint.url)
+        status, start = webhook_post(
+            target, body, headers, connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1]
         )
-        excerpt = response.text[:500]
-        return response.status_code, "", excerpt, int((time.monotonic() - started) * 1000)
+        excerpt = start.decode("utf-8", "replace")[:500]
+        return status, "", excerpt, int((time.monotonic() - started) * 1000)
     except InvalidInput as e:
         return None, f"target refused: {e.message}", "", 0
-    except requests.RequestException as e:
+    except (urllib3.exceptions.HTTPError, OSError) as e:
         return (
             None,
             f"{e.__class__.__name__}: {e}"[:1000],

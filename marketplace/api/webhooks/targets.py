@@ -2,15 +2,20 @@
 
 Every address the host resolves to must be globally routable (no private, loopback,
 link-local, shared, reserved or multicast address), unless PARTAGE_WEBHOOK_ALLOW_PRIVATE is set
-for development and tests. The check runs at registration and again before each delivery.
+for development and tests. The check runs at registration and again before each delivery, and
+the delivery connects to the very address that passed the check (`webhook_post`): a DNS answer
+that changes between the check and the connection (DNS rebinding) cannot redirect it inside.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import certifi
+import urllib3
 from django.conf import settings
 
 from marketplace.errors import InvalidInput
@@ -27,8 +32,25 @@ def _address_is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+@dataclass(frozen=True)
+class Target:
+    """A checked delivery target: connect to `address`, speak to `host` (Host header, TLS)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str
+
+
 def webhook_url_check(url: str, *, param: str = "url") -> None:
     """Raise InvalidInput unless `url` is an acceptable delivery target."""
+    _parts_check(url, param=param)
+    if not _allow_private():
+        webhook_target(url, param=param)
+
+
+def _parts_check(url: str, *, param: str) -> tuple[str, str, int, str]:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -46,24 +68,72 @@ def webhook_url_check(url: str, *, param: str = "url") -> None:
         )
     if parts.username or parts.password:
         raise InvalidInput("url must not carry credentials; use the signing secret.", param=param)
-    if _allow_private():
-        return
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
+
+
+def webhook_target(url: str, *, param: str = "url") -> Target:
+    """Check `url` and resolve its host once; the address returned is the one to connect to."""
+    scheme, host, port, path = _parts_check(url, param=param)
     try:
-        infos = socket.getaddrinfo(
-            parts.hostname,
-            port or (443 if parts.scheme == "https" else 80),
-            proto=socket.IPPROTO_TCP,
-        )
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as e:
         raise InvalidInput(
-            f"The host {parts.hostname!r} does not resolve ({e}); check the URL.", param=param
+            f"The host {host!r} does not resolve ({e}); check the URL.", param=param
         ) from None
-    addresses = {str(info[4][0]) for info in infos}
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     blocked = sorted(a for a in addresses if not _address_is_public(a))
-    if blocked or not addresses:
+    if not addresses or (blocked and not _allow_private()):
         raise InvalidInput(
-            f"The host {parts.hostname!r} resolves to a non-public address ({', '.join(blocked)}); "
+            f"The host {host!r} resolves to a non-public address ({', '.join(blocked)}); "
             "webhooks can only be sent to hosts on the public internet.",
             code="webhook_url_not_allowed",
             param=param,
         )
+    return Target(scheme, host, port, path, addresses[0])
+
+
+def webhook_post(
+    target: Target, body: bytes, headers: dict[str, str], *, connect: float, read: float
+) -> tuple[int, bytes]:
+    """POST to the checked address (no redirects, no retries); returns (status, body start).
+
+    Raises urllib3's HTTPError (or OSError) when the endpoint cannot be reached.
+    """
+    host_header = f"[{target.host}]" if ":" in target.host else target.host
+    if target.port != (443 if target.scheme == "https" else 80):
+        host_header += f":{target.port}"
+    timeout = urllib3.Timeout(connect=connect, read=read)
+    pool: urllib3.HTTPConnectionPool
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            target.address,
+            port=target.port,
+            timeout=timeout,
+            retries=False,
+            maxsize=1,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(
+            target.address, port=target.port, timeout=timeout, retries=False, maxsize=1
+        )
+    try:
+        response = pool.urlopen(
+            "POST",
+            target.path,
+            body=body,
+            headers={**headers, "host": host_header},
+            redirect=False,
+            preload_content=False,
+            assert_same_host=False,
+        )
+        try:
+            return response.status, response.read(2000)
+        finally:
+            response.release_conn()
+    finally:
+        pool.close()
