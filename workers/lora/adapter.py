@@ -116,9 +116,16 @@ def verify_adapter(
         problems.append(f"bias={config.get('bias')!r}")
     if not isinstance(config.get("r"), int) or config["r"] > max_rank:
         problems.append(f"r={config.get('r')!r} exceeds max_rank={max_rank}")
+    if problems:  # not servable, whatever the weights
+        raise AdapterVerificationError("adapter verification failed: " + "; ".join(problems))
     saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    loaded = PeftModel.from_pretrained(base, str(adapter_dir))
+    try:
+        loaded = PeftModel.from_pretrained(base, str(adapter_dir))
+    except Exception as e:
+        raise AdapterVerificationError(
+            f"adapter verification failed: PeftModel.from_pretrained raised {e!r}"
+        ) from e
     expected = get_peft_model_state_dict(loaded)
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))

@@ -1,8 +1,11 @@
 """Data order, micro-batches and collation (padded rows, or packed rows without cross-talk).
 
-A packed row concatenates whole examples; position ids restart at 0 for each one and no 2D
-attention mask is passed, which makes transformers build a block-diagonal causal mask (see
-`masking_utils.find_packed_sequence_indices`), so attention never crosses example boundaries.
+Packed rows concatenate whole examples and position ids restart at 0 for each one. With the
+varlen attention (`workers.lora.attention`) a micro-batch is a single unpadded row plus the
+(start, end) bounds of its examples, and each example attends only to itself. Otherwise rows
+hold at most `capacity` tokens and no 2D attention mask is passed, which makes transformers
+build a block-diagonal causal mask (see `masking_utils.find_packed_sequence_indices`). Either
+way attention never crosses example boundaries.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class Batch:
     attention_mask: torch.Tensor | None  # None for packed rows
     tokens: int  # non-pad tokens
     loss_tokens: int
+    # varlen rows: (start, end) of each example in the single row; attention stays inside
+    bounds: list[tuple[int, int]] | None = None
 
     def to(self, device: torch.device) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
@@ -101,7 +106,36 @@ def _labels(example: Example) -> list[int]:
     return labels
 
 
-def collate(examples: list[Example], *, packing: bool, capacity: int, pad_id: int) -> Batch:
+def collate_varlen(examples: list[Example]) -> Batch:
+    """All examples back to back in one row, no padding; `bounds` delimits them."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    bounds = []
+    for example in examples:
+        start = len(input_ids)
+        input_ids += example.input_ids
+        labels += _labels(example)
+        positions += range(len(example.input_ids))
+        bounds.append((start, len(input_ids)))
+    return Batch(
+        input_ids=torch.tensor([input_ids]),
+        labels=torch.tensor([labels]),
+        position_ids=torch.tensor([positions]),
+        attention_mask=None,
+        tokens=len(input_ids),
+        loss_tokens=sum(e.loss_tokens for e in examples),
+        bounds=bounds,
+    )
+
+
+def collate(
+    examples: list[Example], *, packing: bool, capacity: int, pad_id: int, varlen: bool = False
+) -> Batch:
+    """Padded rows (packing=False), or packed rows: one varlen row when the model supports
+    it, else rows of at most `capacity` tokens with block-diagonal masks from position ids."""
+    if packing and varlen:
+        return collate_varlen(examples)
     if packing:
         rows = [
             [examples[i] for i in row]

@@ -14,20 +14,48 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from workers.lora import attention
 from workers.lora.batching import IGNORE_INDEX, Batch
 from workers.lora.config import LoraSettings, UserError
 
 # Architectures whose logits are exactly lm_head(last_hidden_state) (no scaling or softcap).
 FAST_LOSS_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "olmo2", "smollm3"}
-CE_CHUNK = 2048
+# Architectures whose attention modules pass **kwargs through to the attention function, so
+# the varlen implementation receives the example boundaries.
+VARLEN_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "olmo2", "smollm3"}
+CE_CHUNK_ELEMENTS = 1 << 25  # logits per chunk (128 MiB in fp32), whatever the vocabulary
 
 
-def load_base(model_dir: pathlib.Path, device: torch.device, gradient_checkpointing: bool) -> Any:
-    from transformers import AutoModelForCausalLM
+def supports_varlen(model: Any) -> bool:
+    return bool(model.config._attn_implementation == attention.IMPLEMENTATION)
+
+
+def attention_implementation(config: Any, max_seq_length: int | None) -> str:
+    """Our varlen kernel where the architecture passes attention kwargs through and no
+    sliding window could bite within `max_seq_length` (the varlen path is full causal)."""
+    if config.model_type not in VARLEN_MODEL_TYPES:
+        return "sdpa"
+    window = getattr(config, "sliding_window", None)
+    if window is not None and (max_seq_length is None or window < max_seq_length):
+        return "sdpa"
+    return attention.IMPLEMENTATION
+
+
+def load_base(
+    model_dir: pathlib.Path,
+    device: torch.device,
+    gradient_checkpointing: bool,
+    max_seq_length: int | None = None,
+) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attention.register()
+    implementation = attention_implementation(
+        AutoConfig.from_pretrained(str(model_dir)), max_seq_length
+    )
     model: Any = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype, attn_implementation="sdpa"
+        str(model_dir), dtype=dtype, attn_implementation=implementation
     )
     model.config.use_cache = False
     if gradient_checkpointing:
@@ -97,20 +125,32 @@ def loss_sum(peft_model: Any, batch: Batch) -> torch.Tensor:
             reduction="sum",
         )
     backbone = causal_lm.base_model
-    hidden = backbone(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )[0]
+    if batch.bounds is None:
+        hidden = backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )[0]
+    else:
+        if causal_lm.config._attn_implementation != attention.IMPLEMENTATION:
+            raise ValueError("a varlen batch needs the partage_varlen attention implementation")
+        with attention.varlen_row():
+            hidden = backbone(
+                input_ids=batch.input_ids,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                partage_bounds=batch.bounds,
+            )[0]
     select = shifted != IGNORE_INDEX
     hidden = hidden[:, :-1][select]
     targets = shifted[select]
     head = causal_lm.get_output_embeddings()
+    chunk = max(128, CE_CHUNK_ELEMENTS // head.weight.shape[0])
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.shape[0], CE_CHUNK):
-        chunk_h, chunk_t = hidden[start : start + CE_CHUNK], targets[start : start + CE_CHUNK]
-        if torch.is_grad_enabled() and targets.shape[0] > CE_CHUNK:
+    for start in range(0, targets.shape[0], chunk):
+        chunk_h, chunk_t = hidden[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled() and targets.shape[0] > chunk:
             total = total + checkpoint(_ce_sum, chunk_h, chunk_t, head, use_reentrant=False)
         else:
             total = total + _ce_sum(chunk_h, chunk_t, head)

@@ -1,7 +1,8 @@
 """The training loop: data → LoRA steps → checkpoints/events → final adapter.
 
-Signals: SIGTERM asks for a checkpoint at the next step boundary, then exit 4 (preempted);
-SIGUSR1 asks to stop after the current step and write the final adapter (exit 0).
+Signals: SIGTERM asks for a checkpoint at the next micro-batch boundary (a partly accumulated
+step is dropped and redone after resume), then exit 4 (preempted); SIGUSR1 asks to stop after
+the current step and write the final adapter (exit 0).
 """
 
 from __future__ import annotations
@@ -27,11 +28,21 @@ from workers.lora.batching import Batch, Schedule, collate
 from workers.lora.config import JobConfig, UserError
 from workers.lora.data import Example, load_examples
 from workers.lora.events import emit, log
-from workers.lora.modeling import load_base, loss_sum, trainable_parameters, wrap_lora
+from workers.lora.modeling import (
+    load_base,
+    loss_sum,
+    supports_varlen,
+    trainable_parameters,
+    wrap_lora,
+)
 
 
 class TrainingGuardError(UserError):
     """NaN/inf loss or a zero LoRA gradient: the user's data/settings make training meaningless."""
+
+
+class StepAbortedError(Exception):
+    """SIGTERM arrived between micro-batches: the step is dropped and redone after resume."""
 
 
 @dataclasses.dataclass
@@ -60,6 +71,17 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
@@ -106,8 +128,14 @@ class Trainer:
             seed=self.config.seed,
             max_steps=self.hp.max_steps,
         )
-        base = load_base(self.model_dir, self.device, self.hp.gradient_checkpointing)
+        base = load_base(
+            self.model_dir,
+            self.device,
+            self.hp.gradient_checkpointing,
+            self.hp.max_seq_length,
+        )
         torch.manual_seed(self.config.seed)  # LoRA init does not depend on loading order
+        self.varlen = supports_varlen(base)
         self.model = wrap_lora(base, self.config.lora, self.config.base_model)
         self.params = [p for _, p in trainable_parameters(self.model)]
         self.optimizer = torch.optim.AdamW(
@@ -138,6 +166,7 @@ class Trainer:
             packing=self.hp.packing,
             capacity=self.hp.max_seq_length,
             pad_id=self.pad_id,
+            varlen=self.varlen,
         ).to(self.device)
 
     @contextlib.contextmanager
@@ -154,7 +183,10 @@ class Trainer:
         batches = [self._batch(indices, self.train) for indices in micro]
         loss_tokens = sum(b.loss_tokens for b in batches)
         total_loss = 0.0
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index and self.flags.preempt:
+                # within the pod's grace period: do not finish a long accumulated step
+                raise StepAbortedError
             with self._autocast():
                 loss = loss_sum(self.model, batch) / loss_tokens
             if not torch.isfinite(loss):
@@ -236,7 +268,15 @@ class Trainer:
             if self.flags.preempt:
                 return self._preempt(step, progress, last_checkpoint_step)
             step_start = time.time()
-            metrics = self.train_step(step)
+            rng = _rng_state()
+            try:
+                metrics = self.train_step(step)
+            except StepAbortedError:
+                # forget the partial step: state is exactly that after `step` steps
+                self.optimizer.zero_grad(set_to_none=True)
+                _set_rng_state(rng)
+                log(f"SIGTERM during step {step + 1}: dropped it, checkpointing step {step}")
+                return self._preempt(step, progress, last_checkpoint_step)
             step += 1
             progress["trained_tokens"] += int(metrics["tokens"])
             progress["train_loss"] = metrics["train_loss"]

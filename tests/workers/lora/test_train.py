@@ -128,30 +128,38 @@ def test_unknown_target_module_exits_3(tmp_path, capsys, model_cache):
     assert code == EXIT_USER_ERROR and "target_modules" in events[-1]["message"]
 
 
-def test_nan_loss_guard(tmp_path, capsys, model_cache, monkeypatch):
-    import workers.lora.trainer as trainer
+def _broken_catalog(tmp_path, monkeypatch, tiny_llama_dir, norm_value: float) -> None:
+    """A private catalog cache whose tiny Llama has its final norm weight set to `norm_value`."""
+    import shutil
 
-    real = trainer.loss_sum
-    monkeypatch.setattr(trainer, "loss_sum", lambda model, batch: real(model, batch) * float("nan"))
+    from safetensors.torch import load_file, save_file
+
+    cache = tmp_path / "broken-cache"
+    target = cache / tiny_llama_dir.name
+    shutil.copytree(tiny_llama_dir, target)
+    weights = load_file(str(target / "model.safetensors"))
+    weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], norm_value)
+    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    monkeypatch.setenv("PARTAGE_MODEL_CACHE", str(cache))
+
+
+def test_nan_loss_guard(tmp_path, capsys, tiny_llama_dir, monkeypatch):
+    # a base model whose activations are NaN: the very first loss is NaN
+    _broken_catalog(tmp_path, monkeypatch, tiny_llama_dir, float("nan"))
     code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
     assert code == EXIT_USER_ERROR
     assert events[-1]["code"] == "nan_loss" and events[-1]["step"] == 1
+    assert "loss became nan" in events[-1]["message"]
+    assert not (tmp_path / "out" / "adapter").exists()
 
 
-def test_zero_lora_gradient_guard(tmp_path, capsys, model_cache, monkeypatch):
-    import workers.lora.trainer as trainer
-
-    real_setup = trainer.Trainer.setup
-
-    def setup_with_dead_lora(self):
-        real_setup(self)
-        with torch.no_grad():
-            for param in self.params:  # A = B = 0 makes every LoRA gradient exactly zero
-                param.zero_()
-
-    monkeypatch.setattr(trainer.Trainer, "setup", setup_with_dead_lora)
+def test_zero_lora_gradient_guard(tmp_path, capsys, tiny_llama_dir, monkeypatch):
+    # a zero final norm makes every logit 0 whatever the LoRA weights: their gradient is 0
+    _broken_catalog(tmp_path, monkeypatch, tiny_llama_dir, 0.0)
     code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
     assert code == EXIT_USER_ERROR and events[-1]["code"] == "zero_grad"
+    assert events[-1]["step"] == 1 and "gradient norm is zero" in events[-1]["message"]
+    assert not (tmp_path / "out" / "adapter").exists()
 
 
 def test_internal_errors_exit_1(tmp_path, capsys, model_cache, monkeypatch):
@@ -224,6 +232,54 @@ def test_stop_early_signal_writes_the_adapter(tmp_path, capsys, model_cache, mon
     assert events[-1]["steps"] == 2
 
 
+def test_sigterm_mid_step_checkpoints_within_the_grace_period(
+    tmp_path, capsys, model_cache, monkeypatch
+):
+    """SIGTERM between micro-batches of an accumulated step drops that step (no waiting for
+    the rest of it), checkpoints the completed steps, exits 4; --resume ends as a straight run."""
+    import workers.lora.trainer as trainer
+
+    def config(name: str) -> dict[str, Any]:
+        c = job_config(
+            tmp_path,
+            output_dir=str(tmp_path / name),
+            hyperparameters={"batch_size": 2, "gradient_accumulation_steps": 4, "n_epochs": 1},
+        )
+        c["lora"]["dropout"] = 0.1  # RNG consumed by the dropped micro-batch must be restored
+        return c
+
+    code, straight = run_inprocess(tmp_path, capsys, config("straight"))
+    assert code == EXIT_OK and straight[-1]["steps"] == 2
+
+    real_loss_sum = trainer.loss_sum
+    calls = {"n": 0}
+
+    def signal_on_sixth_micro_batch(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 2, second micro-batch of four
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss_sum(model, batch)
+
+    monkeypatch.setattr(trainer, "loss_sum", signal_on_sixth_micro_batch)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+    try:
+        code, first = run_inprocess(tmp_path, capsys, config("killed"))
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
+    assert code == EXIT_PREEMPTED
+    assert calls["n"] == 6  # the remaining two micro-batches of step 2 never ran
+    assert first[-1] == {**first[-1], "event": "preempted", "step": 1}
+    assert first[-1]["checkpoint"].endswith("step-000001")
+    monkeypatch.setattr(trainer, "loss_sum", real_loss_sum)
+
+    code, resumed = run_inprocess(tmp_path, capsys, config("killed"), "--resume")
+    assert code == EXIT_OK
+    assert [e["step"] for e in resumed if e["event"] == "progress"] == [2]
+    assert resumed[-1]["train_loss"] == pytest.approx(straight[-1]["train_loss"], rel=1e-6)
+    assert resumed[-1]["trained_tokens"] == straight[-1]["trained_tokens"]
+
+
 # ---------------------------------------------------------------------- real processes
 
 
@@ -263,11 +319,18 @@ def _resume_config(tmp_path: pathlib.Path, name: str) -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, model_cache) -> list[dict[str, Any]]:
+    """The uninterrupted reference run, shared by both kill variants (same config and data)."""
+    events = _run_until(_spawn(_resume_config(tmp_path_factory.mktemp("ref"), "straight")), -1, 0)
+    assert events[-1]["event"] == "completed"
+    return events
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_to_the_same_final_loss(tmp_path, model_cache, sig):
-    reference = _run_until(_spawn(_resume_config(tmp_path, "straight")), -1, 0)
-    assert reference[-1]["event"] == "completed"
+def test_killed_run_resumes_to_the_same_final_loss(tmp_path, straight_run, sig):
+    reference = straight_run
 
     config_path = _resume_config(tmp_path, "killed")
     proc = _spawn(config_path)
