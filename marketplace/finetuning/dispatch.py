@@ -10,8 +10,10 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from marketplace.errors import InvalidTransition
 from marketplace.finetuning import services, states
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.finetuning.models import JobStatus as S
@@ -69,12 +71,19 @@ def job_stop(*, job_id: str) -> None:
         .first()
     )
     if attempt is None:
-        # Nothing runs (never launched, or already ended): settle the state now.
-        last = JobAttempt.objects.filter(job=job).order_by("-number").first()
-        if last is None and job.status != S.REQUEUEING:
+        # Nothing runs for this admission (never launched; a re-admitted job's earlier attempts
+        # have all ended): settle the state now. An attempt that ends while the job is
+        # cancelling or pausing settles the job itself; if one just did, this one loses.
+        if job.status != S.REQUEUEING:
             target = S.CANCELLED if job.status == S.CANCELLING else S.PAUSED
-            ended = services.job_transition(job_id=job_id, to=target, message=f"Job {target}")
-            services._job_ended(ended)
+            try:
+                with transaction.atomic():
+                    ended = services.job_transition(
+                        job_id=job_id, to=target, message=f"Job {target}", only_from={job.status}
+                    )
+                    services._job_ended(ended)
+            except InvalidTransition:
+                pass
         return
     executor, spec = executor_for(attempt), launch_spec(attempt)
     # Deleting the Job deletes its pods and their logs: keep what they said first.

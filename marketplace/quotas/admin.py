@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from marketplace.accounts.models import User
@@ -32,8 +33,19 @@ def _report(admin_view: admin.ModelAdmin, request: HttpRequest, error: InvalidIn
 
 
 @admin.register(Plan)
-class PlanAdmin(admin.ModelAdmin):
+class _NoDeleteAdmin(admin.ModelAdmin):
+    """Deleting these rows would change quotas without an audit entry: change values instead
+    (a plan's flavor row to max_gpus 0; an organization back to the default plan)."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PlanAdmin(_NoDeleteAdmin):
     list_display = ("slug", "name", "is_default", "weight")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("slug",) if obj is not None else ()
 
     def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
         try:
@@ -61,9 +73,12 @@ class PlanAdmin(admin.ModelAdmin):
 
 
 @admin.register(PlanFlavorQuota)
-class PlanFlavorQuotaAdmin(admin.ModelAdmin):
+class PlanFlavorQuotaAdmin(_NoDeleteAdmin):
     list_display = ("plan", "flavor", *QUOTA_FIELDS)
     list_filter = ("plan", "flavor")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("plan", "flavor") if obj is not None else ()  # a change edits values only
 
     def save_model(
         self, request: HttpRequest, obj: PlanFlavorQuota, form: Any, change: bool
@@ -82,10 +97,13 @@ class PlanFlavorQuotaAdmin(admin.ModelAdmin):
 
 
 @admin.register(OrganizationQuota)
-class OrganizationQuotaAdmin(admin.ModelAdmin):
+class OrganizationQuotaAdmin(_NoDeleteAdmin):
     list_display = ("organization", "plan", "weight", "updated_at")
     search_fields = ("organization__slug",)
     fields = ("organization", "plan", "weight")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("organization",) if obj is not None else ()
 
     def save_model(
         self, request: HttpRequest, obj: OrganizationQuota, form: Any, change: bool
@@ -108,6 +126,9 @@ class FlavorQuotaOverrideAdmin(admin.ModelAdmin):
     list_display = ("organization", "flavor", *QUOTA_FIELDS, "budget_unlimited")
     search_fields = ("organization__slug",)
     fields = ("organization", "flavor", *QUOTA_FIELDS, "budget_unlimited")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("organization", "flavor") if obj is not None else ()
 
     def save_model(
         self, request: HttpRequest, obj: FlavorQuotaOverride, form: Any, change: bool
@@ -135,6 +156,13 @@ class FlavorQuotaOverrideAdmin(admin.ModelAdmin):
             via=VIA,
         )
         FlavorQuotaOverride.objects.filter(pk=obj.pk).delete()
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[FlavorQuotaOverride]
+    ) -> None:
+        """The list's bulk delete action: each one audited like a single delete."""
+        for override in queryset.select_related("organization", "flavor"):
+            self.delete_model(request, override)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

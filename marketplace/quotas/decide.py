@@ -76,6 +76,13 @@ class Admit:
         )
 
 
+@dataclass(frozen=True)
+class _PoolsSummary:
+    largest: int
+    most_free: int
+    most_stoppable: int
+
+
 @dataclass
 class Wait:
     reason: str
@@ -124,7 +131,12 @@ class Decider:
         self.book = book
         self.min_run = min_run
         self.grace = grace
-        self._bounds: dict[int, int] = {}
+        self._bounds: dict[int, tuple[int, int]] = {}
+        self._summaries: dict[int, tuple[int, list[PoolState], _PoolsSummary]] = {}
+        self._heaps: dict[
+            tuple[int, int], tuple[list[PoolState], list[tuple[datetime, int, int, PoolState]]]
+        ] = {}
+        self._heaps_version = -1
 
     # ------------------------------------------------------------- fair-share order
 
@@ -189,7 +201,7 @@ class Decider:
         label = flavor.label
         every = world.pools_by_flavor.get(flavor.id, [])
         residency = world.residency_of(job.org_id, job.residency)
-        pools = [p for p in every if residency.allows(p.country)]
+        pools = world.pools_for(flavor.id, residency)
         if not pools:
             return Wait(
                 f"waiting: no {label} pool matches your data residency ({residency.describe()})"
@@ -197,10 +209,11 @@ class Decider:
                 else f"waiting: no {label} pool exists yet",
                 None,
             )
-        if job.gpus > max(p.size for p in pools):
+        summary = self._summary(pools)
+        if job.gpus > summary.largest:
             return Wait(
-                f"waiting: no {label} pool {_where(pools, self.world.residency_of(job.org_id, job.residency))} has {job.gpus} GPUs "
-                f"(the largest has {max(p.size for p in pools)}); resubmit with fewer GPUs",
+                f"waiting: no {label} pool {_where(pools, residency)} has {job.gpus} GPUs "
+                f"(the largest has {summary.largest}); resubmit with fewer GPUs",
                 None,
             )
         quota = self.book.quota(job.org_id, flavor.id)
@@ -226,15 +239,15 @@ class Decider:
                 when,
             )
         kind = K.GUARANTEED if usage.guaranteed + job.gpus <= quota.guaranteed_gpus else K.BORROWED
-        fitting = [p for p in pools if p.free() >= job.gpus]
-        if fitting:
+        if job.gpus <= summary.most_free:
+            fitting = [p for p in pools if p.free() >= job.gpus]
             pool = min(fitting, key=lambda p: (p.free() - job.gpus, p.price, p.id))
             return Admit(job, pool, flavor, kind, None, quota, reserve)
-        if kind == K.GUARANTEED:
+        if kind == K.GUARANTEED and job.gpus <= summary.most_stoppable:
             preempting = self._preempt_plan(job, pools, None)
             if preempting is not None:
                 return preempting
-        return self._capacity_wait(job, label, pools, quota, usage)
+        return self._capacity_wait(job, label, pools, residency, quota, usage)
 
     def _quota_blocks(
         self,
@@ -299,10 +312,10 @@ class Decider:
         """Find borrowed work to stop so that an entitled job fits; None when there is none."""
         now = self.world.now
         for pool in sorted(pools, key=lambda p: -p.free(own_booking=booking_id)):
-            freeing = sum(a.gpus for a in pool.live if a.preempt_requested)
+            freeing, preemptible = self._stoppable(pool)
             missing = job.gpus - pool.free(own_booking=booking_id) - freeing
-            if missing > self._preemptible_bound(pool):
-                continue  # even every preemptible job there would not be enough
+            if missing > preemptible:
+                continue  # even stopping every preemptible job there would not be enough
             if missing <= 0:
                 return Wait(
                     f"waiting: borrowed work on pool {pool.public_id} is being stopped "
@@ -323,6 +336,7 @@ class Decider:
                 for victim in chosen:
                     victim.preempt_requested = True
                 self._bounds.pop(pool.id, None)
+                self._summaries.clear()
                 return Wait(
                     f"waiting: stopping {len(chosen)} borrowed job(s) on pool {pool.public_id} "
                     "to free the GPUs you are entitled to",
@@ -331,16 +345,37 @@ class Decider:
                 )
         return None
 
-    def _preemptible_bound(self, pool: PoolState) -> int:
-        """GPUs of borrowed work on the pool that some job could preempt (an upper bound)."""
+    def _summary(self, pools: list[PoolState]) -> _PoolsSummary:
+        """Largest pool, most free GPUs, and most GPUs that stopping work could free, over a
+        list of pools; cached until the world changes. Most waiting jobs fit nowhere, and
+        this answers that without visiting every pool for each of them."""
+        key = id(pools)
+        cached = self._summaries.get(key)
+        if cached is not None and cached[0] == self.world.version and cached[1] is pools:
+            return cached[2]
+        summary = _PoolsSummary(
+            largest=max(p.size for p in pools),
+            most_free=max(p.free() for p in pools),
+            most_stoppable=max(p.free() + sum(self._stoppable(p)) for p in pools),
+        )
+        self._summaries[key] = (self.world.version, pools, summary)
+        return summary
+
+    def _stoppable(self, pool: PoolState) -> tuple[int, int]:
+        """GPUs of the pool's work already being stopped, and of borrowed work that some job
+        could preempt (an upper bound); cached, since most waiting jobs ask the same."""
         if pool.id not in self._bounds:
-            self._bounds[pool.id] = sum(
-                a.gpus
-                for a in pool.live
-                if a.kind == K.BORROWED
-                and not a.preempt_requested
-                and a.training_started_at is not None
-                and a.training_started_at <= self.world.now - self.min_run
+            oldest_start = self.world.now - self.min_run
+            self._bounds[pool.id] = (
+                sum(a.gpus for a in pool.live if a.preempt_requested),
+                sum(
+                    a.gpus
+                    for a in pool.live
+                    if a.kind == K.BORROWED
+                    and not a.preempt_requested
+                    and a.training_started_at is not None
+                    and a.training_started_at <= oldest_start
+                ),
             )
         return self._bounds[pool.id]
 
@@ -358,35 +393,65 @@ class Decider:
         job: PendingJob,
         label: str,
         pools: list[PoolState],
+        residency: Residency,
         quota: EffectiveQuota,
         usage: OrgFlavorUsage,
     ) -> Wait:
         now = self.world.now
-        best: tuple[datetime, PoolState] | None = None
-        for pool in pools:
-            needed = job.gpus - pool.free() + pool.claimed
-            when = now if needed <= 0 else pool.release_time(needed)
-            when = max(when, now) if when is not None else None
-            if when is not None and (best is None or when < best[0]):
-                best = (when, pool)
+        best = self._soonest(pools, job.gpus)
         when = best[0] if best else None
         if best is not None:
             best[1].claimed += job.gpus
         else:
             ends = [p.releases[-1][0] for p in pools if p.releases]
             when = (max(ends) if ends else now) + timedelta(hours=float(quota.max_job_hours))
-        eta = _eta(when, now)
+        eta, where = _eta(when, now), _where(pools, residency)
         if quota.guaranteed_gpus and usage.guaranteed >= quota.guaranteed_gpus:
             return Wait(
                 f"waiting: your organization is using {usage.guaranteed} of its "
                 f"{quota.guaranteed_gpus} guaranteed {label} GPUs and no idle {label} is free "
-                f"to borrow {_where(pools, self.world.residency_of(job.org_id, job.residency))}{eta}",
+                f"to borrow {where}{eta}",
                 when,
             )
-        return Wait(
-            f"waiting: no free {label} {_where(pools, self.world.residency_of(job.org_id, job.residency))}{eta}",
-            when,
-        )
+        return Wait(f"waiting: no free {label} {where}{eta}", when)
+
+    def _soonest(self, pools: list[PoolState], gpus: int) -> tuple[datetime, PoolState] | None:
+        """The pool where `gpus` GPUs are expected free first, after the GPUs already promised
+        (in estimates) to jobs ahead in the queue; ties go to the earlier pool in the list.
+
+        A lazy heap per list of pools and job size: a promise only makes that pool's time
+        later, so a stale entry is recomputed when it reaches the top. Any other change to
+        the world (an admission in this pass) rebuilds the heaps.
+        """
+        if self._heaps_version != self.world.version:
+            self._heaps.clear()
+            self._heaps_version = self.world.version
+        key = (id(pools), gpus)
+        if key not in self._heaps:
+            entries = []
+            for index, pool in enumerate(pools):
+                when = self._expected_free(pool, gpus)
+                if when is not None:
+                    entries.append((when, index, pool.claimed, pool))
+            heapq.heapify(entries)
+            self._heaps[key] = (pools, entries)
+        heap = self._heaps[key][1]
+        while heap:
+            when, index, claimed, pool = heap[0]
+            if claimed == pool.claimed:
+                return when, pool
+            fresh = self._expected_free(pool, gpus)
+            if fresh is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (fresh, index, pool.claimed, pool))
+        return None
+
+    def _expected_free(self, pool: PoolState, gpus: int) -> datetime | None:
+        now = self.world.now
+        needed = gpus - pool.free() + pool.claimed
+        when = now if needed <= 0 else pool.release_time(needed)
+        return max(when, now) if when is not None else None
 
     # ------------------------------------------------------------- bookkeeping
 

@@ -65,6 +65,8 @@ class QuotaBook:
             overrides = overrides.filter(organization_id__in=ids)
         self.org_quotas = {row.organization_id: row for row in org_quotas}
         self.overrides = {(row.organization_id, row.flavor_id): row for row in overrides}
+        self._resolved: dict[tuple[int, int], EffectiveQuota] = {}
+        self._weights: dict[int, Decimal] = {}
 
     def plan_of(self, org_id: int) -> Plan | None:
         row = self.org_quotas.get(org_id)
@@ -73,16 +75,22 @@ class QuotaBook:
         return self.default_plan
 
     def weight(self, org_id: int) -> Decimal:
-        row = self.org_quotas.get(org_id)
-        if row is not None and row.weight is not None:
-            return row.weight
-        plan = self.plan_of(org_id)
-        return plan.weight if plan is not None else Decimal("1")
+        if org_id not in self._weights:
+            row = self.org_quotas.get(org_id)
+            if row is not None and row.weight is not None:
+                self._weights[org_id] = row.weight
+            else:
+                plan = self.plan_of(org_id)
+                self._weights[org_id] = plan.weight if plan is not None else Decimal("1")
+        return self._weights[org_id]
 
     def quota(self, org_id: int, flavor_id: int) -> EffectiveQuota:
-        plan = self.plan_of(org_id)
-        override = self.overrides.get((org_id, flavor_id))
-        return resolve(plan, self.plan_rows.get((plan.pk, flavor_id)) if plan else None, override)
+        key = (org_id, flavor_id)
+        if key not in self._resolved:  # the book is a snapshot: resolve each pair once
+            plan = self.plan_of(org_id)
+            plan_row = self.plan_rows.get((plan.pk, flavor_id)) if plan else None
+            self._resolved[key] = resolve(plan, plan_row, self.overrides.get(key))
+        return self._resolved[key]
 
 
 def resolve(

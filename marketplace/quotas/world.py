@@ -7,6 +7,7 @@ a small world (one pool, one organization) under its row locks and re-checks wit
 from __future__ import annotations
 
 import bisect
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,7 +83,9 @@ class PoolState:
     releases: list[tuple[datetime, int]] = field(default_factory=list)  # expected, sorted
     claimed: int = 0  # GPUs promised, in estimates, to jobs ahead in the queue
     live: list[LiveAllocation] = field(default_factory=list)
-    _freed_by: list[int] | None = None  # cumulative GPUs freed by each release, cached
+    # Caches for the pass (tens of thousands of decisions): reset by `World.add_live`.
+    _freed_by: list[int] | None = None  # cumulative GPUs freed by each release
+    _booked_unused: int | None = None
 
     def release_time(self, needed: int) -> datetime | None:
         """When expected releases will have freed `needed` GPUs (None: they never will)."""
@@ -95,10 +98,17 @@ class PoolState:
         return self.releases[index][0] if index < len(self.releases) else None
 
     def booked_unused(self, except_booking: int | None = None) -> int:
-        return sum(b.unused for b in self.bookings.values() if b.id != except_booking)
+        if self._booked_unused is None:
+            self._booked_unused = sum(b.unused for b in self.bookings.values())
+        own = self.bookings.get(except_booking) if except_booking is not None else None
+        return self._booked_unused - (own.unused if own is not None else 0)
 
     def free(self, own_booking: int | None = None) -> int:
         return self.capacity - self.used - self.booked_unused(except_booking=own_booking)
+
+    def changed(self) -> None:
+        self._freed_by = None
+        self._booked_unused = None
 
 
 @dataclass
@@ -158,9 +168,13 @@ class World:
         self.live: list[LiveAllocation] = []
         self.org_bookings: defaultdict[int, list[BookingState]] = defaultdict(list)
         self.residency: dict[int, Residency] = {}
+        self.version = 0  # bumped by every change, for callers' caches
+        self._residencies: dict[tuple[int, str], Residency] = {}
+        self._pools_for: dict[tuple[int, Residency], list[PoolState]] = {}
 
     def add_live(self, alloc: LiveAllocation) -> None:
         """Count one live allocation in pool, booking and organization usage."""
+        self.version += 1
         self.live.append(alloc)
         usage = self.usage[(alloc.org_id, alloc.flavor_id)]
         usage.jobs += 1
@@ -176,18 +190,30 @@ class World:
             pool.used += alloc.gpus
             pool.live.append(alloc)
             bisect.insort(pool.releases, (alloc.expected_end, alloc.gpus))
-            pool._freed_by = None
             booking = pool.bookings.get(alloc.booking_id) if alloc.booking_id else None
             if booking is not None and alloc.kind == Allocation.Kind.BOOKED:
                 booking.used += alloc.gpus
+            pool.changed()
 
     def residency_of(self, org_id: int, job_residency: dict[str, object]) -> Residency:
         """The org's policy is a floor; the job may narrow it (capacity's rule)."""
-        floor = self.residency.get(org_id, Residency())
-        try:
-            return floor.narrowed(residency_parse(job_residency))
-        except InvalidInput:
-            return floor.narrowed(Residency(countries=frozenset({"--"})))  # nothing matches
+        key = (org_id, json.dumps(job_residency, sort_keys=True) if job_residency else "")
+        if key not in self._residencies:
+            floor = self.residency.get(org_id, Residency())
+            try:
+                self._residencies[key] = floor.narrowed(residency_parse(job_residency))
+            except InvalidInput:  # nothing matches
+                self._residencies[key] = floor.narrowed(Residency(countries=frozenset({"--"})))
+        return self._residencies[key]
+
+    def pools_for(self, flavor_id: int, residency: Residency) -> list[PoolState]:
+        """The flavor's pools where the residency allows work to run."""
+        key = (flavor_id, residency)
+        if key not in self._pools_for:
+            self._pools_for[key] = [
+                p for p in self.pools_by_flavor.get(flavor_id, []) if residency.allows(p.country)
+            ]
+        return self._pools_for[key]
 
 
 def world_load(

@@ -181,3 +181,60 @@ def test_no_pools_admits_like_the_foundation(db: None) -> None:
     job_start(job.id)
     job_finish(job.id)
     assert Allocation.objects.get(job_id=job.id).released_at is not None
+
+
+@pytest.mark.parametrize("history", ["preempted", "lost", "paused"])
+def test_readmitted_job_cancelled_before_its_next_attempt_releases_quota(h100, history) -> None:
+    """A job whose first attempt ended (preempted, lost pod, paused) is admitted again, then
+    cancelled before its next attempt starts: it ends cancelled and its quota comes back once."""
+    from marketplace.finetuning import services as ft
+    from tests.quotas.conftest import job_preempted_exit
+
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, max_gpus=4)
+    org = org_make()
+    job = job_submit(org, gpus=4)
+    assert quotas.admission_pass() == [job.id]
+    job_start(job.id)
+    if history == "preempted":
+        ft.job_preempt(job_id=job.id, reason="test")
+        job_preempted_exit(job.id)
+    elif history == "lost":
+        job_lose(job.id)
+    else:
+        ft.job_pause(organization=org, job_id=job.id)
+        job_preempted_exit(job.id)
+        assert status(job) == "paused"
+        ft.job_resume(organization=org, job_id=job.id)
+    assert status(job) == "queued"
+    assert quotas.admission_pass() == [job.id]
+    assert Allocation.objects.filter(job_id=job.id, released_at__isnull=True).count() == 1
+    job_cancel(job.id)  # the API's cancel, then the job_stop task it enqueues
+    assert status(job) == "cancelled"
+    assert not Allocation.objects.filter(released_at__isnull=True).exists()
+    for allocation in Allocation.objects.filter(job_id=job.id):
+        assert (
+            quotas.quota_release(job_id=job.id, attempt_number=allocation.attempt_number) is False
+        )
+    other = job_submit(org_make(), gpus=4)
+    assert quotas.admission_pass() == [other.id]  # the pool's GPUs are free again
+
+
+def test_job_refused_for_funds_does_not_block_funded_jobs_behind_it(h100) -> None:
+    """Funds are checked under the balance lock at admission; a job refused there takes no
+    GPUs from the jobs after it in the same pass, and says what to do."""
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, max_gpus=4, max_job_hours="10")
+    broke, funded = org_make(funds="0"), org_make()
+    unfunded_big = job_submit(broke, gpus=4, priority=1)  # first in line
+    unfunded_small = job_submit(broke, gpus=4)
+    small = job_submit(funded, gpus=2)
+    report = quotas.admission_pass_run()
+    assert report.admitted == [small.id]
+    assert report.refused_on_recheck == 1  # the second job of the org was not even tried
+    for job in (unfunded_big, unfunded_small):
+        job.refresh_from_db()
+        assert job.status == "queued"
+        assert job.pending_reason.startswith("waiting: not enough funds: "), job.pending_reason
+        assert "Top up" in job.pending_reason
+    assert not Allocation.objects.filter(job_id__in=[unfunded_big.id, unfunded_small.id]).exists()

@@ -9,6 +9,9 @@ UPDATE); borrowed work that stands between an entitled job and its GPUs is preem
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -42,6 +45,7 @@ class PassReport:
     preempted: list[str] = field(default_factory=list)
     refused_on_recheck: int = 0
     reasons_updated: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase, for logs and benchmarks
 
 
 def admission_pass(*, limit: int | None = None) -> list[str]:
@@ -53,6 +57,7 @@ def admission_pass_run(*, limit: int | None = None, now: datetime | None = None)
     now = now or timezone.now()
     limit = limit or max_per_pass()
     report = PassReport()
+    clock = _PhaseClock(report.seconds)
     pending = pending_jobs_load()
     if not pending:
         return report
@@ -60,42 +65,82 @@ def admission_pass_run(*, limit: int | None = None, now: datetime | None = None)
     if not world.pools:
         return _admit_without_pools(pending, limit, report)
     decider = Decider(world, QuotaBook(), min_run=min_run(), grace=grace())
-    admits: list[Admit] = []
+    clock.lap("load")
     waits: dict[str, Wait] = {}
     victims: list[tuple[LiveAllocation, PendingJob]] = []
+    unfunded: dict[int, tuple[Decimal, Wait]] = {}  # org → smallest refused cost, and why
+    retry = False
     for job in decider.order(pending):
         outcome = decider.decide(job)
-        if isinstance(outcome, Admit):
-            if len(admits) < limit:
-                admits.append(outcome)
-                decider.apply(outcome)
-            else:
-                waits[job.id] = Wait("waiting: admitted in the next admission pass", now)
+        if not isinstance(outcome, Admit):
+            waits[job.id] = outcome
+            victims.extend((victim, job) for victim in outcome.preempt)
             continue
-        waits[job.id] = outcome
-        victims.extend((victim, job) for victim in outcome.preempt)
-    _org_quota_rows_ensure({a.job.org_id for a in admits})
-    for admit in admits:
-        refused = _admit_one(admit)
-        if refused is None:
-            report.admitted.append(admit.job.id)
-        elif refused:
+        if len(report.admitted) >= limit:
+            waits[job.id] = Wait("waiting: admitted in the next admission pass", now)
+            retry = True
+            continue
+        refused = unfunded.get(job.org_id)
+        if refused is not None and _worst_cost(outcome) >= refused[0]:
+            waits[job.id] = refused[1]  # costs at least as much as what the balance refused
+            continue
+        # Admit now, in its own short transaction, so that a job refused on re-check (funds,
+        # a race) takes nothing from the jobs behind it in this pass.
+        with clock.timing("admit"):
+            result = _admit_one(outcome)
+        if isinstance(result, _Admitted):
+            report.admitted.append(job.id)
+            decider.apply(outcome)
+        elif isinstance(result, _Refused):
             report.refused_on_recheck += 1
-            waits[admit.job.id] = Wait(refused, None)
-    for victim, beneficiary in victims:
-        if _preempt(victim, beneficiary):
-            report.preempted.append(victim.job_id)
+            waits[job.id] = result.wait
+            if result.funds:
+                unfunded[job.org_id] = (_worst_cost(outcome), result.wait)
+            else:
+                retry = True  # numbers moved under us: decide again soon
+    clock.lap("decide", exclude="admit")
+    with clock.timing("admit"):
+        for victim, beneficiary in victims:
+            if _preempt(victim, beneficiary):
+                report.preempted.append(victim.job_id)
     report.waiting = len(waits)
     report.reasons_updated = _pending_reasons_write(pending, waits)
-    if len(admits) >= limit or report.refused_on_recheck:
+    clock.lap("explain")
+    if retry:
         transaction.on_commit(_enqueue_admission)
     logger.info(
         "admission pass: %d admitted, %d waiting, %d preempted",
         len(report.admitted),
         report.waiting,
         len(report.preempted),
+        extra={"seconds": report.seconds},
     )
     return report
+
+
+class _PhaseClock:
+    """Seconds per phase of a pass; `timing` blocks are counted apart from the enclosing lap."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, phase: str, *, exclude: str = "") -> None:
+        now = time.perf_counter()
+        self.into[phase] = now - self.last - (self.into.get(exclude, 0.0) if exclude else 0.0)
+        self.last = now
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.into[phase] = self.into.get(phase, 0.0) + time.perf_counter() - started
+
+
+def _worst_cost(admit: Admit) -> Decimal:
+    """What the job may cost at most (before VAT), to compare jobs of one organization."""
+    return admit.reserve_hours * admit.pool.price
 
 
 def _enqueue_admission() -> None:
@@ -114,17 +159,38 @@ def _org_quota_rows_ensure(org_ids: set[int]) -> None:
 
 
 class _NotNow(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait.reason)
+        self.wait = wait
 
 
-def _admit_one(admit: Admit) -> str | None:
-    """One short transaction: lock, re-check with fresh numbers, hold funds, allocate, admit.
+@dataclass
+class _Admitted:
+    pass
 
-    Returns None when admitted, "" when the job is gone (cancelled, already admitted), or why
-    it must wait after all.
-    """
+
+@dataclass
+class _Refused:
+    wait: Wait
+    funds: bool = False  # the balance refused the hold: waits for a top-up, not a retry
+
+
+@dataclass
+class _Gone:  # cancelled, or admitted by a concurrent pass
+    pass
+
+
+def _admit_one(admit: Admit) -> _Admitted | _Refused | _Gone:
+    """One short transaction: lock, re-check with fresh numbers, hold funds, allocate, admit."""
+    try:
+        return _admit_locked(admit)
+    except OrganizationQuota.DoesNotExist:
+        # The org-quota row is the second lock; an organization's first admission creates it.
+        _org_quota_rows_ensure({admit.job.org_id})
+        return _admit_locked(admit)
+
+
+def _admit_locked(admit: Admit) -> _Admitted | _Refused | _Gone:
     job_id = admit.job.id
     try:
         with transaction.atomic():
@@ -150,14 +216,14 @@ def _admit_one(admit: Admit) -> str | None:
 
             job_admit(job_id=job_id, pool_id=pool.pk, placement_reason=fresh.placement_reason)
     except _NotNow as e:
-        return e.reason
+        return _Refused(e.wait)
     except CapacityUnavailable as e:
-        return f"waiting: {e.message}"
+        return _Refused(Wait(f"waiting: {e.message}", None))  # the next pass, due now, tells
     except InsufficientFunds as e:
-        return f"waiting: not enough funds: {e.message}"
+        return _Refused(Wait(f"waiting: not enough funds: {e.message}", None), funds=True)
     except (InvalidTransition, NotFound):
-        return ""
-    return None
+        return _Gone()
+    return _Admitted()
 
 
 def _admit_recheck(admit: Admit) -> Admit:
@@ -185,7 +251,7 @@ def _admit_recheck(admit: Admit) -> Admit:
     flavor = world.flavors[admit.flavor.id]
     outcome = decider.decide_on_flavor(job, flavor)
     if not isinstance(outcome, Admit):
-        raise _NotNow(outcome.reason)
+        raise _NotNow(outcome)
     return outcome
 
 

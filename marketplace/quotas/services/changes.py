@@ -63,6 +63,20 @@ def _clean(field: str, value: Any, *, where: str) -> Any:
     return hours.quantize(Decimal("0.01"))
 
 
+def _weight(value: Any, *, empty: str = "") -> Decimal:
+    """A fair-share weight as stored (2 decimals), so that equal values compare equal."""
+    try:
+        weight = Decimal(str(value)) if not isinstance(value, bool) else Decimal("NaN")
+    except (InvalidOperation, ValueError):
+        weight = Decimal("NaN")
+    if not weight.is_finite() or not Decimal("0.01") <= weight <= Decimal("9999.99"):
+        hint = f" {empty}" if empty else ""
+        raise InvalidInput(
+            f"weight must be a number from 0.01 to 9999.99{hint} (got {value!r}).", param="weight"
+        )
+    return weight.quantize(Decimal("0.01"))
+
+
 def _text(value: Any, empty: str) -> str:
     return empty if value is None else str(value)
 
@@ -91,6 +105,13 @@ def _audit(
         )
 
 
+def _default_plan_unset(*, actor: User | None, via: str) -> None:
+    """The previous default plan stops being the default (its organizations move): audited."""
+    for previous in Plan.objects.select_for_update().filter(is_default=True):
+        Plan.objects.filter(pk=previous.pk).update(is_default=False)
+        _audit(actor=actor, via=via, plan=previous, field="is_default", old="True", new="False")
+
+
 def plan_create(
     *,
     slug: str,
@@ -102,12 +123,10 @@ def plan_create(
 ) -> Plan:
     if Plan.objects.filter(slug=slug).exists():
         raise InvalidInput(f"A plan with slug {slug!r} exists; choose another slug.", param="slug")
-    weight = Decimal(str(weight))
-    if weight <= 0:
-        raise InvalidInput("weight must be more than 0.", param="weight")
+    weight = _weight(weight)
     with transaction.atomic():
         if is_default:
-            Plan.objects.filter(is_default=True).update(is_default=False)
+            _default_plan_unset(actor=actor, via=via)
         plan = Plan.objects.create(slug=slug, name=name, weight=weight, is_default=is_default)
         _audit(actor=actor, via=via, plan=plan, field="plan", old="", new=f"created {slug}")
     return plan
@@ -173,11 +192,7 @@ def org_plan_set(
     """Put an organization on a plan (None: the default plan) and set its fair-share weight
     (None: the plan's)."""
     if weight is not None:
-        weight = Decimal(str(weight))
-        if weight <= 0:
-            raise InvalidInput(
-                "weight must be more than 0 (or empty for the plan's).", param="weight"
-            )
+        weight = _weight(weight, empty="(or empty for the plan's)")
     with transaction.atomic():
         OrganizationQuota.objects.get_or_create(organization=organization)
         row = OrganizationQuota.objects.select_for_update(of=("self",)).get(
@@ -266,13 +281,11 @@ def plan_update(
     actor: User | None = None,
     via: str = QuotaAuditEntry.Via.SERVICE,
 ) -> Plan:
-    weight = Decimal(str(weight))
-    if weight <= 0:
-        raise InvalidInput("weight must be more than 0.", param="weight")
+    weight = _weight(weight)
     with transaction.atomic():
         old = Plan.objects.select_for_update().get(pk=plan.pk)
         if is_default and not old.is_default:
-            Plan.objects.filter(is_default=True).exclude(pk=plan.pk).update(is_default=False)
+            _default_plan_unset(actor=actor, via=via)
         Plan.objects.filter(pk=plan.pk).update(name=name, weight=weight, is_default=is_default)
         for field, before, after in [
             ("name", old.name, name),
