@@ -11,7 +11,7 @@ import pytest
 import time_machine
 from django.db import transaction
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from marketplace.accounts.services import organization_create
@@ -20,6 +20,7 @@ from marketplace.capacity.models import EU_COUNTRIES, Placement
 from marketplace.capacity.placement import NoPlacement, placement_choose
 from marketplace.finetuning.models import JobStatus
 from tests.capacity import factories
+from tests.capacity.databases import EACH_DATABASE, check_database
 
 pytestmark = pytest.mark.django_db
 
@@ -28,21 +29,27 @@ FLAVORS = ["h100-80g", "a100-40g"]
 
 pool_spec = st.fixed_dictionaries(
     {
-        "country": st.sampled_from(COUNTRIES),
-        "flavor": st.sampled_from([*FLAVORS, FLAVORS[0], FLAVORS[0]]),
-        "gpus": st.integers(1, 8),
+        "country": st.sampled_from([*COUNTRIES, "FR", "DE"]),
+        "flavor": st.sampled_from([*FLAVORS, *[FLAVORS[0]] * 4]),
+        "gpus": st.integers(2, 8),
         "busy": st.integers(0, 3),
+        "booked": st.sampled_from(
+            [0, 0, 0, 0, 0, 0, 1, 2, 4]
+        ),  # the customer's booking, active now
         "price": st.sampled_from(["1.00", "1.50", "2.00", "2.50", "3.00"]),
-        "successes": st.integers(0, 12),
-        "failures": st.integers(0, 6),
+        # (successes, provider failures): reliabilities 0.90, 0.95, 0.91, 0.81, 0.75, 0.56, so
+        # two feasible pools often differ by more than the 5-point tolerance, or by less.
+        "record": st.sampled_from([(0, 0), (12, 0), (10, 1), (4, 2), (3, 3), (0, 6)]),
     }
 )
+ANYWHERE = {"eu_only": False, "countries": []}
 residency_spec = st.one_of(
-    st.just({"eu_only": False, "countries": []}),
+    st.just(ANYWHERE),
+    st.just({"eu_only": True, "countries": []}),
     st.fixed_dictionaries(
         {
             "eu_only": st.booleans(),
-            "countries": st.lists(st.sampled_from(COUNTRIES), max_size=3, unique=True),
+            "countries": st.lists(st.sampled_from(COUNTRIES), min_size=1, max_size=4, unique=True),
         }
     ),
 )
@@ -55,73 +62,114 @@ def allowed(policy: dict, country: str) -> bool:
 
 
 def expected_reliability(spec: dict) -> Fraction:
-    return Fraction(spec["successes"] + 9, spec["successes"] + spec["failures"] + 10)
+    successes, failures = spec["record"]
+    return Fraction(successes + 9, successes + failures + 10)
 
 
+def build_market(specs: list[dict], customer, other) -> list[tuple]:
+    """The generated pools, each with other org's running work, provider outcomes and maybe a
+    booking of the customer's (made before its residency policy, so it may lie outside it)."""
+    pools = []
+    now = timezone.now()
+    for spec in specs:
+        pool = factories.pool(
+            gpus=spec["gpus"],
+            price=spec["price"],
+            country=spec["country"],
+            flavor_slug=spec["flavor"],
+        )
+        busy = min(spec["busy"], spec["gpus"])
+        if busy:
+            factories.running_on(pool, other, gpus=busy)
+        booked = min(spec["booked"], spec["gpus"] - busy)
+        if booked:
+            services.booking_create(
+                organization=customer,
+                flavor=spec["flavor"],
+                gpu_count=booked,
+                start=now - timedelta(minutes=1),
+                end=now + timedelta(hours=2),
+                pool_id=pool.public_id,
+            )
+        successes, failures = spec["record"]
+        for _ in range(successes):
+            factories.outcome(pool, other, succeeded=True)
+        for _ in range(failures):
+            factories.outcome(pool, other, succeeded=False)
+        pools.append((pool, spec, busy, booked))
+    return pools
+
+
+@EACH_DATABASE
 @settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    specs=st.lists(pool_spec, min_size=1, max_size=5),
+    specs=st.lists(pool_spec, min_size=2, max_size=6),
     org_policy=residency_spec,
-    job_policy=residency_spec,
-    job_gpus=st.integers(1, 4),
-    job_flavor=st.sampled_from([FLAVORS[0], FLAVORS[0], FLAVORS[1]]),
+    job_policy=st.one_of(st.just(ANYWHERE), st.just(ANYWHERE), residency_spec),
+    job_gpus=st.integers(1, 3),
+    job_flavor=st.sampled_from([*[FLAVORS[0]] * 5, FLAVORS[1]]),
 )
 def test_placement_never_violates_residency_and_follows_the_ordering(
-    specs, org_policy, job_policy, job_gpus, job_flavor
+    database, specs, org_policy, job_policy, job_gpus, job_flavor
 ) -> None:
+    """Across random pools, organizations and policies: never outside the residency policy;
+    inside a fitting booking of the customer's when one exists; otherwise the cheapest pool
+    with free GPUs among the most reliable (within 5 points of the best)."""
+    check_database(database)
     with transaction.atomic():
         customer = organization_create(name="Customer", slug="customer")
         other = organization_create(name="Other", slug="other")
+        pools = build_market(specs, customer, other)
         services.residency_policy_set(organization=customer, **org_policy)
-        pools = []
-        for spec in specs:
-            pool = factories.pool(
-                gpus=spec["gpus"],
-                price=spec["price"],
-                country=spec["country"],
-                flavor_slug=spec["flavor"],
-            )
-            busy = min(spec["busy"], spec["gpus"])
-            if busy:
-                factories.running_on(pool, other, gpus=busy)
-            for _ in range(spec["successes"]):
-                factories.outcome(pool, other, succeeded=True)
-            for _ in range(spec["failures"]):
-                factories.outcome(pool, other, succeeded=False)
-            pools.append((pool, spec, busy))
         job = factories.job(customer, gpus=job_gpus, flavor_slug=job_flavor, residency=job_policy)
 
         # The oracle, from the generated specs alone.
-        feasible = [
-            (pool, spec)
-            for pool, spec, busy in pools
+        hard = [
+            (pool, spec, busy, booked)
+            for pool, spec, busy, booked in pools
             if spec["flavor"] == job_flavor
             and allowed(org_policy, spec["country"])
             and allowed(job_policy, spec["country"])
-            and spec["gpus"] - busy >= job_gpus
+            and spec["gpus"] >= job_gpus
         ]
+        in_booking = [(p, s) for p, s, _busy, booked in hard if booked >= job_gpus]
+        feasible = [(p, s) for p, s, busy, booked in hard if s["gpus"] - busy - booked >= job_gpus]
         try:
             decision = placement_choose(job=job)
         except NoPlacement:
-            assert feasible == []
+            event("no pool: " + ("hard constraints" if not hard else "no free GPUs"))
+            assert in_booking == [] and feasible == []
+            transaction.set_rollback(True)
+            return
+        assert allowed(org_policy, decision.pool.country), decision.reason
+        assert allowed(job_policy, decision.pool.country), decision.reason
+        assert decision.pool.flavor.slug == job_flavor
+        event("inside a booking" if in_booking else "on demand")
+        if in_booking:
+            # The booker's own reserved GPUs first: the cheapest pool where a booking fits.
+            assert decision.booking is not None and decision.booking.organization == customer
+            assert decision.pool == decision.booking.pool
+            cheapest = min(Decimal(s["price"]) for _p, s in in_booking)
+            assert decision.pool in [p for p, s in in_booking if Decimal(s["price"]) == cheapest]
         else:
+            assert decision.booking is None
             assert decision.pool in [pool for pool, _spec in feasible], decision.reason
             chosen = next(spec for pool, spec in feasible if pool == decision.pool)
-            assert allowed(org_policy, decision.pool.country)
-            assert allowed(job_policy, decision.pool.country)
             best = max(expected_reliability(spec) for _pool, spec in feasible)
-            top = [(p, s) for p, s in feasible if expected_reliability(s) >= best - Fraction(1, 20)]
+            top = [s for _p, s in feasible if expected_reliability(s) >= best - Fraction(1, 20)]
             assert expected_reliability(chosen) >= best - Fraction(1, 20)
-            cheapest = min(Decimal(s["price"]) for _p, s in top)
+            cheapest = min(Decimal(s["price"]) for s in top)
             assert Decimal(chosen["price"]) == cheapest
             assert expected_reliability(chosen) == max(
-                expected_reliability(s) for _p, s in top if Decimal(s["price"]) == cheapest
+                expected_reliability(s) for s in top if Decimal(s["price"]) == cheapest
             )
             assert decision.reliability == expected_reliability(chosen)
+            if Decimal(chosen["price"]) > min(Decimal(s["price"]) for _p, s in feasible):
+                event("a cheaper but less reliable pool lost")
         transaction.set_rollback(True)
 
 
@@ -176,9 +224,13 @@ def test_no_pools_at_all_has_its_own_code(org_a) -> None:
     assert caught.value.code == "no_pools"
 
 
-def test_a_booking_reserves_its_gpus_against_other_orgs_on_demand_jobs(org_a, org_b) -> None:
+@EACH_DATABASE
+def test_a_booking_reserves_its_gpus_against_other_orgs_on_demand_jobs(
+    database, org_a, org_b
+) -> None:
     """Through the capacity selectors (placement_choose / placement_commit), not the quotas
     admission pass."""
+    check_database(database)
     pool = factories.pool(gpus=8, price="1.00")
     start = timezone.now() + timedelta(minutes=1)
     booking = services.booking_create(

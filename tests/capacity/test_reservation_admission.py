@@ -23,6 +23,7 @@ from marketplace.finetuning.models import FineTuningJob, JobStatus
 from marketplace.quotas import services as quotas
 from marketplace.quotas.models import Allocation
 from tests.capacity import factories
+from tests.capacity.databases import EACH_DATABASE, check_database
 from tests.conftest import chat_lines, jsonl
 
 pytestmark = pytest.mark.django_db
@@ -71,7 +72,9 @@ def status(job: FineTuningJob) -> str:
     return job.status
 
 
-def test_booked_gpus_are_not_taken_by_another_orgs_on_demand_job() -> None:
+@EACH_DATABASE
+def test_booked_gpus_are_not_taken_by_another_orgs_on_demand_job(database: str) -> None:
+    check_database(database)
     flavor = factories.flavor()
     pool = factories.pool(gpus=8, price="2.00")
     plan = quotas.plan_create(slug="everyone", name="Everyone", is_default=True)
