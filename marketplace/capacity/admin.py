@@ -151,6 +151,13 @@ class PoolAdmin(admin.ModelAdmin):
     inlines = [MaintenanceInline]
     actions = ["approve", "reject", "retire"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # A saved pool's size changes only through pool_update (PATCH /v1/pools/{id}), which
+        # locks the pool and refuses to shrink it below its bookings; its flavor and provider
+        # never change (bookings and placements refer to them).
+        fixed = ["provider", "flavor", "gpu_count"] if obj is not None else []
+        return [*self.readonly_fields, *fixed]
+
     @admin.action(description="Approve selected pools (needs an approved provider and a cluster)")
     def approve(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:
         _each(

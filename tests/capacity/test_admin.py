@@ -68,6 +68,44 @@ def test_incomplete_provider_is_not_approved(staff_client: Client) -> None:
     assert profile.approval_status == ApprovalStatus.PENDING
 
 
+def test_payout_reference_is_needed_before_approval(staff_client: Client) -> None:
+    owner = factories.provider(approved=False)
+    profile = ProviderProfile.objects.get(organization=owner)
+    profile.payout_reference = ""
+    profile.save(update_fields=["payout_reference"])
+    url = "/admin/capacity/providerprofile/"
+    response = staff_client.post(
+        url, {"action": "approve", "_selected_action": [profile.pk]}, follow=True
+    )
+    assert "missing payout reference" in response.content.decode()
+    profile.refresh_from_db()
+    assert profile.approval_status == ApprovalStatus.PENDING
+
+    # Staff record it on the provider's profile, then approval goes through.
+    changed = staff_client.post(
+        f"{url}{profile.pk}/change/",
+        {
+            "organization": owner.pk,
+            "payout_reference": "IBAN FR76 3000 6000 0112 3456 7890 189",
+            "review_note": "",
+        },
+    )
+    assert changed.status_code == 302, changed.content.decode()[:2000]
+    staff_client.post(url, {"action": "approve", "_selected_action": [profile.pk]})
+    profile.refresh_from_db()
+    assert profile.payout_reference == "IBAN FR76 3000 6000 0112 3456 7890 189"
+    assert profile.approval_status == ApprovalStatus.APPROVED
+
+
+def test_a_saved_pools_size_is_read_only_in_the_admin(staff_client: Client) -> None:
+    """Resizing goes through pool_update (locked, refuses to shrink below bookings), never a raw
+    admin save."""
+    pool = factories.pool(gpus=8)
+    page = staff_client.get(f"/admin/capacity/pool/{pool.pk}/change/").content.decode()
+    assert 'name="gpu_count"' not in page and 'name="flavor"' not in page
+    assert 'name="price_per_gpu_hour"' in page
+
+
 def test_reject_and_retire_pools(staff_client: Client) -> None:
     pending = factories.pool(approve=False)
     active = factories.pool()
