@@ -111,6 +111,12 @@ def test_booked_gpus_are_not_taken_by_another_orgs_on_demand_job(database: str) 
         assert status(mine) == JobStatus.ADMITTED
         assert Allocation.objects.get(job=mine).booking == booking
         assert mine.placement.booking == booking and mine.placement.pool == pool
+        # The choice and its reason are recorded on the job (and its placement row).
+        mine.refresh_from_db()
+        assert pool.public_id in mine.placement_reason and "booking" in mine.placement_reason
+        assert mine.placement.reason == mine.placement_reason
+        fits.refresh_from_db()
+        assert pool.public_id in fits.placement_reason and "booking" not in fits.placement_reason
         live = Allocation.objects.filter(pool=pool, released_at__isnull=True)
         assert live.aggregate(total=Sum("gpus"))["total"] == 8
         assert selectors.pool_free_gpus(pool) == 0
