@@ -204,9 +204,11 @@ class Decider:
         pools = world.pools_for(flavor.id, residency)
         if not pools:
             return Wait(
-                f"waiting: no {label} pool matches your data residency ({residency.describe()})"
+                f"waiting: no {label} pool matches your data residency ({residency.describe()}); "
+                "it starts when one opens, or cancel and resubmit with a wider residency"
                 if every
-                else f"waiting: no {label} pool exists yet",
+                else f"waiting: no {label} pool exists yet; it starts when a provider opens one, "
+                "or cancel and resubmit with another flavor",
                 None,
             )
         summary = self._summary(pools)

@@ -149,29 +149,58 @@ def test_booking_covers_its_owner_even_when_pool_is_full(h100) -> None:
     assert alloc.kind == Allocation.Kind.BOOKED and alloc.booking is not None
 
 
-@pytest.mark.parametrize("path", ["finish", "crash", "cancel_running", "cancel_admitted", "lost"])
+def _pause(job_id: str) -> None:
+    from marketplace.finetuning import services as ft
+    from tests.quotas.conftest import job_preempted_exit
+
+    job = FineTuningJob.objects.get(pk=job_id)
+    ft.job_pause(organization=job.organization, job_id=job_id)
+    if FineTuningJob.objects.get(pk=job_id).status == "pausing":
+        job_preempted_exit(job_id)  # the trainer checkpoints on SIGTERM
+
+
+def _preempt(job_id: str) -> None:
+    from marketplace.finetuning import services as ft
+    from tests.quotas.conftest import job_preempted_exit
+
+    ft.job_preempt(job_id=job_id, reason="test")
+    job_preempted_exit(job_id)
+
+
+END_PATHS = {
+    "finish": job_finish,
+    "crash": job_crash,
+    "cancel_running": job_cancel,
+    "cancel_admitted": job_cancel,
+    "lost": job_lose,
+    "pause_running": _pause,
+    "pause_admitted": _pause,
+    "preempt": _preempt,
+}
+
+
+@pytest.mark.parametrize("path", list(END_PATHS))
 def test_quota_released_exactly_once_on_every_path(h100, path: str) -> None:
     pool_make(flavor=h100, gpus=4)
     plan_make(h100, max_gpus=4)
     org = org_make()
     job = job_submit(org, gpus=4)
     assert quotas.admission_pass() == [job.id]
-    if path != "cancel_admitted":
+    if not path.endswith("_admitted"):
         job_start(job.id)
-    {
-        "finish": job_finish,
-        "crash": job_crash,
-        "cancel_running": job_cancel,
-        "cancel_admitted": job_cancel,
-        "lost": job_lose,
-    }[path](job.id)
+    END_PATHS[path](job.id)
     allocation = Allocation.objects.get(job_id=job.id)
     assert allocation.released_at is not None
-    attempt_number = allocation.attempt_number
-    assert quotas.quota_release(job_id=job.id, attempt_number=attempt_number) is False
-    assert Allocation.objects.filter(released_at__isnull=True).count() == (
-        1 if path == "lost" and status(job) == "admitted" else 0
-    )
+    released_at = allocation.released_at
+    assert quotas.quota_release(job_id=job.id, attempt_number=allocation.attempt_number) is False
+    assert quotas.quota_release_for_job(job_id=job.id) == 0
+    allocation.refresh_from_db()
+    assert allocation.released_at == released_at  # once: never moved by a second release
+    assert not Allocation.objects.filter(released_at__isnull=True).exists()
+    requeued = status(job) == "queued"  # lost or preempted: it waits to resume
+    other = job_submit(org_make(), gpus=4)
+    # the 4 GPUs came back to the pool: the older of the two waiting jobs gets them
+    assert quotas.admission_pass() == [job.id if requeued else other.id]
 
 
 def test_no_pools_admits_like_the_foundation(db: None) -> None:
@@ -238,3 +267,64 @@ def test_job_refused_for_funds_does_not_block_funded_jobs_behind_it(h100) -> Non
         assert job.pending_reason.startswith("waiting: not enough funds: "), job.pending_reason
         assert "Top up" in job.pending_reason
     assert not Allocation.objects.filter(job_id__in=[unfunded_big.id, unfunded_small.id]).exists()
+
+
+ACTIONS = ("resubmit", "ask staff", "choose another flavor", "Top up")
+
+
+def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
+    """Each kind of wait, side by side: a reason in plain words, and an estimated start
+    whenever the job can start without anyone acting (else the reason says what to do)."""
+    from tests.quotas.conftest import flavor_make
+
+    a100 = flavor_make("a100-80g", "NVIDIA A100")
+    pool_make(flavor=h100, gpus=4)
+    pool_make(flavor=a100, gpus=8, country="US", region="us-east")
+    plan = plan_make(h100, guaranteed=2, max_gpus=4, concurrent=2, budget="100", max_job_hours="10")
+    quotas.plan_flavor_quota_set(
+        plan=plan,
+        flavor=a100,
+        values={"guaranteed_gpus": 0, "max_gpus": 8, "max_job_hours": 10, "max_concurrent_jobs": 4},
+    )
+    full, other, broke = org_make(), org_make(), org_make(funds="0")
+    running = [job_submit(full, gpus=2) for _ in range(2)]
+    assert sorted(quotas.admission_pass()) == sorted(j.id for j in running)
+    for job in running:
+        job_start(job.id)
+    waiting = {
+        "concurrency": job_submit(full, gpus=1),
+        "capacity": job_submit(other, gpus=2),
+        "too_big": job_submit(other, gpus=16),
+        "over_max": job_submit(other, gpus=6, flavor="a100-80g"),  # pool has 8, max is 8: ok
+        "residency": job_submit(other, flavor="a100-80g", residency={"eu_only": True}),
+        "unknown_flavor": job_submit(other, flavor="b200-192g"),
+        "funds": job_submit(broke, gpus=1, flavor="a100-80g"),
+    }
+    quotas.org_quota_override_set(organization=other, flavor=a100, values={"max_gpus": 4})
+    quotas.admission_pass()
+    now = timezone.now()
+    for kind, job in waiting.items():
+        job.refresh_from_db()
+        assert job.status == "queued", (kind, job.pending_reason)
+        reason = job.pending_reason
+        assert reason.startswith("waiting: ") and not {"None", "{", "}"} & set(reason.split()), (
+            kind,
+            reason,
+        )
+        if job.estimated_start is None:
+            assert any(action in reason for action in ACTIONS), (kind, reason)
+        else:
+            assert job.estimated_start >= now - timedelta(minutes=1), (kind, reason)
+    assert "runs 2 of its 2 allowed concurrent H100 jobs" in waiting["concurrency"].pending_reason
+    # the running jobs end within their 10 h limit; the waiting job is promised that moment
+    assert waiting["concurrency"].estimated_start <= now + timedelta(hours=10)
+    assert waiting["capacity"].pending_reason.startswith("waiting: no free H100")
+    assert waiting["capacity"].estimated_start is not None
+    assert "resubmit with fewer GPUs" in waiting["too_big"].pending_reason
+    assert "maximum of 4" in waiting["over_max"].pending_reason
+    assert "data residency (EU only)" in waiting["residency"].pending_reason
+    assert "b200-192g" in waiting["unknown_flavor"].pending_reason
+    assert waiting["funds"].pending_reason.startswith(
+        "waiting: not enough funds: this job needs €24.00 on hold for its longest run and your "
+        "organization has €0.00 available; Top up"
+    ), waiting["funds"].pending_reason

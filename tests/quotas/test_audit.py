@@ -117,7 +117,7 @@ def test_refused_change_leaves_no_trace(h100: Any, org_a: Any, carol: Any) -> No
     with pytest.raises(InvalidInput, match="max_job_hours must be more than 0"):
         quotas.plan_flavor_quota_set(plan=plan, flavor=h100, values={"max_job_hours": 0})
     for weight in ("abc", 0, "NaN", True):
-        with pytest.raises(InvalidInput, match="weight must be a number from 0.01 to 9999.99"):
+        with pytest.raises(InvalidInput, match=r"weight must be a number from 0\.01 to 9999\.99"):
             quotas.org_plan_set(organization=org_a, plan=plan, weight=weight, actor=carol)
     assert QuotaAuditEntry.objects.count() == before
     assert not FlavorQuotaOverride.objects.filter(organization=org_a).exists()

@@ -220,10 +220,22 @@ def _admit_locked(admit: Admit) -> _Admitted | _Refused | _Gone:
     except CapacityUnavailable as e:
         return _Refused(Wait(f"waiting: {e.message}", None))  # the next pass, due now, tells
     except InsufficientFunds as e:
-        return _Refused(Wait(f"waiting: not enough funds: {e.message}", None), funds=True)
+        return _Refused(Wait(_funds_reason(e), None), funds=True)
     except (InvalidTransition, NotFound):
         return _Gone()
     return _Admitted()
+
+
+def _funds_reason(error: InsufficientFunds) -> str:
+    details = error.details if isinstance(error.details, dict) else {}
+    if "needed" not in details or "available" not in details:
+        return f"waiting: not enough funds: {error.message}"
+    return (
+        f"waiting: not enough funds: this job needs €{details['needed']} on hold for its "
+        f"longest run and your organization has €{details['available']} available; "
+        "Top up the prepaid balance (or ask Partage staff), or resubmit with fewer GPUs "
+        "or a shorter maximum duration"
+    )
 
 
 def _admit_recheck(admit: Admit) -> Admit:
