@@ -241,6 +241,9 @@ PARTAGE_VAT_RATE = env.get("PARTAGE_VAT_RATE", _decimal_in("0", "1"), default=De
 PARTAGE_PLATFORM_FEE_PERCENT = env.get(
     "PARTAGE_PLATFORM_FEE_PERCENT", _decimal_in("0", "100"), default=Decimal("15")
 )
+# The seller on invoices; EU reverse-charge invoices must show both parties' VAT ids.
+PARTAGE_PLATFORM_LEGAL_NAME = env.get("PARTAGE_PLATFORM_LEGAL_NAME", str, default="Partage")
+PARTAGE_PLATFORM_VAT_ID = env.get("PARTAGE_PLATFORM_VAT_ID", str, default="")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -49,7 +49,7 @@ def usage_object(record: UsageRecord) -> dict[str, Any]:
         "started_at": unix(record.started_at),
         "ended_at": unix(record.ended_at),
         "created_at": unix(record.recorded_at),
-        "invoiced": record.invoice_id is not None,
+        "invoiced": bool(getattr(record, "invoiced", False)),
     }
 
 

@@ -120,7 +120,6 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "gpu_seconds",
         "price_per_gpu_hour",
         "recorded_at",
-        "invoice",
     ]
     search_fields = ["key", "job__id", "organization__slug"]
 

@@ -32,7 +32,11 @@ def _vat_percent(invoice: Invoice) -> str:
 
 
 def _seller() -> dict[str, str]:
-    return {"name": "Partage", "country": settings.PARTAGE_PLATFORM_COUNTRY}
+    return {
+        "name": settings.PARTAGE_PLATFORM_LEGAL_NAME,
+        "country": settings.PARTAGE_PLATFORM_COUNTRY,
+        "vat_id": settings.PARTAGE_PLATFORM_VAT_ID,
+    }
 
 
 def invoice_html(invoice: Invoice) -> str:
@@ -110,7 +114,11 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     seller = _seller()
     story: list[Any] = [
         Paragraph(f"Invoice {invoice.number or '(draft)'} ({invoice.status})", styles["Title"]),
-        Paragraph(f"{seller['name']}, {seller['country']}", styles["Normal"]),
+        Paragraph(
+            f"{_escape(seller['name'])}, {seller['country']}"
+            + (f", VAT id {_escape(seller['vat_id'])}" if seller["vat_id"] else ""),
+            styles["Normal"],
+        ),
         Paragraph(
             f"Billed to: {_escape(invoice.customer_name or invoice.organization.name)} "
             f"{invoice.customer_country} {('VAT id ' + _escape(invoice.customer_vat_id)) if invoice.customer_vat_id else ''}",

@@ -3,7 +3,8 @@ provider statements.
 
 The ledger (JournalEntry + LedgerLine), usage records and charges are append-only: their querysets
 refuse update() and delete(), and their save() refuses to overwrite a row. A correction is a new,
-reversing entry. The one exception is documented on UsageRecord.invoice.
+reversing entry. An invoice claims usage records by a range of recorded_at (Invoice.usage_from,
+usage_until), so invoicing never writes to a usage record either.
 """
 
 from __future__ import annotations
@@ -161,47 +162,14 @@ class JobPricing(models.Model):
         return f"{self.job_id} at {self.price_per_gpu_hour}/GPU-hour"
 
 
-class UsageRecordQuerySet(AppendOnlyQuerySet):
-    """The one documented exception to append-only: the invoice link, set once, cleared on void."""
-
-    def claim_for_invoices(self, *, invoice_of_org: dict[int, int], recorded_before: Any) -> int:
-        """Link every uninvoiced record of these orgs recorded before the cut to its org's invoice."""
-        from django.db import connection
-
-        if connection.vendor == "postgresql":
-            # One set-based UPDATE … FROM: a correlated subquery per row is far slower at 1M rows.
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "UPDATE billing_usagerecord AS u SET invoice_id = m.invoice_id "
-                    "FROM unnest(%s::bigint[], %s::bigint[]) AS m(org_id, invoice_id) "
-                    "WHERE u.organization_id = m.org_id AND u.invoice_id IS NULL AND u.recorded_at < %s",
-                    [list(invoice_of_org), list(invoice_of_org.values()), recorded_before],
-                )
-                return cursor.rowcount
-        claimed = 0
-        for org_id, invoice_id in invoice_of_org.items():
-            claimed += models.QuerySet.update(
-                self.filter(
-                    invoice__isnull=True, organization_id=org_id, recorded_at__lt=recorded_before
-                ),
-                invoice_id=invoice_id,
-            )
-        return claimed
-
-    def release_from_invoice(self) -> int:
-        return models.QuerySet.update(self, invoice_id=None)
-
-
 class UsageRecord(AppendOnlyModel):
     """One per job attempt: GPU-seconds from training start on a ready pod to the attempt's end.
 
-    Every field is a fact and never changes, except `invoice`, which the invoice run sets once
-    (from empty) with a conditional UPDATE, and clears only when that invoice is voided.
+    Every field is a fact and never changes. `recorded_at` is set under the metering lock
+    (services/usage.py), so an invoice run that cuts at T sees every record recorded before T.
     """
 
     key = models.CharField(max_length=100, unique=True)
-    # Indexes are chosen so that no index contains `invoice`: claiming a record for an invoice
-    # is then a HOT update (no index writes), which keeps finalizing a month of 1M records fast.
     organization = models.ForeignKey(
         Organization, on_delete=models.PROTECT, related_name="+", db_index=False
     )
@@ -219,20 +187,6 @@ class UsageRecord(AppendOnlyModel):
     started_at = models.DateTimeField(null=True)
     ended_at = models.DateTimeField()
     recorded_at = models.DateTimeField(default=timezone.now)
-    invoice = models.ForeignKey(
-        "Invoice",
-        null=True,
-        blank=True,
-        on_delete=models.PROTECT,
-        related_name="usage_records",
-        db_index=False,
-        # No database FK trigger: a deferred check per claimed row would cost more than the claim.
-        # Only invoices_finalize sets it, to invoices it created in the same transaction, and
-        # invoices are never deleted.
-        db_constraint=False,
-    )
-
-    objects = UsageRecordQuerySet.as_manager()  # type: ignore[misc]
 
     class Meta:
         ordering = ["-recorded_at", "-id"]
@@ -320,6 +274,11 @@ class Invoice(models.Model):
     finalized_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
     void_reason = models.CharField(max_length=300, blank=True)
+    # The usage this invoice bills: the org's records with usage_from <= recorded_at < usage_until
+    # (usage_from empty: since the beginning). Set at finalization; the finalized invoices of an
+    # org tile its usage without gaps or overlaps (only the latest may be voided).
+    usage_from = models.DateTimeField(null=True, blank=True)
+    usage_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -333,6 +292,13 @@ class Invoice(models.Model):
                 condition=Q(total=Round(models.F("subtotal") + models.F("vat"), 2)),
                 name="invoice_total_is_subtotal_plus_vat",
             ),
+            models.CheckConstraint(
+                condition=~Q(status="finalized") | Q(usage_until__isnull=False),
+                name="invoice_finalized_has_usage_range",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "usage_until"], name="invoice_org_usage_until")
         ]
 
     def __str__(self) -> str:
@@ -342,9 +308,13 @@ class Invoice(models.Model):
 class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     job = models.ForeignKey(FineTuningJob, on_delete=models.PROTECT, related_name="+")
-    pool = models.ForeignKey("capacity.Pool", null=True, on_delete=models.PROTECT, related_name="+")
+    # Lines are read by invoice and by job only: no index on pool or provider (fewer writes when
+    # a month's 100k lines are written at once).
+    pool = models.ForeignKey(
+        "capacity.Pool", null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     provider = models.ForeignKey(
-        Organization, null=True, on_delete=models.PROTECT, related_name="+"
+        Organization, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     description = models.CharField(max_length=300)
     gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import BillingAccount, Invoice, ProviderStatement, UsageRecord
@@ -32,7 +32,16 @@ def usage_for_org(
     job_id: str | None = None,
     pool_public_id: str | None = None,
 ) -> QuerySet[UsageRecord]:
-    records = UsageRecord.objects.filter(organization=org).select_related("pool", "attempt")
+    # Finalized invoices tile an org's usage by recorded_at: a record is invoiced when one of
+    # them reaches past it.
+    invoiced = Invoice.objects.filter(
+        organization=org, status=Invoice.Status.FINALIZED, usage_until__gt=OuterRef("recorded_at")
+    )
+    records = (
+        UsageRecord.objects.filter(organization=org)
+        .select_related("pool", "attempt")
+        .annotate(invoiced=Exists(invoiced))
+    )
     if period is not None:
         records = records.filter(recorded_at__gte=period[0], recorded_at__lt=period[1])
     if job_id:

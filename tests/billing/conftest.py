@@ -7,6 +7,7 @@ Money checks (`assert_invariants`) state REFERENCE §6 over the whole database.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -145,7 +146,16 @@ def assert_invariants() -> None:
         else:
             wall = Decimal((attempt.ended_at - attempt.training_started_at).total_seconds())
             assert record.gpu_seconds <= wall * record.gpu_count + Decimal("0.001")
+    # Billed intervals of one job never overlap: one attempt at a time.
     for job in FineTuningJob.objects.all():
+        intervals = [
+            (a.training_started_at, a.ended_at)
+            for a in JobAttempt.objects.filter(job=job, training_started_at__isnull=False).order_by(
+                "number"
+            )
+        ]
+        for (_, end), (begin, _) in itertools.pairwise(intervals):
+            assert end is not None and end <= begin, (job.id, intervals)
         _assert_job_money(job)
     # Invoice lines add up exactly to totals.
     for invoice in Invoice.objects.prefetch_related("lines"):
@@ -155,6 +165,10 @@ def assert_invariants() -> None:
         assert invoice.total == invoice.subtotal + invoice.vat
         for line in lines:
             assert line.amount == line.fee + line.provider_amount
+        # The customer's total = provider payable + platform fee + VAT, on the invoice too.
+        assert invoice.total == sum(
+            (line.provider_amount + line.fee + line.vat for line in lines), Decimal(0)
+        )
 
 
 def _job_lines(job: FineTuningJob, account: str) -> Decimal:
@@ -181,9 +195,16 @@ def _assert_job_money(job: FineTuningJob) -> None:
     refunded = -sum((c.net + c.vat for c in charges if c.net + c.vat < 0), Decimal(0))
     assert refunded <= captured
     for charge in charges:
-        # Customer charge = provider payable + platform fee + VAT, to the cent.
-        assert charge.net + charge.vat == charge.provider_amount + charge.fee + charge.vat
-        assert charge.net == charge.provider_amount + charge.fee
+        # Customer charge = provider payable + platform fee + VAT, to the cent, in the ledger:
+        # what left the customer's accounts is exactly what the three others received.
+        legs = {account: _amount(charge.entry, account) for account in Account.values}
+        customer = legs[Account.CUSTOMER_HELD] + legs[Account.CUSTOMER_BALANCE]
+        assert customer == charge.net + charge.vat
+        assert -legs[Account.PROVIDER_PAYABLE] == charge.provider_amount
+        assert -legs[Account.PLATFORM_REVENUE] == charge.fee
+        assert -legs[Account.VAT_PAYABLE] == charge.vat
+        assert customer == charge.provider_amount + charge.fee + charge.vat
+        assert legs[Account.CASH] == 0
     # No double charge: what was charged is exactly what the usage records say is due.
     settled = job.status in {"succeeded", "failed", "cancelled", "paused"}
     if settled and not JobAttempt.objects.filter(job=job, ended_at__isnull=True).exists():

@@ -73,8 +73,9 @@ def test_invoice_list_and_detail(
 
 
 def test_invoice_downloads(
-    client_a: APIClient, client_b: APIClient, invoiced: dict[str, Any]
+    client_a: APIClient, client_b: APIClient, invoiced: dict[str, Any], settings: Any
 ) -> None:
+    settings.PARTAGE_PLATFORM_VAT_ID = "FR40123456824"
     inv_a, inv_b = invoiced["a"], invoiced["b"]
     pdf = client_a.get(f"/v1/billing/invoices/{inv_a.public_id}/download/pdf")
     assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
@@ -82,7 +83,8 @@ def test_invoice_downloads(
     csv_text = client_a.get(f"/v1/billing/invoices/{inv_a.public_id}/download/csv").content.decode()
     assert invoiced["job_a1"].id in csv_text and ",total," in csv_text and "4.00" in csv_text
     html_b = client_b.get(f"/v1/billing/invoices/{inv_b.public_id}/download/html").content.decode()
-    assert REVERSE_CHARGE_NOTE.split(":")[0] in html_b and "DE123456789" in html_b
+    # The EU B2B reverse-charge mention, with both parties' VAT ids.
+    assert REVERSE_CHARGE_NOTE in html_b and "DE123456789" in html_b and "FR40123456824" in html_b
     assert inv_b.vat == 0 and inv_b.reverse_charge
     html_a = client_a.get(f"/v1/billing/invoices/{inv_a.public_id}/download/html").content.decode()
     assert "Reverse charge" not in html_a

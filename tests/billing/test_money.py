@@ -20,6 +20,7 @@ from marketplace.billing.models import (
     LedgerLine,
     UsageRecord,
 )
+from marketplace.capacity import services as capacity
 from marketplace.errors import InsufficientFunds, InvalidInput, InvalidTransition
 from marketplace.finetuning import services as jobs
 from tests.billing.conftest import (
@@ -235,10 +236,13 @@ def test_replays_change_nothing(org_a: Any, pool: Any, clock: Any) -> None:
 
 
 def test_late_record_lands_on_next_invoice_as_correction(org_a: Any, pool: Any, clock: Any) -> None:
+    """Usage from November whose record arrives after November was invoiced (the attempt was
+    still running at the cut) goes on December's invoice, as a correction line."""
     topup(org_a, "50.00")
     job_1 = job_new(org_a)
     run_job(job_1, pool, clock, 3600)
     job_2 = job_new(org_a)
+    clock.move_to(datetime(2026, 11, 30, 23, 30, tzinfo=UTC))
     admit(job_2, pool)
     attempt = start(job_2)
     clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
@@ -247,15 +251,17 @@ def test_late_record_lands_on_next_invoice_as_correction(org_a: Any, pool: Any, 
         billing.invoices_finalize(period_start=nov[1], period_end=billing.month_bounds(2026, 12)[1])
     [november] = billing.invoices_finalize(period_start=nov[0], period_end=nov[1])
     assert november.subtotal == Decimal("2.50")
-    # A record from November delivered late (the node's report was delayed).
-    clock.move_to(datetime(2026, 11, 3, 10, 30, tzinfo=UTC))
-    succeed(job_2, attempt)  # 1800 s of training
+    assert [line.job_id for line in november.lines.all()] == [job_1.id]
+    clock.move_to(datetime(2026, 12, 1, 0, 30, tzinfo=UTC))
+    succeed(job_2, attempt)  # 30 min in November, 30 min in December: recorded now
     clock.move_to(datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC))
     assert billing.invoices_finalize(period_start=nov[0], period_end=nov[1]) == []  # already final
     dec = billing.month_bounds(2026, 12)
     [december] = billing.invoices_finalize(period_start=dec[0], period_end=dec[1])
     [line] = december.lines.all()
-    assert line.is_correction and line.job_id == job_2.id and line.amount == Decimal("1.25")
+    assert line.is_correction and line.job_id == job_2.id
+    assert "from an earlier period" in line.description
+    assert line.gpu_seconds == Decimal("3600.000") and line.amount == Decimal("2.50")
     november.refresh_from_db()
     assert november.subtotal == Decimal("2.50") and november.lines.count() == 1
     assert_invariants()
@@ -273,12 +279,36 @@ def test_void_returns_usage_to_the_next_invoice(org_a: Any, pool: Any, clock: An
     assert final.status == "finalized" and final.number
     with pytest.raises(InvalidTransition):
         billing.invoice_draft(organization=org_a, period_start=nov[0], period_end=nov[1])
+    assert (final.usage_from, final.usage_until) == (None, nov[1])
+    assert billing.invoices.covered_until([org_a.pk]) == {org_a.pk: nov[1]}
     billing.invoice_void(invoice=final, reason="wrong customer address")
-    assert UsageRecord.objects.filter(invoice__isnull=True).count() == 1
+    assert billing.invoices.covered_until([org_a.pk]) == {}  # its usage is uninvoiced again
     [again] = billing.invoices_finalize(period_start=nov[0], period_end=nov[1])
     assert again.pk != final.pk and again.total == Decimal("3.00")
     assert InvoiceLine.objects.filter(invoice__status="finalized", job=job).count() == 1
     assert Invoice.objects.get(pk=final.pk).status == "void"
+    assert_invariants()
+
+
+def test_only_the_latest_finalized_invoice_can_be_voided(org_a: Any, pool: Any, clock: Any) -> None:
+    """Finalized invoices tile an org's usage; voiding one in the middle would leave a hole."""
+    topup(org_a, "50.00")
+    run_job(job_new(org_a), pool, clock, 3600)
+    clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
+    [november] = billing.invoices_finalize(**_november())
+    run_job(job_new(org_a), pool, clock, 1800)
+    clock.move_to(datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC))
+    dec = billing.month_bounds(2026, 12)
+    [december] = billing.invoices_finalize(period_start=dec[0], period_end=dec[1])
+    assert december.usage_from == november.usage_until == dec[0]
+    with pytest.raises(InvalidTransition, match="not the organization's latest"):
+        billing.invoice_void(invoice=november, reason="typo")
+    assert Invoice.objects.get(pk=november.pk).status == "finalized"
+    billing.invoice_void(invoice=december, reason="typo")
+    [again] = billing.invoices_finalize(period_start=dec[0], period_end=dec[1])
+    assert again.total == december.total == Decimal("1.50")
+    # November again after December: nothing left to bill, nothing billed twice.
+    assert billing.invoices_finalize(**_november()) == []
     assert_invariants()
 
 
@@ -319,4 +349,114 @@ def test_insufficient_funds_respects_the_credit_line(org_a: Any, pool: Any) -> N
     billing.credit_limit_set(organization=org_a, credit_limit=Decimal("5.00"))
     assert admit(job, pool) == Decimal("3.00")
     assert billing.balance_available(organization=org_a) == Decimal("-3.00")
+    assert_invariants()
+
+
+def test_price_is_snapshotted_at_admission(
+    org_a: Any, pool: Any, provider_org: Any, clock: Any
+) -> None:
+    """A price change after admission does not touch the admitted job; a re-admission (after a
+    preemption) takes the new price for the attempts that follow, as a second invoice line."""
+    topup(org_a, "50.00")
+    job = job_new(org_a)
+    admit(job, pool, max_duration=3600)  # at €2.50/GPU-hour
+    attempt = start(job)
+    capacity.pool_update(
+        provider=provider_org, pool_id=pool.public_id, changes={"price_per_gpu_hour": "10.00"}
+    )
+    clock.shift(timedelta(seconds=1800))
+    preempt(attempt)
+    record = UsageRecord.objects.get(attempt=attempt)
+    assert record.price_per_gpu_hour == Decimal("2.5000")  # the snapshot, not today's €10.00
+    pool.refresh_from_db()
+    admit(job, pool, max_duration=3600)
+    assert job.pricing.price_per_gpu_hour == Decimal("10.0000")
+    attempt = start(job)
+    clock.shift(timedelta(seconds=360))
+    succeed(job, attempt)
+    # 1800 s at €2.50 = €1.25, then 360 s at €10.00 = €1.00; + 20 % VAT
+    assert billing.balance_available(organization=org_a) == Decimal("50.00") - Decimal("2.70")
+    clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
+    [invoice] = billing.invoices_finalize(**_november())
+    assert sorted((line.price_per_gpu_hour, line.amount) for line in invoice.lines.all()) == [
+        (Decimal("2.5000"), Decimal("1.25")),
+        (Decimal("10.0000"), Decimal("1.00")),
+    ]
+    assert_invariants()
+
+
+def _november() -> dict[str, datetime]:
+    start, end = billing.month_bounds(2026, 11)
+    return {"period_start": start, "period_end": end}
+
+
+def test_provider_failure_costs_nothing_and_reverses_the_provider(
+    org_a: Any, pool: Any, provider_org: Any, clock: Any
+) -> None:
+    """Attempts lost again and again on the provider's nodes: after the last retry the job fails
+    as a provider error; everything captured for the earlier attempts is refunded."""
+    topup(org_a, "50.00")
+    job = job_new(org_a)
+    for number in range(1, jobs.MAX_ATTEMPTS + 1):
+        admit(job, pool, max_duration=3600)
+        attempt = start(job)
+        clock.shift(timedelta(seconds=600))
+        jobs.attempt_ended(attempt_id=attempt.pk, phase="missing", reason="node lost")
+        job.refresh_from_db()
+        if number < jobs.MAX_ATTEMPTS:
+            assert job.status == "queued"
+    assert job.status == "failed" and job.failure_class == "provider_error"
+    assert UsageRecord.objects.filter(job=job).count() == jobs.MAX_ATTEMPTS
+    assert billing.balance_available(organization=org_a) == Decimal("50.00")
+    assert billing.balance_held(organization=org_a) == 0
+    assert billing.provider_payable(provider=provider_org) == 0
+    clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
+    [invoice] = billing.invoices_finalize(**_november())
+    [line] = invoice.lines.all()
+    assert line.amount == 0 and line.billable_gpu_seconds == 0 and "not charged" in line.description
+    assert invoice.total == 0
+    assert_invariants()
+
+
+class FakeCardProvider:
+    """A card processor at the outside boundary: it confirms a payment under its own reference,
+    or declines it."""
+
+    name = "fakecard"
+
+    def __init__(self, *, decline: bool = False) -> None:
+        self.decline = decline
+        self.calls: list[tuple[str, Decimal]] = []
+
+    def confirm(self, *, reference: str, amount: Decimal) -> billing.PaymentConfirmation:
+        self.calls.append((reference, amount))
+        if self.decline:
+            raise InvalidInput("The card was declined.", param="payment")
+        return billing.PaymentConfirmation(reference=f"ch_{reference}", amount=amount)
+
+
+def test_topups_go_through_the_payment_provider_interface(org_a: Any) -> None:
+    card = FakeCardProvider()
+    provider: billing.PaymentProvider = card  # the protocol a real integration implements
+    entry = billing.topup_record(
+        organization=org_a, amount=Decimal("25.00"), reference="pi-1", provider=provider
+    )
+    assert entry.key == "topup:fakecard:ch_pi-1" and card.calls == [("pi-1", Decimal("25.00"))]
+    # The same payment delivered twice (a webhook retry) counts once.
+    billing.topup_record(
+        organization=org_a, amount=Decimal("25.00"), reference="pi-1", provider=card
+    )
+    # The same reference from another provider is another payment.
+    billing.topup_record(organization=org_a, amount=Decimal("5.00"), reference="pi-1")
+    assert billing.balance_available(organization=org_a) == Decimal("30.00")
+    before = LedgerLine.objects.count()
+    with pytest.raises(InvalidInput, match="declined"):
+        billing.topup_record(
+            organization=org_a,
+            amount=Decimal("99.00"),
+            reference="pi-2",
+            provider=FakeCardProvider(decline=True),
+        )
+    assert LedgerLine.objects.count() == before
+    assert billing.balance_available(organization=org_a) == Decimal("30.00")
     assert_invariants()

@@ -1,9 +1,11 @@
 """Property test: random life cycles of jobs, through the real job services and billing hooks.
 
-Hypothesis generates sequences of top-ups, admissions, starts, clock advances, preemptions,
-failures, pauses, resumes, cancellations, successes, duplicate deliveries and invoice runs. After
-every sequence (all jobs brought to an end and everything invoiced) REFERENCE §6 must hold, and
-each job's invoice lines must add up to exactly what the ledger charged it.
+Hypothesis generates sequences of top-ups, admissions, starts, training progress (with the
+max_cost budget stop), clock advances, preemptions, failures, lost attempts and their retries,
+pauses, resumes, cancellations, successes, duplicate deliveries and invoice runs. After every
+sequence (all jobs brought to an end and everything invoiced) REFERENCE §6 must hold, each job's
+invoice lines must add up to exactly what the ledger charged it, duplicate deliveries must have
+written nothing, and no finalized invoice may have changed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from hypothesis import strategies as st
 
 from marketplace.accounts.services import organization_create
 from marketplace.billing import services as billing
-from marketplace.billing.models import Charge, InvoiceLine, JobPricing
+from marketplace.billing.models import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    JobPricing,
+    JournalEntry,
+    LedgerLine,
+    UsageRecord,
+)
 from marketplace.errors import InsufficientFunds, InvalidTransition
 from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
@@ -35,6 +45,7 @@ pytestmark = pytest.mark.django_db
 
 START = datetime(2026, 10, 28, 8, 0, tzinfo=UTC)
 JOBS = 3
+MAX_COST = Decimal("0.30")
 
 job_index = st.integers(0, JOBS - 1)
 operation = st.one_of(
@@ -42,6 +53,8 @@ operation = st.one_of(
     st.tuples(st.just("admit"), job_index, st.integers(0, 1), st.sampled_from([600, 1800, 7200])),
     st.tuples(st.just("start"), job_index, st.booleans()),
     st.tuples(st.just("run"), job_index, st.integers(0, 1), st.integers(1, 1800)),
+    st.tuples(st.just("progress"), job_index, st.integers(1, 900)),
+    st.tuples(st.just("retry"), job_index, st.integers(0, 1), st.integers(1, 5)),
     st.tuples(st.just("advance"), st.integers(1, 4000)),
     st.tuples(st.just("preempt"), job_index),
     st.tuples(st.just("fail"), job_index, st.sampled_from([1, EXIT_USER_ERROR])),
@@ -77,9 +90,12 @@ class World:
                 model="partage/tiny-llama",
                 training_file=files[i % 2],
                 gpu_count=1 + i,
+                # Job 0 has a budget: the trainer is told to finish when it is reached.
+                max_cost=MAX_COST if i == 0 else None,
             )
             for i in range(JOBS)
         ]
+        self.finalized: dict[int, tuple[Any, ...]] = {}
         self.topups = 0
         for org in self.orgs:
             self.topup(org=self.orgs.index(org), amount="120.00")
@@ -90,6 +106,20 @@ class World:
 
     def running_attempt(self, job: FineTuningJob) -> JobAttempt | None:
         return JobAttempt.objects.filter(job=job, ended_at__isnull=True).order_by("-number").first()
+
+    def training(self, index: int) -> tuple[FineTuningJob, JobAttempt | None]:
+        """The job and its training attempt, admitting and starting it first if it waits.
+
+        So that an event aimed at a running job (progress, preemption, failure, success) usually
+        meets one, instead of needing hypothesis to find the steps that lead there.
+        """
+        if self.job(index).status == S.QUEUED:
+            self.admit(index, index % 2, 1800)
+        if self.job(index).status in {S.ADMITTED, S.STARTING}:
+            self.start(index, True)
+            self.advance(60)
+        job = self.job(index)
+        return job, self.running_attempt(job)
 
     # ------------------------------------------------------------------ operations
 
@@ -136,21 +166,53 @@ class World:
         if limit > 0:
             self.clock.shift(timedelta(seconds=limit, milliseconds=137))
 
+    def progress(self, index: int, seconds: int) -> None:
+        """The trainer reports a step; the answer may tell it to finish now (max_cost reached)."""
+        job, attempt = self.training(index)
+        if attempt is None or job.status != S.RUNNING:
+            return
+        self.advance(seconds)
+        flags = jobs.trainer_events_record(
+            job_id=job.id,
+            attempt_number=attempt.number,
+            events=[{"event": "progress", "step": seconds, "train_loss": 1.0}],
+        )
+        cost = billing.job_cost_so_far(job=job)
+        assert flags["finish_now"] == (job.max_cost is not None and cost >= job.max_cost)
+        if flags["finish_now"]:
+            # The trainer finishes its step, delivers the adapter and exits 0.
+            succeed(job, attempt)
+            job = self.job(index)
+            assert job.status == S.SUCCEEDED and job.result_file_id is not None
+            event("budget stop")
+
+    def retry(self, index: int, pool: int, times: int) -> None:
+        """The attempt is lost (node gone); the platform requeues it and runs it again.
+
+        After too many lost attempts the job fails as a provider error (waived).
+        """
+        for _ in range(times):
+            job, attempt = self.training(index)
+            if attempt is None or job.status not in {S.STARTING, S.RUNNING}:
+                return
+            self.advance(120)
+            jobs.attempt_ended(attempt_id=attempt.pk, phase=Phase.MISSING, reason="node lost")
+            if self.job(index).status == S.QUEUED:
+                self.admit(index, pool, 1800)
+                self.start(index, True)
+
     def preempt(self, index: int) -> None:
-        job = self.job(index)
-        attempt = self.running_attempt(job)
+        job, attempt = self.training(index)
         if attempt is not None and job.status in {S.STARTING, S.RUNNING}:
             preempt(attempt)
 
     def fail(self, index: int, exit_code: int) -> None:
-        job = self.job(index)
-        attempt = self.running_attempt(job)
+        job, attempt = self.training(index)
         if attempt is not None and job.status in {S.STARTING, S.RUNNING}:
             fail(attempt, exit_code=exit_code)
 
     def succeed(self, index: int) -> None:
-        job = self.job(index)
-        attempt = self.running_attempt(job)
+        job, attempt = self.training(index)
         if attempt is not None and job.status == S.RUNNING:
             succeed(job, attempt)
 
@@ -179,7 +241,11 @@ class World:
                 jobs.attempt_ended(attempt_id=attempt.pk, phase=Phase.FAILED, exit_code=143)
 
     def replay(self, index: int) -> None:
-        """Duplicate deliveries: the executor's end report, metering, settlement, a top-up."""
+        """Duplicate deliveries: the executor's end report, metering, settlement, a top-up.
+
+        None of them may write anything.
+        """
+        before = ledger_counts()
         job = self.job(index)
         last = (
             JobAttempt.objects.filter(job=job, ended_at__isnull=False).order_by("-number").first()
@@ -191,6 +257,7 @@ class World:
             billing.job_settle(job=job)
         if self.topups:
             billing.topup_record(organization=self.orgs[0], amount=Decimal("5.00"), reference="r1")
+        assert ledger_counts() == before
 
     def invoice(self) -> None:
         """Month end: when nothing runs, jump to the next month and invoice the last one."""
@@ -201,6 +268,12 @@ class World:
         end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
         self.clock.move_to(end + timedelta(seconds=5))
         billing.invoices_finalize(period_start=start, period_end=end)
+        for invoice in Invoice.objects.filter(status=Invoice.Status.FINALIZED):
+            self.finalized.setdefault(invoice.pk, invoice_snapshot(invoice))
+
+    def assert_finalized_invoices_unchanged(self) -> None:
+        for pk, snapshot in self.finalized.items():
+            assert invoice_snapshot(Invoice.objects.get(pk=pk)) == snapshot
 
     # ------------------------------------------------------------------ the end
 
@@ -220,6 +293,15 @@ class World:
                 jobs.job_pause(organization=job.organization, job_id=job.id)
         for _ in range(3):
             self.invoice()
+
+
+def ledger_counts() -> tuple[int, ...]:
+    return tuple(model.objects.count() for model in (JournalEntry, LedgerLine, UsageRecord, Charge))
+
+
+def invoice_snapshot(invoice: Invoice) -> tuple[Any, ...]:
+    lines = tuple(invoice.lines.values_list("job_id", "billable_gpu_seconds", "amount", "vat"))
+    return (invoice.number, invoice.subtotal, invoice.vat, invoice.total, lines)
 
 
 def check_invoices_match_ledger() -> None:
@@ -250,9 +332,10 @@ def test_money_invariants_hold_for_any_life_cycle(steps: list[tuple[Any, ...]]) 
             with contextlib.suppress(InvalidTransition):
                 getattr(world, step[0])(*step[1:])
         assert_invariants()
+        world.wind_down()
         for job in FineTuningJob.objects.exclude(failure_class=""):
             event(f"failure: {job.failure_class}")
-        world.wind_down()
         assert_invariants()
         check_invoices_match_ledger()
+        world.assert_finalized_invoices_unchanged()
         transaction.set_rollback(True)

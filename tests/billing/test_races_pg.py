@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection, transaction
 
 from marketplace.billing import services as billing
 from marketplace.billing.models import Charge, JournalEntry
 from marketplace.errors import InsufficientFunds
 from marketplace.finetuning import services as jobs
-from tests.billing.conftest import assert_invariants, job_new, start, topup, training_file
+from tests.billing.conftest import (
+    admit,
+    assert_invariants,
+    job_new,
+    preempt,
+    start,
+    topup,
+    training_file,
+)
 
 pytestmark = [pytest.mark.pg, pytest.mark.django_db(transaction=True)]
 
@@ -101,3 +110,53 @@ def test_concurrent_duplicate_topups_count_once(org_a: Any) -> None:
     assert all(not isinstance(r, Exception) for r in results), results
     assert billing.balance_available(organization=org_a) == Decimal("7.00")
     assert JournalEntry.objects.filter(kind="topup").count() == 1
+
+
+def test_invoice_cut_waits_for_usage_being_recorded(org_a: Any, pool: Any) -> None:
+    """A usage record stamped before the period's end but not yet committed when the invoice run
+    starts: the run waits for it (the metering lock) and bills it. Without the lock the run would
+    miss it, and the next run, which starts where this one ends, would never bill it."""
+    end_of_november = datetime(2026, 12, 1, tzinfo=UTC)
+    metered, proceed = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+    with time_machine.travel(end_of_november - timedelta(minutes=2), tick=False) as clock:
+        topup(org_a, "20.00")
+        job = job_new(org_a)
+        admit(job, pool, max_duration=3600)
+        attempt = start(job)
+        clock.shift(timedelta(seconds=72))  # 72 GPU-s at €2.50/GPU-hour = €0.05
+
+        def meter() -> None:
+            try:
+                with transaction.atomic():
+                    preempt(attempt)  # the attempt ends: its usage record is written
+                    metered.set()
+                    proceed.wait(timeout=30)
+            finally:
+                connection.close()
+
+        def cut() -> None:
+            try:
+                start, end = billing.month_bounds(2026, 11)
+                results["invoices"] = billing.invoices_finalize(period_start=start, period_end=end)
+            except Exception as e:
+                results["error"] = e
+            finally:
+                connection.close()
+
+        writer = threading.Thread(target=meter)
+        writer.start()
+        assert metered.wait(timeout=30)
+        clock.move_to(end_of_november + timedelta(seconds=5))
+        invoicer = threading.Thread(target=cut)
+        invoicer.start()
+        invoicer.join(timeout=2)
+        assert invoicer.is_alive(), "the invoice run did not wait for the record being written"
+        proceed.set()
+        writer.join(timeout=30)
+        invoicer.join(timeout=30)
+    assert "error" not in results, results
+    [invoice] = results["invoices"]
+    [line] = invoice.lines.all()
+    assert line.job_id == job.id and line.gpu_seconds == Decimal("72.000")
+    assert line.amount == Decimal("0.05")

@@ -23,6 +23,7 @@ from marketplace.billing.services.ledger import (
 )
 from marketplace.billing.services.payments import (
     ManualPaymentProvider,
+    PaymentConfirmation,
     PaymentProvider,
     credit_limit_set,
     money_parse,
@@ -45,6 +46,7 @@ from marketplace.billing.services.usage import (
 __all__ = [
     "Leg",
     "ManualPaymentProvider",
+    "PaymentConfirmation",
     "PaymentProvider",
     "account_lock",
     "attempt_meter",

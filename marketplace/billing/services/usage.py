@@ -52,6 +52,27 @@ SETTLED_STATES = frozenset(
 StreamKey = tuple[int | None, int | None, Decimal]
 
 
+# One PostgreSQL advisory lock between metering (shared) and the invoice cut (exclusive).
+METERING_LOCK = 0x50544742  # "PTGB"
+
+
+def metering_lock(*, exclusive: bool = False) -> None:
+    """Hold the metering lock until the end of the current transaction.
+
+    attempt_meter takes it shared before it stamps a record's recorded_at; invoices_finalize
+    takes it exclusive before it cuts at a period's end. So the cut waits for every record being
+    written, and any record written later is stamped after the cut (it goes on the next
+    invoice): no record is ever left between two invoices. SQLite serializes writers anyway.
+    """
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s)", [METERING_LOCK])
+
+
 def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
     """Write the attempt's usage record; a replay returns the existing one and writes nothing."""
     key = f"attempt:{attempt.pk}"
@@ -76,6 +97,8 @@ def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
     )
     try:
         with transaction.atomic():
+            metering_lock()
+            record.recorded_at = timezone.now()
             record.save()
     except IntegrityError:
         return UsageRecord.objects.get(key=key)
