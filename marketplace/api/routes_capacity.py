@@ -25,5 +25,6 @@ urlpatterns: list[URLPattern] = [
     path(
         "bookings/<str:booking_id>/cancel", views.BookingCancelView.as_view(), name="booking-cancel"
     ),
+    path("placement_estimate", views.PlacementEstimateView.as_view(), name="placement-estimate"),
     path("residency_policy", views.ResidencyPolicyView.as_view(), name="residency-policy"),
 ]

@@ -125,6 +125,23 @@ class CancellationQuoteObject(serializers.Serializer):
     refund_schedule = RefundRow(many=True)
 
 
+class PlacementEstimateObject(serializers.Serializer):
+    object = const("placement_estimate")
+    gpu_flavor = serializers.CharField()
+    gpu_count = serializers.IntegerField()
+    estimated_duration_seconds = serializers.IntegerField()
+    pool = serializers.CharField(allow_null=True, help_text="Null when no pool can take the job.")
+    price_per_gpu_hour = serializers.CharField(allow_null=True)
+    estimated_start = serializers.IntegerField(
+        allow_null=True, help_text="Unix seconds; null when no pool could ever take the job."
+    )
+    estimated_cost = serializers.CharField(
+        allow_null=True, help_text="GPU price x GPUs x duration, EUR before VAT."
+    )
+    currency = serializers.CharField()
+    reason = serializers.CharField()
+
+
 class ResidencyObject(serializers.Serializer):
     object = const("residency_policy")
     eu_only = serializers.BooleanField()

@@ -22,7 +22,7 @@ from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS
-from marketplace.capacity import selectors, services
+from marketplace.capacity import placement, policies, selectors, services
 from marketplace.capacity.models import Booking, GpuFlavor, MaintenanceWindow, Pool
 from marketplace.errors import InvalidInput, NotFound
 
@@ -449,6 +449,60 @@ class BookingCancelView(APIView):
     def post(self, request: Request, booking_id: str) -> Response:
         booking = services.booking_cancel(organization=org_of(request), booking_id=booking_id)
         return Response(booking_object(_own_booking(request, booking.public_id)))
+
+
+# ---------------------------------------------------------------- estimate before submitting
+
+
+class PlacementEstimateSerializer(serializers.Serializer):
+    gpu_flavor = serializers.CharField(max_length=40)
+    gpu_count = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
+    estimated_duration_seconds = serializers.IntegerField(min_value=1, max_value=92 * 24 * 3600)
+    residency = serializers.DictField(required=False, allow_null=True)
+
+
+class PlacementEstimateView(APIView):
+    """Before submitting a job: the pool it would run on, when it could start, what it would
+    cost (GPU price x GPUs x duration, before VAT) and why. Writes nothing."""
+
+    @extend_schema(
+        operation_id="placement_estimate",
+        request=PlacementEstimateSerializer,
+        responses=docs.PlacementEstimateObject,
+    )
+    def post(self, request: Request) -> Response:
+        data = _validated(PlacementEstimateSerializer, request.data)
+        if selectors.flavor_by_slug(data["gpu_flavor"]) is None:
+            known = ", ".join(f.slug for f in selectors.flavors()) or "none yet"
+            raise InvalidInput(
+                f"Unknown GPU flavor {data['gpu_flavor']!r}; known flavors: {known}.",
+                param="gpu_flavor",
+            )
+        estimate = placement.job_estimate(
+            organization=org_of(request),
+            gpu_flavor=data["gpu_flavor"],
+            gpu_count=data["gpu_count"],
+            residency=policies.residency_parse(data.get("residency")),
+            gpu_hours_per_gpu=Decimal(data["estimated_duration_seconds"]) / 3600,
+        )
+        return Response(
+            {
+                "object": "placement_estimate",
+                "gpu_flavor": data["gpu_flavor"],
+                "gpu_count": data["gpu_count"],
+                "estimated_duration_seconds": data["estimated_duration_seconds"],
+                "pool": estimate.pool.public_id if estimate.pool else None,
+                "price_per_gpu_hour": str(estimate.price_per_gpu_hour)
+                if estimate.price_per_gpu_hour is not None
+                else None,
+                "estimated_start": unix(estimate.estimated_start),
+                "estimated_cost": str(estimate.estimated_cost)
+                if estimate.estimated_cost is not None
+                else None,
+                "currency": "EUR",
+                "reason": estimate.reason,
+            }
+        )
 
 
 # ---------------------------------------------------------------- residency

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -379,6 +380,68 @@ def test_booking_list_paginates_with_constant_queries(client_a) -> None:
     with CaptureQueriesContext(connection) as many:
         client_a.get("/v1/bookings")
     assert len(many) == len(few)
+
+
+# ---------------------------------------------------------------- estimate before submitting
+
+
+def test_estimate_before_submitting_gives_cost_and_start(client_a, org_b) -> None:
+    from marketplace.capacity import services
+
+    pool = factories.pool(gpus=4, price="2.00")
+    now = timezone.now().replace(microsecond=0)
+    body = {"gpu_flavor": "h100-80g", "gpu_count": 2, "estimated_duration_seconds": 5400}
+    with time_machine.travel(now, tick=False):
+        free = client_a.post("/v1/placement_estimate", body, format="json")
+        assert free.status_code == 200, free.content
+        assert free.json() | {"reason": ""} == {
+            "object": "placement_estimate",
+            "gpu_flavor": "h100-80g",
+            "gpu_count": 2,
+            "estimated_duration_seconds": 5400,
+            "pool": pool.public_id,
+            "price_per_gpu_hour": "2.0000",
+            "estimated_start": int(now.timestamp()),
+            "estimated_cost": "6.00",  # 2.00 EUR x 2 GPUs x 1.5 h
+            "currency": "EUR",
+            "reason": "",
+        }
+        assert pool.public_id in free.json()["reason"]
+        services.booking_create(
+            organization=org_b,
+            flavor="h100-80g",
+            gpu_count=4,
+            start=now,
+            end=now + timedelta(hours=3),
+        )
+        busy = client_a.post("/v1/placement_estimate", body, format="json").json()
+        assert busy["pool"] == pool.public_id and busy["estimated_cost"] == "6.00"
+        assert busy["estimated_start"] == int((now + timedelta(hours=3)).timestamp())
+        nowhere = client_a.post(
+            "/v1/placement_estimate", {**body, "residency": {"countries": ["US"]}}, format="json"
+        ).json()
+        assert (nowhere["pool"], nowhere["estimated_start"], nowhere["estimated_cost"]) == (
+            None,
+            None,
+            None,
+        )
+        assert "hard constraints" in nowhere["reason"]
+    assert_error(
+        client_a.post("/v1/placement_estimate", {**body, "gpu_flavor": "tpu"}, format="json"),
+        400,
+        "invalid_request",
+        "gpu_flavor",
+    )
+    assert_error(
+        client_a.post(
+            "/v1/placement_estimate",
+            {**body, "residency": {"countries": ["France"]}},
+            format="json",
+        ),
+        400,
+        "invalid_request",
+    )
+    assert Booking.objects.count() == 1
 
 
 # ---------------------------------------------------------------- residency
