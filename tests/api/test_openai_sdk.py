@@ -77,7 +77,11 @@ def test_openai_sdk_drives_the_whole_flow(
     hook = sdk.webhooks.create(
         name="ci",
         url=webhook_receiver.url,
-        event_types=["fine_tuning.job.succeeded", "fine_tuning.job.cancelled"],
+        event_types=[
+            "fine_tuning.job.succeeded",
+            "fine_tuning.job.cancelled",
+            "fine_tuning.job.checkpoint.created",
+        ],
     )
     assert hook.signing_secret.startswith("whsec_") and hook.object == "webhook_endpoint"
     assert sdk.webhooks.retrieve(hook.id).name == "ci"
@@ -167,6 +171,24 @@ def test_openai_sdk_drives_the_whole_flow(
     delivery = wait_for(succeeded_delivery, timeout=30, what="the job.succeeded webhook")
     event = sdk.webhooks.unwrap(delivery.body, delivery.headers, secret=secret)
     assert event.type == "fine_tuning.job.succeeded" and event.data.id == job.id
+
+    # Each checkpoint written was announced too (signed with the rotated secret).
+    def checkpoint_events() -> list[dict[str, Any]]:
+        return [
+            body["data"]
+            for body in (json.loads(r.body) for r in webhook_receiver.received)
+            if body["type"] == "fine_tuning.job.checkpoint.created"
+            and body["data"].get("fine_tuning_job_id") == job.id
+        ]
+
+    listed = {c.id for c in checkpoints}
+    wait_for(
+        lambda: listed <= {d["id"] for d in checkpoint_events()},
+        timeout=30,
+        what=f"the checkpoint.created webhooks of {sorted(listed)}",
+    )
+    for received in webhook_receiver.received[1:]:  # the first one is the test delivery
+        sdk.webhooks.verify_signature(received.body, received.headers, secret=secret)
 
     # Another job: pause, resume, then cancel it. Each stop comes once the trainer trains (a
     # step reported), when a stop means "checkpoint and exit".
