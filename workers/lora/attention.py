@@ -56,7 +56,7 @@ def _cuda_varlen(
     cu = torch.tensor([0] + [end for _, end in bounds], dtype=torch.int32, device=query.device)
     longest = max(end - start for start, end in bounds)
     # [1, heads, tokens, dim] -> [tokens, heads, dim]
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
     out = varlen_attn(
         q,
         k,
