@@ -311,3 +311,48 @@ def test_delivery_connects_to_the_address_it_checked(
     assert received.path == "/hooks?src=partage"
     assert received.headers["host"] == f"hooks.rebind.test:{port}"
     standardwebhooks.Webhook(endpoint.secret).verify(received.body, received.headers)
+
+
+def _production_settings(extra: dict[str, str], tmp_path: Any) -> Any:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "REDIS_URL", "PARTAGE_", "DJANGO_"))
+    }
+    env = {
+        **clean,
+        "PARTAGE_ENV": "production",
+        "PARTAGE_DATA_DIR": str(tmp_path),
+        "DJANGO_SECRET_KEY": "s" * 50,
+        "DJANGO_ALLOWED_HOSTS": "partage.example",
+        "DATABASE_URL": "postgres://partage@db.invalid:5432/partage",
+        "DJANGO_SETTINGS_MODULE": "marketplace.settings",
+        **extra,
+    }
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.PARTAGE_WEBHOOK_ALLOW_PRIVATE)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_refuses_private_targets_and_the_setting_that_allows_them(
+    tmp_path: Any,
+) -> None:
+    default = _production_settings({}, tmp_path)
+    assert default.returncode == 0 and default.stdout.strip() == "False", default.stderr[-2000:]
+    allowed = _production_settings({"PARTAGE_WEBHOOK_ALLOW_PRIVATE": "true"}, tmp_path)
+    assert allowed.returncode != 0
+    assert "PARTAGE_WEBHOOK_ALLOW_PRIVATE=true is refused in production" in allowed.stderr
