@@ -100,6 +100,14 @@ def test_offers_available_at_counts_bookings_then(client_a, org_b) -> None:
     assert (offer["id"], offer["free_gpus"]) == (pool.public_id, 2)
     assert client_a.get("/v1/offers", {"available_at": during, "gpus": 3}).json()["data"] == []
     assert client_a.get("/v1/offers").json()["data"][0]["free_gpus"] == 8
+    # A maintenance window takes its GPUs out of the offer for its duration.
+    services.maintenance_window_create(
+        pool=pool, start=start, end=start + timedelta(minutes=90), gpu_count=1
+    )
+    offer = client_a.get("/v1/offers", {"available_at": during}).json()["data"][0]
+    assert offer["free_gpus"] == 1
+    after = int((start + timedelta(minutes=100)).timestamp())
+    assert client_a.get("/v1/offers", {"available_at": after}).json()["data"][0]["free_gpus"] == 2
 
 
 def test_offers_bad_filters_are_explained(client_a) -> None:
