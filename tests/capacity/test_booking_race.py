@@ -1,6 +1,6 @@
 """Invariant 3 under contention, on PostgreSQL: many clients, each on its own connection, book
-overlapping windows at once; afterwards no pool has more GPUs booked (plus maintenance) than it
-has at any instant."""
+overlapping windows at once while providers add maintenance and shrink pools; afterwards no pool
+has more GPUs booked (plus maintenance) than it has at any instant."""
 
 from __future__ import annotations
 
@@ -54,24 +54,41 @@ def test_concurrent_overlapping_bookings_never_overbook(org_a, org_b) -> None:
     errors: list[BaseException] = []
     lock = threading.Lock()
 
+    def request(number: int, rng: random.Random) -> None:
+        """Mostly bookings; every fourth client is a provider adding maintenance windows or
+        shrinking a pool, the other writes that add load to a pool."""
+        start = base + timedelta(minutes=rng.randrange(0, 180, 5))
+        end = start + timedelta(minutes=rng.randrange(5, 120, 5))
+        if number % 4 == 3:
+            pool = Pool.objects.get(pk=rng.choice(pools).pk)
+            if rng.random() < 0.2:
+                services.pool_update(
+                    provider=pool.provider,
+                    pool_id=pool.public_id,
+                    changes={"gpu_count": pool.gpu_count - 1},
+                )
+            else:
+                services.maintenance_window_create(
+                    pool=pool, start=start, end=end, gpu_count=rng.randint(1, 3)
+                )
+            return
+        services.booking_create(
+            organization=orgs[number % 2],
+            flavor="h100-80g",
+            gpu_count=rng.randint(1, 5),
+            start=start,
+            end=end,
+            pool_id=rng.choice([None, None, pools[0].public_id, pools[1].public_id]),
+        )
+
     def client(number: int) -> None:
         rng = random.Random(number)
         try:
             barrier.wait()
             for _ in range(REQUESTS_PER_THREAD):
-                start = base + timedelta(minutes=rng.randrange(0, 180, 5))
-                end = start + timedelta(minutes=rng.randrange(5, 120, 5))
-                pool = rng.choice([None, None, pools[0].public_id, pools[1].public_id])
                 try:
-                    services.booking_create(
-                        organization=orgs[number % 2],
-                        flavor="h100-80g",
-                        gpu_count=rng.randint(1, 5),
-                        start=start,
-                        end=end,
-                        pool_id=pool,
-                    )
-                    result = "booked"
+                    request(number, rng)
+                    result = "booked" if number % 4 != 3 else "provider write"
                 except PartageError as e:
                     result = e.code
                 with lock:
@@ -91,5 +108,10 @@ def test_concurrent_overlapping_bookings_never_overbook(org_a, org_b) -> None:
     # The test only means something if clients really competed: some won, some were refused.
     assert outcomes.count("booked") >= 10
     assert outcomes.count("capacity_unavailable") >= 10
-    violations = [v for pool in pools for v in sweep_violations(pool)]
+    assert outcomes.count("provider write") >= 3
+    violations = [
+        v
+        for pool in Pool.objects.filter(pk__in=[p.pk for p in pools])
+        for v in sweep_violations(pool)
+    ]
     assert violations == []
