@@ -30,9 +30,17 @@ from typing import Any
 
 import requests
 
+from workers.executors.base import EXIT_PREEMPTED
+
 log = logging.getLogger("partage.agent")
 
 RETRY_FOR_SECONDS = 300
+
+
+class _Stopped(Exception):
+    pass
+
+
 FLUSH_EVERY_SECONDS = 1.0
 
 
@@ -212,7 +220,29 @@ def prepare(callback: Callback, run_dir: Path) -> tuple[Path, bool]:
     return config_path, resume
 
 
+class StopRequest:
+    """SIGTERM handling from the agent's first instruction: a stop (pause, cancel, preemption,
+    eviction) that lands before the trainer exists is kept and honoured once it does, or spares
+    starting it at all; the attempt is always reported."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.relay: Relay | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.relay is not None:
+            self.relay.send(signal.SIGTERM)
+
+    def attach(self, relay: Relay) -> None:
+        self.relay = relay
+        if self.requested:  # the signal came between the start of the trainer and now
+            relay.send(signal.SIGTERM)
+
+
 def main() -> int:
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s agent %(message)s", stream=sys.stderr
     )
@@ -229,15 +259,24 @@ def main() -> int:
     code = 1
     try:
         config_path, resume = prepare(callback, run_dir)
+        if stop.requested:
+            log.info("stopped before training started")
+            raise _Stopped
         command = [sys.executable, "-m", "workers.lora", "--config", str(config_path)]
         if resume:
             command.append("--resume")
         with open(stderr_tail, "ab") as err:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
         relay = Relay(callback, process)
-        signal.signal(signal.SIGTERM, lambda *_: relay.send(signal.SIGTERM))
+        stop.attach(relay)
         relay.run()
         code = process.wait()
+        if code == -signal.SIGTERM and stop.requested:
+            # The stop reached the trainer (same process group) before its own handler was in
+            # place: it saved nothing new, so the attempt resumes from its last checkpoint.
+            code = EXIT_PREEMPTED
+    except _Stopped:
+        code = EXIT_PREEMPTED  # nothing new to save: the attempt resumes from its last checkpoint
     except Exception as e:  # report anything, then fail the attempt as an internal error
         log.exception("agent failed: %s", e)
         code = 1

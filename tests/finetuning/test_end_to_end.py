@@ -122,3 +122,43 @@ def test_cancel_stops_the_local_trainer(
         timeout=30,
         what="the trainer process to exit",
     )
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """The process has installed its own SIGTERM handler (bit 15 of SigCgt in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << 14))
+
+
+def test_cancel_before_the_trainer_starts_still_ends_the_attempt(
+    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any
+) -> None:
+    """A stop that reaches the agent while it prepares (before any trainer exists) is honoured
+    and reported: the job ends cancelled instead of waiting on an agent that died silently."""
+    file_id = upload(jsonl(chat_lines(16))).json()["id"]
+    job_id = client_a.post(
+        "/v1/fine_tuning/jobs",
+        {"model": "partage/tiny-llama", "training_file": file_id},
+        format="json",
+    ).json()["id"]
+    attempt = wait_for(
+        lambda: JobAttempt.objects.filter(job_id=job_id).exclude(handle="").first(),
+        timeout=60,
+        what="the agent to be launched",
+    )
+    pid = int(attempt.handle.partition(":")[0])
+    wait_for(lambda: _catches_sigterm(pid), timeout=60, what="the agent's SIGTERM handler")
+    assert client_a.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+    job = wait_for(
+        lambda: (j := FineTuningJob.objects.get(pk=job_id)).status == "cancelled" and j,
+        timeout=90,
+        what="the job to be cancelled",
+    )
+    attempt = job.attempts.get()
+    assert attempt.status == JobAttempt.Status.CANCELLED and attempt.ended_at is not None
+    assert attempt.exit_code == 4, attempt.logs[-2000:]
+    assert job.result_file_id is None and not job.progress.get("step")
