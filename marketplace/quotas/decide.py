@@ -91,9 +91,16 @@ class Wait:
 
 
 def humanize(delta: timedelta) -> str:
+    """About how long, in steps that grow with the wait ("7 min", "40 min", "3 h", "2 days").
+
+    Coarse steps keep a waiting job's text steady from one pass to the next, so the pass
+    rewrites few reasons (the exact moment is in estimated_start).
+    """
     minutes = max(int(delta.total_seconds() // 60), 1)
-    if minutes < 90:
+    if minutes < 10:
         return f"{minutes} min"
+    if minutes < 90:
+        return f"{5 * round(minutes / 5)} min"
     hours = round(minutes / 60)
     if hours < 48:
         return f"{hours} h"

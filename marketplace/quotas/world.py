@@ -15,8 +15,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from django.db.models import DecimalField, OuterRef, Q, QuerySet, Subquery, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, TextField
+from django.db.models.functions import Cast, Coalesce
 
 from marketplace.capacity.models import (
     Booking,
@@ -348,17 +348,23 @@ def pending_jobs_load() -> list[PendingJob]:
     """The queue, in one query."""
     from marketplace.quotas.decide import PendingJob
 
-    rows = FineTuningJob.objects.filter(status=JobStatus.QUEUED).values_list(
-        "id",
-        "organization_id",
-        "gpu_flavor",
-        "gpu_count",
-        "priority",
-        "created_at",
-        "residency",
-        "attempt_count",
-        "pending_reason",
-        "estimated_start",
+    rows = (
+        FineTuningJob.objects.filter(status=JobStatus.QUEUED)
+        # As text: most jobs have no residency of their own ("{}"), and decoding each one
+        # was a fifth of the load at 10,000 jobs.
+        .annotate(residency_text=Cast("residency", TextField()))
+        .values_list(
+            "id",
+            "organization_id",
+            "gpu_flavor",
+            "gpu_count",
+            "priority",
+            "created_at",
+            "residency_text",
+            "attempt_count",
+            "pending_reason",
+            "estimated_start",
+        )
     )
     return [
         PendingJob(
@@ -368,10 +374,13 @@ def pending_jobs_load() -> list[PendingJob]:
             gpus=max(r[3], 1),
             priority=r[4],
             created_at=r[5],
-            residency=r[6] or {},
+            residency=json.loads(r[6]) if r[6] and r[6] not in _NO_RESIDENCY else {},
             attempt_count=r[7],
             pending_reason=r[8],
             estimated_start=r[9],
         )
         for r in rows
     ]
+
+
+_NO_RESIDENCY = frozenset({"{}", "null"})

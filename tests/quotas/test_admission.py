@@ -328,3 +328,43 @@ def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
         "waiting: not enough funds: this job needs €24.00 on hold for its longest run and your "
         "organization has €0.00 available; Top up"
     ), waiting["funds"].pending_reason
+
+
+def test_waits_are_told_in_steady_steps() -> None:
+    from marketplace.quotas.decide import humanize
+
+    told = [humanize(timedelta(minutes=m)) for m in (0, 7, 38, 41, 42, 43, 89, 90, 150, 3000)]
+    assert told == ["1 min", "7 min", "40 min", "40 min", "40 min", "45 min", "90 min", "2 h",
+                    "2 h", "2 days"]  # fmt: skip
+
+
+def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
+    """The pass reads the queue, quotas and capacity in a constant number of queries; only
+    admissions (bounded per pass) add their own short transactions."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, max_gpus=100)
+    orgs = [org_make() for _ in range(3)]
+    running = job_submit(orgs[0], gpus=4)
+    assert quotas.admission_pass() == [running.id]
+
+    def pass_queries() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as cold:
+            assert quotas.admission_pass() == []
+        with CaptureQueriesContext(connection) as warm:  # nothing changed: nothing written
+            assert quotas.admission_pass() == []
+        return len(cold.captured_queries), len(warm.captured_queries)
+
+    for index in range(4):
+        job_submit(orgs[index % 3], gpus=1 + index % 2)
+    small = pass_queries()
+    for index in range(20):
+        job_submit(orgs[index % 3], gpus=1 + index % 2, residency={"eu_only": index % 5 == 0})
+    large = pass_queries()
+    assert large[1] == small[1], (small, large)
+    if (
+        connection.vendor == "postgresql"
+    ):  # new reasons: one bulk UPDATE there, one per job on SQLite
+        assert large[0] == small[0], (small, large)

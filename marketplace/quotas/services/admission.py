@@ -8,6 +8,7 @@ UPDATE); borrowed work that stands between an entitled job and its GPUs is preem
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterator
@@ -54,6 +55,25 @@ def admission_pass(*, limit: int | None = None) -> list[str]:
 
 
 def admission_pass_run(*, limit: int | None = None, now: datetime | None = None) -> PassReport:
+    with _cyclic_gc_paused():
+        return _pass_run(limit=limit, now=now)
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """The pass builds many small objects that all live until it ends; the cyclic collector
+    would rescan them again and again (a third of the decide time at 100,000 jobs).
+    Reference counting still frees what the pass drops."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     now = now or timezone.now()
     limit = limit or max_per_pass()
     report = PassReport()
@@ -64,7 +84,11 @@ def admission_pass_run(*, limit: int | None = None, now: datetime | None = None)
     world = world_load(now=now)
     if not world.pools:
         return _admit_without_pools(pending, limit, report)
-    decider = Decider(world, QuotaBook(), min_run=min_run(), grace=grace())
+    book = QuotaBook()
+    decider = Decider(world, book, min_run=min_run(), grace=grace())
+    # The org-quota row is the second lock of admission: create the missing ones at once
+    # (usually none), not one by one inside the admissions.
+    _org_quota_rows_ensure({job.org_id for job in pending} - set(book.org_quotas))
     clock.lap("load")
     waits: dict[str, Wait] = {}
     victims: list[tuple[LiveAllocation, PendingJob]] = []
