@@ -357,6 +357,9 @@ def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
             assert quotas.admission_pass() == []
         return len(cold.captured_queries), len(warm.captured_queries)
 
+    for index in range(3):  # first jobs of each organization: their org-quota rows appear
+        job_submit(orgs[index], gpus=1)
+    pass_queries()
     for index in range(4):
         job_submit(orgs[index % 3], gpus=1 + index % 2)
     small = pass_queries()

@@ -408,16 +408,26 @@ def _pending_reasons_write(pending: list[PendingJob], waits: dict[str, Wait]) ->
 
 
 def _pending_reasons_write_pg(changes: list[tuple[str, str, Any]]) -> int:
+    """One statement. Rows locked by someone else (an admission, another pass writing the
+    same reasons) are skipped, not waited for: two passes updating thousands of rows in
+    different orders would deadlock, and the next pass writes what was skipped."""
     table = FineTuningJob._meta.db_table
     ids, reasons, estimates = (list(column) for column in zip(*changes, strict=True))
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
+            WITH change AS (
+                SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
+                    AS change(id, reason, estimate)
+            ), free AS (
+                SELECT job.id FROM {table} AS job JOIN change ON change.id = job.id
+                 WHERE job.status = %s
+                   FOR NO KEY UPDATE OF job SKIP LOCKED
+            )
             UPDATE {table} AS job
                SET pending_reason = change.reason, estimated_start = change.estimate
-              FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
-                   AS change(id, reason, estimate)
-             WHERE job.id = change.id AND job.status = %s
+              FROM change JOIN free ON free.id = change.id
+             WHERE job.id = change.id
             """,  # noqa: S608 - the table name is ours; values are parameters
             [ids, reasons, estimates, JobStatus.QUEUED],
         )
