@@ -157,6 +157,11 @@ class JobPricing(models.Model):
     max_duration_seconds = models.PositiveIntegerField(default=0)
     admitted_at = models.DateTimeField(default=timezone.now)
     hold_seq = models.PositiveIntegerField(default=0)
+    # The booking the job was admitted on, if any: its GPU-seconds inside the booking's window are
+    # covered by the booking's own charge (BookingCharge) and metered at zero (covered_gpu_seconds).
+    booking = models.ForeignKey(
+        "capacity.Booking", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     def __str__(self) -> str:
         return f"{self.job_id} at {self.price_per_gpu_hour}/GPU-hour"
@@ -184,6 +189,17 @@ class UsageRecord(AppendOnlyModel):
     price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     gpu_count = models.PositiveIntegerField()
     gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
+    # The part of gpu_seconds inside the window of the booking the job ran on: already paid for by
+    # the booking, so not billed again. Billable = gpu_seconds - covered_gpu_seconds.
+    covered_gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3, default=Decimal("0"))
+    booking = models.ForeignKey(
+        "capacity.Booking",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+    )
     started_at = models.DateTimeField(null=True)
     ended_at = models.DateTimeField()
     recorded_at = models.DateTimeField(default=timezone.now)
@@ -198,7 +214,12 @@ class UsageRecord(AppendOnlyModel):
         constraints = [
             models.CheckConstraint(
                 condition=Q(gpu_seconds__gte=0), name="usage_seconds_not_negative"
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(covered_gpu_seconds__gte=0)
+                & Q(covered_gpu_seconds__lte=models.F("gpu_seconds")),
+                name="usage_covered_within_seconds",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -239,6 +260,58 @@ class Charge(AppendOnlyModel):
                 condition=Q(net=Round(models.F("fee") + models.F("provider_amount"), 2)),
                 name="charge_net_is_fee_plus_provider",
             )
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class BookingCharge(AppendOnlyModel):
+    """What the ledger charged for a GPU booking (positive), or refunded on its cancellation
+    (negative). At most one of each per booking (UNIQUE key: booking:<public_id>:charge|refund).
+
+    The booking is paid in full when it is confirmed; work that runs inside its window is then
+    metered at zero for those GPU-seconds (UsageRecord.covered_gpu_seconds).
+    """
+
+    class Kind(models.TextChoices):
+        CHARGE = "charge"
+        REFUND = "refund"
+
+    key = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    booking = models.ForeignKey(
+        "capacity.Booking", on_delete=models.PROTECT, related_name="billing_charges"
+    )
+    pool = models.ForeignKey("capacity.Pool", on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    vat_rate = models.DecimalField(max_digits=5, decimal_places=4)
+    gpu_seconds = models.DecimalField(
+        max_digits=16, decimal_places=3, help_text="GPUs x the booking's window, in seconds."
+    )
+    net = models.DecimalField(max_digits=14, decimal_places=2)
+    vat = models.DecimalField(max_digits=14, decimal_places=2)
+    fee = models.DecimalField(max_digits=14, decimal_places=2)
+    provider_amount = models.DecimalField(max_digits=14, decimal_places=2)
+    entry = models.OneToOneField(
+        JournalEntry, on_delete=models.PROTECT, related_name="booking_charge"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="bookingcharge_org_created"),
+            models.Index(fields=["provider", "created_at"], name="bookingcharge_prov_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["booking", "kind"], name="bookingcharge_one_per_kind"),
+            models.CheckConstraint(
+                condition=Q(net=Round(models.F("fee") + models.F("provider_amount"), 2)),
+                name="bookingcharge_net_is_fee_plus_provider",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -307,7 +380,18 @@ class Invoice(models.Model):
 
 class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
-    job = models.ForeignKey(FineTuningJob, on_delete=models.PROTECT, related_name="+")
+    # A line bills a job stream (job set) or a booking's charge or refund (booking set).
+    job = models.ForeignKey(
+        FineTuningJob, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    booking = models.ForeignKey(
+        "capacity.Booking",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+    )
     # Lines are read by invoice and by job only: no index on pool or provider (fewer writes when
     # a month's 100k lines are written at once).
     pool = models.ForeignKey(
@@ -329,6 +413,13 @@ class InvoiceLine(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["job"], name="invoiceline_job")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(job__isnull=False, booking__isnull=True)
+                | Q(job__isnull=True, booking__isnull=False),
+                name="invoiceline_job_or_booking",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.description

@@ -83,6 +83,7 @@ def _org_b_booking(org_b: Organization, settings: Any) -> str:
     from tests.capacity import factories
 
     factories.pool(factories.provider())
+    factories.fund(org_b)  # a booking is paid when it is confirmed
     start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=10)
     return services.booking_create(
         organization=org_b,

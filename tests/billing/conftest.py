@@ -21,6 +21,7 @@ from marketplace.billing import services as billing
 from marketplace.billing.models import (
     Account,
     BillingAccount,
+    BookingCharge,
     Charge,
     Invoice,
     InvoiceLine,
@@ -28,7 +29,7 @@ from marketplace.billing.models import (
     LedgerLine,
     UsageRecord,
 )
-from marketplace.capacity.models import Pool
+from marketplace.capacity.models import Booking, Pool
 from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from tests.capacity import factories
@@ -146,6 +147,18 @@ def assert_invariants() -> None:
         else:
             wall = Decimal((attempt.ended_at - attempt.training_started_at).total_seconds())
             assert record.gpu_seconds <= wall * record.gpu_count + Decimal("0.001")
+        # Covered by a booking: only the GPU-seconds inside the booking's window.
+        assert 0 <= record.covered_gpu_seconds <= record.gpu_seconds
+        if record.booking is None:
+            assert record.covered_gpu_seconds == 0
+        elif record.covered_gpu_seconds > 0:
+            assert attempt.training_started_at is not None
+            inside = min(attempt.ended_at, record.booking.end) - max(
+                attempt.training_started_at, record.booking.start
+            )
+            assert record.covered_gpu_seconds <= Decimal(
+                inside.total_seconds()
+            ) * record.gpu_count + Decimal("0.001")
     # Billed intervals of one job never overlap: one attempt at a time.
     for job in FineTuningJob.objects.all():
         intervals = [
@@ -157,6 +170,7 @@ def assert_invariants() -> None:
         for (_, end), (begin, _) in itertools.pairwise(intervals):
             assert end is not None and end <= begin, (job.id, intervals)
         _assert_job_money(job)
+    _assert_booking_money()
     # Invoice lines add up exactly to totals.
     for invoice in Invoice.objects.prefetch_related("lines"):
         lines = list(invoice.lines.all())
@@ -169,6 +183,31 @@ def assert_invariants() -> None:
         assert invoice.total == sum(
             (line.provider_amount + line.fee + line.vat for line in lines), Decimal(0)
         )
+
+
+def _assert_booking_money() -> None:
+    """Every booking is charged exactly its amount once; a cancellation refunds exactly the
+    promised refund once; each booking entry splits into provider + fee + VAT to the cent."""
+    for booking in Booking.objects.all():
+        charges = {c.kind: c for c in BookingCharge.objects.filter(booking=booking)}
+        assert set(charges) <= {"charge", "refund"}
+        charge = charges["charge"]
+        assert charge.net == booking.amount, (booking.public_id, charge.net, booking.amount)
+        refund = charges.get("refund")
+        if booking.status == Booking.Status.CANCELLED and booking.refund_amount:
+            assert refund is not None and -refund.net == booking.refund_amount
+            assert -(refund.net + refund.vat) <= charge.net + charge.vat
+            assert -refund.provider_amount <= charge.provider_amount
+        else:
+            assert refund is None
+    for row in BookingCharge.objects.select_related("entry"):
+        legs = {account: _amount(row.entry, account) for account in Account.values}
+        assert legs[Account.CUSTOMER_BALANCE] == row.net + row.vat
+        assert -legs[Account.PROVIDER_PAYABLE] == row.provider_amount
+        assert -legs[Account.PLATFORM_REVENUE] == row.fee
+        assert -legs[Account.VAT_PAYABLE] == row.vat
+        assert legs[Account.CUSTOMER_HELD] == 0 and legs[Account.CASH] == 0
+        assert row.net == row.fee + row.provider_amount
 
 
 def _job_lines(job: FineTuningJob, account: str) -> Decimal:
@@ -225,6 +264,45 @@ def _assert_job_money(job: FineTuningJob) -> None:
 
 def _amount(entry: JournalEntry, account: str) -> Decimal:
     return sum((line.amount for line in entry.lines.all() if line.account == account), Decimal(0))
+
+
+def book(org: Organization, pool: Pool, *, gpus: int, start: datetime, hours: float) -> Booking:
+    from marketplace.capacity.services import booking_create
+
+    return booking_create(
+        organization=org,
+        flavor=pool.flavor.slug,
+        gpu_count=gpus,
+        start=start,
+        end=start + timedelta(hours=hours),
+        pool_id=pool.public_id,
+    )
+
+
+def admit_on_booking(job: FineTuningJob, booking: Booking, *, max_duration: int = 3600) -> Decimal:
+    """What the admission pass does for a job placed on its org's booking: placement (pool lock),
+    hold (balance lock), queued → admitted, in one transaction."""
+    from django.db import transaction
+
+    from marketplace.capacity.placement import PlacementDecision
+    from marketplace.capacity.services import placement_commit
+
+    pool = booking.pool
+    with transaction.atomic():
+        placement_commit(
+            job=job,
+            decision=PlacementDecision(
+                pool=pool,
+                booking=booking,
+                gpu_count=job.gpu_count,
+                price_per_gpu_hour=pool.price_per_gpu_hour,
+                reliability=None,
+                reason="on your booking",
+            ),
+        )
+        held = billing.hold_place(job=job, pool=pool, max_duration_seconds=max_duration)
+        jobs.job_admit(job_id=job.id, pool_id=pool.pk, placement_reason="on your booking")
+    return held
 
 
 def invoice_lines_for(job: FineTuningJob) -> list[InvoiceLine]:

@@ -54,6 +54,19 @@ def provider(
     return org
 
 
+def fund(org: Organization, amount: str = "100000") -> Organization:
+    """Prepaid credit for an org that books: a booking is paid when it is confirmed."""
+    from marketplace.billing.services import topup_record
+
+    topup_record(
+        organization=org,
+        amount=Decimal(amount),
+        reference=f"fund-{org.slug}-{next(_seq)}",
+        created_by="test",
+    )
+    return org
+
+
 def cluster(name: str | None = None) -> ClusterConnection:
     name = name or f"cluster-{next(_seq)}"
     return services.cluster_connection_create(

@@ -121,8 +121,8 @@ def test_placement_never_violates_residency_and_follows_the_ordering(
     with free GPUs among the most reliable (within 5 points of the best)."""
     check_database(database)
     with transaction.atomic():
-        customer = organization_create(name="Customer", slug="customer")
-        other = organization_create(name="Other", slug="other")
+        customer = factories.fund(organization_create(name="Customer", slug="customer"))
+        other = factories.fund(organization_create(name="Other", slug="other"))
         pools = build_market(specs, customer, other)
         services.residency_policy_set(organization=customer, **org_policy)
         job = factories.job(customer, gpus=job_gpus, flavor_slug=job_flavor, residency=job_policy)

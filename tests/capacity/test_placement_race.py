@@ -74,7 +74,7 @@ def test_racing_on_demand_jobs_never_take_another_orgs_booked_gpus() -> None:
     2 unbooked GPUs go on demand; the booker's 6-GPU job then still gets its booked GPUs."""
     assert connection.vendor == "postgresql"
     pool = factories.pool(gpus=8)
-    booker = organization_create(name="Booker", slug="booker")
+    booker = factories.fund(organization_create(name="Booker", slug="booker"))
     others = [organization_create(name=f"Other {n}", slug=f"other-{n}") for n in range(5)]
     start = timezone.now()
     booking = services.booking_create(

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def pools(db: None) -> dict[str, Any]:
+def pools(db: None, org_a: Any, org_b: Any) -> dict[str, Any]:
+    factories.fund(org_a)  # bookings are paid when confirmed
+    factories.fund(org_b)
     return {
         "paris": factories.pool(gpus=8, price="2.50", region="eu-west-paris", name="Paris H100"),
         "berlin": factories.pool(

@@ -87,6 +87,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
     adapter = make_file(org_a, name="adapter.tar.gz")
     FineTuningJob.objects.filter(pk=job.pk).update(result_file=adapter, manifest={"x": 1})
     pool = factories.pool(gpus=8, name="Paris H100")
+    factories.fund(org_a)  # a booking is paid when it is confirmed
     start = (timezone.now() + timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
     booking = booking_create(
         organization=org_a,

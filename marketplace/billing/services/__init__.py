@@ -1,9 +1,11 @@
 """Writes for billing: metering, holds, the ledger, top-ups, invoices, statements and payouts.
 
 The job life cycle calls attempt_meter, job_settle and job_over_budget; the admission pass calls
-hold_place. The money rules (rounding, VAT, fee split) live in marketplace/billing/money.py.
+hold_place; capacity's booking services call booking_charge and booking_refund. The money rules
+(rounding, VAT, fee split) live in marketplace/billing/money.py.
 """
 
+from marketplace.billing.services.bookings import booking_charge, booking_net, booking_refund
 from marketplace.billing.services.invoices import (
     invoice_draft,
     invoice_finalize,
@@ -52,6 +54,9 @@ __all__ = [
     "attempt_meter",
     "balance_available",
     "balance_held",
+    "booking_charge",
+    "booking_net",
+    "booking_refund",
     "credit_limit_set",
     "entry_post",
     "hold_place",

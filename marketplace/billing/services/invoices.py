@@ -1,6 +1,7 @@
 """Monthly invoices per organization: draft → finalized → void.
 
-One line per job stream (a job on one pool at one price) with its GPU-seconds, rate and amount.
+One line per job stream (a job on one pool at one price) with its GPU-seconds, rate and amount,
+and one line per booking charge (or negative line per cancellation refund) posted in the range.
 Amounts follow the one rounding rule of marketplace/billing/money.py: each line carries the
 difference of the stream's cumulative amounts, each rounded half-even to the cent, so lines are
 rounded once and add up exactly.
@@ -22,11 +23,12 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, models, transaction
-from django.db.models import Case, Max, Q, Sum, When
+from django.db.models import Case, F, Max, Q, Sum, When
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import (
+    BookingCharge,
     Invoice,
     InvoiceLine,
     InvoiceNumberSequence,
@@ -75,6 +77,7 @@ class _Stream:
     provider_id: int | None
     price: Decimal
     gpu_seconds: Decimal
+    billable: Decimal  # gpu_seconds less what a booking already paid for
     waived: bool
     correction: bool
 
@@ -95,7 +98,8 @@ def _streams(
             "organization_id", "job_id", "pool_id", "provider_id", "price_per_gpu_hour"
         )
         .annotate(
-            gpu_seconds=Sum("gpu_seconds"),
+            total_seconds=Sum("gpu_seconds"),
+            billable_seconds=Sum(F("gpu_seconds") - F("covered_gpu_seconds")),
             # Usage from before the period that its own invoice could not bill: a correction.
             correction=Max(Case(When(before_period, then=1), default=0)),
         )
@@ -110,9 +114,8 @@ def _streams(
     )
     pools = dict(Pool.objects.values_list("id", "public_id"))
     by_org: dict[int, list[_Stream]] = defaultdict(list)
-    for org_id, job_id, pool_id, provider_id, price, gpu_seconds, correction in rows.iterator(
-        chunk_size=20_000
-    ):
+    for row in rows.iterator(chunk_size=20_000):
+        org_id, job_id, pool_id, provider_id, price, gpu_seconds, billable, correction = row
         by_org[org_id].append(
             _Stream(
                 job_id=job_id,
@@ -121,6 +124,7 @@ def _streams(
                 provider_id=provider_id,
                 price=Decimal(price),
                 gpu_seconds=exact_seconds(gpu_seconds),
+                billable=exact_seconds(billable),
                 waived=job_id in waived,
                 correction=bool(correction),
             )
@@ -163,7 +167,7 @@ def _already_invoiced(job_ids: Any) -> dict[StreamKey, tuple[Decimal, Split]]:
 class _Line:
     """An invoice line before it is written (a model instance per line costs more than its math)."""
 
-    job_id: str
+    job_id: str | None
     pool_id: int | None
     provider_id: int | None
     description: str
@@ -176,6 +180,7 @@ class _Line:
     provider_amount: Decimal
     is_correction: bool
     invoice_id: int | None = None
+    booking_id: int | None = None
 
     def model(self) -> InvoiceLine:
         return InvoiceLine(**{column: getattr(self, column) for column in LINE_COLUMNS})
@@ -183,7 +188,7 @@ class _Line:
 
 def _line(stream: _Stream, prior: tuple[Decimal, Split], vat_rate: Decimal, fee: Decimal) -> _Line:
     prior_billable, prior_split = prior
-    cumulative = ZERO if stream.waived else prior_billable + stream.gpu_seconds
+    cumulative = ZERO if stream.waived else prior_billable + stream.billable
     delta = (
         stream_split(
             gpu_seconds=cumulative,
@@ -199,6 +204,9 @@ def _line(stream: _Stream, prior: tuple[Decimal, Split], vat_rate: Decimal, fee:
         description += " (failed through a platform or provider fault: not charged)"
     elif stream.correction:
         description += " (late usage from an earlier period)"
+    if stream.billable < stream.gpu_seconds and not stream.waived:
+        covered = stream.gpu_seconds - stream.billable
+        description += f" ({covered} GPU-s inside a booking: paid by the booking)"
     return _Line(
         job_id=stream.job_id,
         pool_id=stream.pool_id,
@@ -233,6 +241,62 @@ def _lines_for(
             )
             for s in sorted(streams, key=lambda s: (s.job_id, s.pool_id or 0, s.price))
         ]
+    return lines
+
+
+def _booking_lines(
+    charges: models.QuerySet[BookingCharge], period_start: datetime
+) -> dict[int, list[_Line]]:
+    """One line per booking charge or refund, with exactly the amounts the ledger moved.
+
+    A booking charge was rounded once, by the line rule, when it was posted (billing/bookings.py);
+    the invoice carries it as it is, and a cancellation's refund as a negative line.
+    """
+    rows = charges.select_related("booking", "pool").order_by("created_at", "id")
+    by_org: dict[int, list[_Line]] = defaultdict(list)
+    for charge in rows:
+        booking = charge.booking
+        window = f"[{booking.start:%Y-%m-%d %H:%M}, {booking.end:%Y-%m-%d %H:%M}) UTC"
+        if charge.kind == BookingCharge.Kind.CHARGE:
+            description = (
+                f"GPU booking {booking.public_id}: {booking.gpu_count} GPU(s) on "
+                f"{charge.pool.public_id}, {window}"
+            )
+        else:
+            description = f"Refund: GPU booking {booking.public_id} cancelled ({window})"
+        late = charge.created_at < period_start
+        if late:
+            description += " (from an earlier period)"
+        by_org[charge.organization_id].append(
+            _Line(
+                job_id=None,
+                booking_id=charge.booking_id,
+                pool_id=charge.pool_id,
+                provider_id=charge.provider_id,
+                description=description,
+                gpu_seconds=charge.gpu_seconds,
+                billable_gpu_seconds=charge.gpu_seconds,
+                price_per_gpu_hour=charge.price_per_gpu_hour,
+                amount=charge.net,
+                vat=charge.vat,
+                fee=charge.fee,
+                provider_amount=charge.provider_amount,
+                is_correction=late or charge.kind == BookingCharge.Kind.REFUND,
+            )
+        )
+    return by_org
+
+
+def _all_lines(
+    records: models.QuerySet[UsageRecord],
+    charges: models.QuerySet[BookingCharge],
+    period_start: datetime,
+    orgs: dict[int, Organization],
+) -> dict[int, list[_Line]]:
+    """Job-stream lines, then booking lines, per org."""
+    lines = _lines_for(_streams(records, period_start), records.values("job_id"), orgs)
+    for org_id, own in _booking_lines(charges, period_start).items():
+        lines.setdefault(org_id, []).extend(own)
     return lines
 
 
@@ -273,8 +337,13 @@ def covered_until(organization_ids: Any = None) -> dict[int, datetime]:
 
 
 def _uninvoiced(
-    period_end: datetime, covered: dict[int, datetime], organization_ids: Any = None
-) -> models.QuerySet[UsageRecord]:
+    period_end: datetime,
+    covered: dict[int, datetime],
+    organization_ids: Any = None,
+    *,
+    model: type[models.Model] = UsageRecord,
+    stamp: str = "recorded_at",
+) -> models.QuerySet[Any]:
     """Usage recorded before period_end that no finalized invoice has billed yet.
 
     Orgs are grouped by how far they are covered (in a monthly run, all alike), so the filter
@@ -285,11 +354,21 @@ def _uninvoiced(
         orgs_by_cut[until].append(org_id)
     wanted = ~Q(organization_id__in=list(covered))
     for until, org_ids in orgs_by_cut.items():
-        wanted |= Q(organization_id__in=org_ids, recorded_at__gte=until)
-    records = UsageRecord.objects.filter(wanted, recorded_at__lt=period_end)
+        wanted |= Q(organization_id__in=org_ids, **{f"{stamp}__gte": until})
+    records = model._default_manager.filter(wanted, **{f"{stamp}__lt": period_end})
     if organization_ids is not None:
         records = records.filter(organization_id__in=organization_ids)
     return records
+
+
+def _booking_charges_uninvoiced(
+    period_end: datetime, covered: dict[int, datetime], organization_ids: Any = None
+) -> models.QuerySet[BookingCharge]:
+    """Booking charges and refunds posted before period_end and not on a finalized invoice:
+    claimed by the same range as usage (created_at, stamped under the metering lock)."""
+    return _uninvoiced(
+        period_end, covered, organization_ids, model=BookingCharge, stamp="created_at"
+    )
 
 
 def invoice_draft(
@@ -318,10 +397,10 @@ def invoice_draft(
             )
         covered = covered_until([organization.pk])
         records = _uninvoiced(period_end, covered, [organization.pk])
+        charges = _booking_charges_uninvoiced(period_end, covered, [organization.pk])
         invoice.usage_from = covered.get(organization.pk)
         invoice.usage_until = period_end
-        streams = _streams(records, period_start)
-        lines = _lines_for(streams, records.values("job_id"), {organization.pk: organization})
+        lines = _all_lines(records, charges, period_start, {organization.pk: organization})
         own = lines.get(organization.pk, [])
         _snapshot(invoice, organization, own)
         invoice.save()
@@ -352,6 +431,8 @@ def invoices_finalize(
         covered = covered_until(org_filter)
         pending = _uninvoiced(period_end, covered, org_filter)
         org_ids = set(pending.values_list("organization_id", flat=True).distinct().order_by())
+        booked = _booking_charges_uninvoiced(period_end, covered, org_filter)
+        org_ids |= set(booked.values_list("organization_id", flat=True).distinct().order_by())
         live = {
             inv.organization_id: inv
             for inv in Invoice.objects.select_for_update()
@@ -368,8 +449,9 @@ def invoices_finalize(
         _aggregation_tune()
         # The invoices claim their usage by range: no usage record is written.
         claimed = _uninvoiced(period_end, covered, sorted(org_ids))
+        claimed_charges = _booking_charges_uninvoiced(period_end, covered, sorted(org_ids))
         orgs = Organization.objects.in_bulk(list(org_ids))
-        lines = _lines_for(_streams(claimed, period_start), claimed.values("job_id"), orgs)
+        lines = _all_lines(claimed, claimed_charges, period_start, orgs)
         numbers = iter(_numbers(period_start.year, len(org_ids)))
         now = timezone.now()
         invoices: dict[int, Invoice] = {}
@@ -401,6 +483,7 @@ def invoices_finalize(
 LINE_COLUMNS = (
     "invoice_id",
     "job_id",
+    "booking_id",
     "pool_id",
     "provider_id",
     "description",

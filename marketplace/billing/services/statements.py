@@ -1,7 +1,7 @@
 """Provider statements and payouts: gross usage on the provider's pools, minus the platform fee.
 
-A statement sums the charges (captures and refunds) booked on the provider's streams during the
-period; charges are always booked "now", so a finalized past period never changes.
+A statement sums the charges (captures and refunds) booked on the provider's streams, and the
+booking charges and refunds on the provider's pools, during the period; charges are always booked "now", so a finalized past period never changes.
 """
 
 from __future__ import annotations
@@ -11,29 +11,43 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
-from marketplace.billing.models import Account, Charge, JournalEntry, ProviderStatement, UsageRecord
+from marketplace.billing.models import (
+    Account,
+    BookingCharge,
+    Charge,
+    JournalEntry,
+    ProviderStatement,
+    UsageRecord,
+)
 from marketplace.billing.money import exact_cents, exact_seconds, fee_percent
 from marketplace.billing.services.ledger import Leg, entry_post
 from marketplace.errors import InvalidInput, InvalidTransition
 
 
 def _totals(provider_id: int, start: datetime, end: datetime) -> dict[str, Decimal]:
-    charges = Charge.objects.filter(
-        provider_id=provider_id, created_at__gte=start, created_at__lt=end
+    """Gross = job charges + booking charges (less refunds) on the provider's pools in the period.
+
+    GPU-seconds are the ones sold: usage not covered by a booking, plus booked GPU-seconds
+    (a refunded part counts negative).
+    """
+    window = {"provider_id": provider_id, "created_at__gte": start, "created_at__lt": end}
+    money = {"gross": Sum("net"), "fee": Sum("fee"), "payable": Sum("provider_amount")}
+    usage = Charge.objects.filter(**window).aggregate(**money)
+    booked = BookingCharge.objects.filter(**window).aggregate(
+        **money, gpu_seconds=Sum("gpu_seconds")
     )
-    sums = charges.aggregate(gross=Sum("net"), fee=Sum("fee"), payable=Sum("provider_amount"))
     seconds = UsageRecord.objects.filter(
         provider_id=provider_id, recorded_at__gte=start, recorded_at__lt=end
-    ).aggregate(total=Sum("gpu_seconds"))["total"]
+    ).aggregate(total=Sum(F("gpu_seconds") - F("covered_gpu_seconds")))["total"]
     return {
-        "gross": exact_cents(sums["gross"]),
-        "fee": exact_cents(sums["fee"]),
-        "payable": exact_cents(sums["payable"]),
-        "gpu_seconds": exact_seconds(seconds),
+        "gross": exact_cents(usage["gross"]) + exact_cents(booked["gross"]),
+        "fee": exact_cents(usage["fee"]) + exact_cents(booked["fee"]),
+        "payable": exact_cents(usage["payable"]) + exact_cents(booked["payable"]),
+        "gpu_seconds": exact_seconds(seconds) + exact_seconds(booked["gpu_seconds"]),
     }
 
 
@@ -64,14 +78,16 @@ def statement_build(
 
 
 def statements_build(*, period_start: datetime, period_end: datetime) -> list[ProviderStatement]:
-    provider_ids = (
-        Charge.objects.filter(
-            created_at__gte=period_start, created_at__lt=period_end, provider__isnull=False
+    provider_ids = set()
+    for model in (Charge, BookingCharge):
+        provider_ids |= set(
+            model.objects.filter(
+                created_at__gte=period_start, created_at__lt=period_end, provider__isnull=False
+            )
+            .values_list("provider_id", flat=True)
+            .distinct()
+            .order_by()
         )
-        .values_list("provider_id", flat=True)
-        .distinct()
-        .order_by()
-    )
     return [
         statement_build(provider=provider, period_start=period_start, period_end=period_end)
         for provider in Organization.objects.filter(pk__in=list(provider_ids))

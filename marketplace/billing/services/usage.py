@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from marketplace.billing.models import Account, Charge, JobPricing, JournalEntry, UsageRecord
@@ -80,7 +81,10 @@ def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
     if existing is not None:
         return existing
     job = attempt.job
-    pricing = JobPricing.objects.filter(job_id=job.pk).first()
+    pricing = JobPricing.objects.select_related("booking").filter(job_id=job.pk).first()
+    gpus = max(job.gpu_count, 1)
+    gpu_seconds = Decimal(attempt.gpu_seconds or 0)
+    booking = pricing.booking if pricing else None
     record = UsageRecord(
         key=key,
         organization_id=job.organization_id,
@@ -90,8 +94,10 @@ def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
         provider_id=pricing.provider_id if pricing else None,
         # No snapshot means the job was admitted without a pool (embedded local default): free.
         price_per_gpu_hour=pricing.price_per_gpu_hour if pricing else ZERO,
-        gpu_count=max(job.gpu_count, 1),
-        gpu_seconds=Decimal(attempt.gpu_seconds or 0),
+        gpu_count=gpus,
+        gpu_seconds=gpu_seconds,
+        covered_gpu_seconds=_covered(attempt, booking, gpus, gpu_seconds),
+        booking=booking,
         started_at=attempt.training_started_at,
         ended_at=attempt.ended_at or timezone.now(),
     )
@@ -106,6 +112,19 @@ def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
         # The job already settled (the adapter arrives before the trainer exits): charge the rest.
         job_settle(job=job)
     return record
+
+
+def _covered(attempt: JobAttempt, booking: Any, gpus: int, gpu_seconds: Decimal) -> Decimal:
+    """GPU-seconds of the attempt inside its booking's window: paid for by the booking."""
+    if booking is None or attempt.training_started_at is None:
+        return ZERO
+    ended = attempt.ended_at or timezone.now()
+    begin = max(attempt.training_started_at, booking.start)
+    end = min(ended, booking.end)
+    if end <= begin:
+        return ZERO
+    inside = exact_seconds(Decimal(str((end - begin).total_seconds())) * gpus)
+    return min(inside, gpu_seconds)
 
 
 def _pool_terms(pool: Any) -> tuple[int, int, Decimal]:
@@ -123,12 +142,12 @@ def _streams_due(job: FineTuningJob, vat_rate: Decimal) -> dict[StreamKey, tuple
     rows = (
         UsageRecord.objects.filter(job_id=job.pk)
         .values("pool_id", "provider_id", "price_per_gpu_hour")
-        .annotate(gpu_seconds=Sum("gpu_seconds"))
+        .annotate(billable_seconds=Sum(F("gpu_seconds") - F("covered_gpu_seconds")))
     )
     due: dict[StreamKey, tuple[Decimal, Split]] = {}
     for row in rows:
         key = (row["pool_id"], row["provider_id"], Decimal(row["price_per_gpu_hour"]))
-        billable = ZERO if waived else exact_seconds(row["gpu_seconds"])
+        billable = ZERO if waived else exact_seconds(row["billable_seconds"])
         due[key] = (
             billable,
             stream_split(
@@ -177,6 +196,31 @@ def _uncaptured(job: FineTuningJob, vat_rate: Decimal) -> Decimal:
     return max(total, ZERO)
 
 
+def _booking_of(job: FineTuningJob, pool_id: int) -> Any:
+    """The confirmed booking this admission runs on (capacity's placement says), if any."""
+    from marketplace.capacity.models import Booking, Placement
+
+    placement = Placement.objects.filter(job_id=job.pk, pool_id=pool_id).first()
+    if placement is None or placement.booking_id is None:
+        return None
+    return Booking.objects.filter(
+        pk=placement.booking_id,
+        organization_id=job.organization_id,
+        status=Booking.Status.CONFIRMED,
+    ).first()
+
+
+def _uncovered_seconds(booking: Any, max_duration_seconds: int) -> int:
+    """Of the job's longest run from now, the seconds outside its booking's window."""
+    if booking is None:
+        return max_duration_seconds
+    now = timezone.now()
+    begin = max(now, booking.start)
+    end = min(now + timedelta(seconds=max_duration_seconds), booking.end)
+    inside = max(0, int((end - begin).total_seconds()))
+    return max_duration_seconds - inside
+
+
 def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> Decimal:
     """Snapshot the pool's price on the job and hold funds for its worst case; call at admission.
 
@@ -206,7 +250,9 @@ def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> D
         org = job.organization
         rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
         gpus = max(job.gpu_count, 1)
-        net_max = cents_up(usage_cost(Decimal(gpus * max_duration_seconds), price))
+        booking = _booking_of(job, pool_id)
+        uncovered = _uncovered_seconds(booking, max_duration_seconds)
+        net_max = cents_up(usage_cost(Decimal(gpus * uncovered), price))
         worst_case = net_max + cents_up(net_max * rate)
         required = worst_case + _uncaptured(job, rate)
         held = job_held(job_id=job.pk)
@@ -222,6 +268,7 @@ def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> D
         )
         pricing.max_duration_seconds = max_duration_seconds
         pricing.admitted_at = timezone.now()
+        pricing.booking = booking
         if shortfall <= 0:
             pricing.save()
             return held
@@ -332,10 +379,10 @@ def job_settle(*, job: FineTuningJob) -> None:
 def job_cost_so_far(*, job: FineTuningJob) -> Decimal:
     """Unrounded net cost of the job up to now: ended attempts plus the running one."""
     cost = ZERO
-    for gpu_seconds, price in UsageRecord.objects.filter(job_id=job.pk).values_list(
-        "gpu_seconds", "price_per_gpu_hour"
+    for gpu_seconds, covered, price in UsageRecord.objects.filter(job_id=job.pk).values_list(
+        "gpu_seconds", "covered_gpu_seconds", "price_per_gpu_hour"
     ):
-        cost += usage_cost(gpu_seconds, price)
+        cost += usage_cost(gpu_seconds - covered, price)
     running = (
         JobAttempt.objects.filter(
             job_id=job.pk, ended_at__isnull=True, training_started_at__isnull=False
@@ -344,13 +391,15 @@ def job_cost_so_far(*, job: FineTuningJob) -> Decimal:
         .first()
     )
     if running is not None:
-        snapshot = (
-            JobPricing.objects.filter(job_id=job.pk)
-            .values_list("price_per_gpu_hour", flat=True)
-            .first()
-        )
-        seconds = Decimal((timezone.now() - running).total_seconds()) * max(job.gpu_count, 1)
-        cost += usage_cost(seconds, snapshot or ZERO)
+        pricing = JobPricing.objects.select_related("booking").filter(job_id=job.pk).first()
+        now = timezone.now()
+        wall = Decimal((now - running).total_seconds())
+        booking = pricing.booking if pricing else None
+        if booking is not None:  # the part inside the booking's window is already paid for
+            inside = (min(now, booking.end) - max(running, booking.start)).total_seconds()
+            wall -= Decimal(max(inside, 0))
+        seconds = wall * max(job.gpu_count, 1)
+        cost += usage_cost(seconds, pricing.price_per_gpu_hour if pricing else ZERO)
     return cost
 
 

@@ -4,6 +4,10 @@ No pool is ever overbooked (REFERENCE §5 invariant 3): the pool row is locked (
 UPDATE), the peak of overlapping bookings and maintenance computed, and the booking written
 only if the peak plus the new GPUs fits; otherwise CapacityUnavailable names the earliest
 window that would.
+
+Money is billing's: a booking is charged (amount + VAT) in the transaction that confirms it, and
+refused with InsufficientFunds (nothing written) when the balance can't cover it; a cancellation
+refunds, in the same transaction as the cancellation, exactly the quote's refund_amount (+ VAT). See docs/billing.md.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from marketplace.accounts.models import ApiKey, Organization, User
+from marketplace.billing.services import bookings as billing
 from marketplace.capacity import policies, selectors
 from marketplace.capacity.models import (
     Booking,
@@ -165,7 +170,8 @@ def _unavailable(request: BookingRequest, candidates: list[Pool]) -> CapacityUna
 
 
 def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | None:
-    """Lock the pool, check the peak, write. None when it does not fit (nothing written)."""
+    """Lock the pool, check the peak, write and charge. None when it does not fit (nothing
+    written); InsufficientFunds (nothing written either) when the balance can't pay for it."""
     with transaction.atomic():
         locked = lock_pool(pool.pk)
         if locked.status != Pool.Status.ACTIVE:
@@ -173,7 +179,7 @@ def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | Non
         loads = selectors.reserved_loads([locked.pk], request.start, request.end)[locked.pk]
         if peak(loads, request.start, request.end) + request.gpu_count > locked.gpu_count:
             return None
-        return Booking.objects.create(
+        booking = Booking.objects.create(
             public_id=new_id("bk"),
             organization=request.organization,
             pool=locked,
@@ -182,7 +188,7 @@ def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | Non
             start=request.start,
             end=request.end,
             price_per_gpu_hour=locked.price_per_gpu_hour,
-            amount=policies.booking_amount(
+            amount=billing.booking_net(
                 gpus=request.gpu_count,
                 start=request.start,
                 end=request.end,
@@ -191,6 +197,8 @@ def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | Non
             cancellation_policy=policies.CANCELLATION_POLICY,
             **audit,
         )
+        billing.booking_charge(booking=booking)  # org balance locked last: pool → balance
+        return booking
 
 
 def booking_create(
@@ -273,7 +281,7 @@ def booking_quote(
     earliest = None if fitting else earliest_window(request, candidates)
     pool = fitting or (earliest.pool if earliest else None)
     amount = (
-        policies.booking_amount(gpus=gpu_count, start=start, end=end, price=pool.price_per_gpu_hour)
+        billing.booking_net(gpus=gpu_count, start=start, end=end, price=pool.price_per_gpu_hour)
         if pool
         else None
     )
@@ -343,4 +351,5 @@ def booking_cancel(
                 "refund_amount",
             ]
         )
+        billing.booking_refund(booking=booking, refund_amount=quote.refund_amount)
     return booking

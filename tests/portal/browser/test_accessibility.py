@@ -41,6 +41,7 @@ def _startup_pages(org: Any, captured: Any) -> list[str]:
         status="succeeded", result_file=adapter, manifest={"base_model": {"id": "x"}}
     )
     pool = factories.pool(gpus=8, price="2.50", region="eu-west-paris", name="Paris H100")
+    factories.fund(org)  # a booking is paid when it is confirmed
     start = (timezone.now() + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
     booking_create(
         organization=org,

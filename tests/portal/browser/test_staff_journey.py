@@ -101,6 +101,8 @@ def test_staff_changes_a_quota_and_the_startup_sees_it(
     factories.pool(
         gpus=16, price="3.10", region="eu-north-helsinki", country="FI", name="Helsinki H100 SXM"
     )
+    factories.fund(org_a)  # bookings are paid when confirmed
+    factories.fund(org_b)
     start = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
     booking_create(
         organization=org_a,
