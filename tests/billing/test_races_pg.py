@@ -160,3 +160,34 @@ def test_invoice_cut_waits_for_usage_being_recorded(org_a: Any, pool: Any) -> No
     [line] = invoice.lines.all()
     assert line.job_id == job.id and line.gpu_seconds == Decimal("72.000")
     assert line.amount == Decimal("0.05")
+
+
+def test_concurrent_bookings_never_overspend_and_refused_ones_leave_nothing(
+    org_a: Any, pool: Any
+) -> None:
+    from django.utils import timezone
+
+    from marketplace.billing.models import BookingCharge
+    from marketplace.capacity.models import Booking
+    from marketplace.capacity.services import booking_create
+
+    topup(org_a, "9.50")  # room for three bookings of €2.50 + €0.50 VAT
+    begin = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+
+    def reserve(index: int) -> Any:
+        return booking_create(
+            organization=org_a,
+            flavor=pool.flavor.slug,
+            gpu_count=1,
+            start=begin + timedelta(hours=index),
+            end=begin + timedelta(hours=index + 1),
+            pool_id=pool.public_id,
+        )
+
+    results = _together(8, reserve)
+    refused = [r for r in results if isinstance(r, InsufficientFunds)]
+    assert len(refused) == 5, results
+    assert Booking.objects.count() == 3
+    assert BookingCharge.objects.count() == 3
+    assert billing.balance_available(organization=org_a) == Decimal("0.50")
+    assert_invariants()
