@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from marketplace.billing import services
 from marketplace.billing.models import (
     BillingAccount,
+    BookingCharge,
     Charge,
     Invoice,
     InvoiceLine,
@@ -128,6 +129,22 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 class ChargeAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "job", "provider", "net", "vat", "fee", "provider_amount"]
     search_fields = ["job__id", "key"]
+
+
+@admin.register(BookingCharge)
+class BookingChargeAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "kind",
+        "booking",
+        "organization",
+        "provider",
+        "net",
+        "vat",
+        "fee",
+    ]
+    list_filter = ["kind"]
+    search_fields = ["booking__public_id", "key", "organization__slug"]
 
 
 class InvoiceLineInline(admin.TabularInline):

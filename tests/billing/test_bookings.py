@@ -276,3 +276,13 @@ def test_the_invoice_and_the_statement_include_the_booking(
     assert statement.fee == Decimal("2.13")
     assert statement.payable == billing.provider_payable(provider=provider_org)
     assert_invariants()
+
+
+def test_staff_see_booking_charges_in_the_admin(
+    admin_client: Any, org_a: Any, provider_org: Any, pool: Any
+) -> None:
+    topup(org_a, "100.00")
+    booking = book(org_a, pool, gpus=1, start=timezone.now() + timedelta(days=3), hours=1)
+    page = admin_client.get("/admin/billing/bookingcharge/")
+    assert page.status_code == 200
+    assert booking.public_id in page.content.decode()
