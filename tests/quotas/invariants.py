@@ -128,8 +128,15 @@ def _assert_budgets(now) -> None:  # type: ignore[no-untyped-def]
             assert hours <= budget, (org_id, flavor_id, hours, budget)
 
 
+# What a reason asks for when no start can be estimated until someone acts.
+ACTIONS = ("resubmit", "ask staff", "choose another flavor", "Top up")
+
+
 def assert_every_queued_job_explained() -> None:
-    for job_id, reason in FineTuningJob.objects.filter(status="queued").values_list(
-        "id", "pending_reason"
+    """REFERENCE §5.7, after a pass: a reason in words, and an estimated start unless the
+    reason says what must be done first."""
+    for job_id, reason, estimate in FineTuningJob.objects.filter(status="queued").values_list(
+        "id", "pending_reason", "estimated_start"
     ):
         assert reason.startswith("waiting: "), (job_id, reason)
+        assert estimate is not None or any(a in reason for a in ACTIONS), (job_id, reason)

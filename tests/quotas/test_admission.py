@@ -23,6 +23,7 @@ from tests.quotas.conftest import (
     plan_make,
     pool_make,
 )
+from tests.quotas.invariants import ACTIONS, assert_every_queued_job_explained
 
 pytestmark = pytest.mark.django_db
 
@@ -269,9 +270,6 @@ def test_job_refused_for_funds_does_not_block_funded_jobs_behind_it(h100) -> Non
     assert not Allocation.objects.filter(job_id__in=[unfunded_big.id, unfunded_small.id]).exists()
 
 
-ACTIONS = ("resubmit", "ask staff", "choose another flavor", "Top up")
-
-
 def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
     """Each kind of wait, side by side: a reason in plain words, and an estimated start
     whenever the job can start without anyone acting (else the reason says what to do)."""
@@ -315,6 +313,7 @@ def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
             assert any(action in reason for action in ACTIONS), (kind, reason)
         else:
             assert job.estimated_start >= now - timedelta(minutes=1), (kind, reason)
+    assert_every_queued_job_explained()
     assert "runs 2 of its 2 allowed concurrent H100 jobs" in waiting["concurrency"].pending_reason
     # the running jobs end within their 10 h limit; the waiting job is promised that moment
     assert waiting["concurrency"].estimated_start <= now + timedelta(hours=10)
