@@ -7,6 +7,8 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import BasePermission
@@ -15,9 +17,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.accounts.models import Organization
+from marketplace.api import serializers_billing as docs
 from marketplace.api.authentication import ApiKeyAuthentication
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
+from marketplace.api.views import LIST_PARAMETERS, AlwaysJson
 from marketplace.billing import selectors, services
 from marketplace.billing.exports import invoice_export
 from marketplace.billing.models import Invoice, InvoiceLine, ProviderStatement, UsageRecord
@@ -124,7 +128,9 @@ def _after_public_id(queryset: QuerySet[Any], after: str) -> QuerySet[Any] | Non
 
 def _after_usage(queryset: QuerySet[Any], after: str) -> QuerySet[Any] | None:
     pk = after.removeprefix("usage-")
-    anchor = queryset.filter(pk=pk).values("recorded_at", "pk").first() if pk.isdigit() else None
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    is_number = pk.isascii() and pk.isdigit()
+    anchor = queryset.filter(pk=pk).values("recorded_at", "pk").first() if is_number else None
     if anchor is None:
         return None
     return queryset.filter(
@@ -135,8 +141,30 @@ def _after_usage(queryset: QuerySet[Any], after: str) -> QuerySet[Any] | None:
 
 # ---------------------------------------------------------------- views
 
+EXPORT_FORMATS = ("pdf", "html", "csv")
+DOWNLOAD_DESCRIPTION = (
+    "The invoice as an attachment, in the format export_format names: a PDF, an HTML page or "
+    "CSV lines and totals (both UTF-8). The same figures in each."
+)
+
+USAGE_PARAMETERS = [
+    OpenApiParameter(
+        "period",
+        str,
+        pattern=r"^\d{4}-\d{2}$",
+        description="Only usage recorded in this calendar month (UTC), as YYYY-MM: 2026-11.",
+    ),
+    OpenApiParameter("job", str, description="Only this fine-tuning job's usage (ftjob-…)."),
+    OpenApiParameter("pool", str, description="Only usage on this GPU pool (its id)."),
+    OpenApiParameter(
+        "after", str, description="The id (usage-<n>) of the last record of the previous page."
+    ),
+    OpenApiParameter("limit", int, description="1 to 100 items; default 20."),
+]
+
 
 class BalanceView(APIView):
+    @extend_schema(operation_id="billing_balance_retrieve", responses=docs.BillingBalanceObject)
     def get(self, request: Request) -> Response:
         org = org_of(request)
         balance = selectors.balance_for_org(org)
@@ -151,6 +179,11 @@ class BalanceView(APIView):
 
 
 class UsageListView(APIView):
+    @extend_schema(
+        operation_id="billing_usage_list",
+        parameters=USAGE_PARAMETERS,
+        responses=docs.UsageRecordList,
+    )
     def get(self, request: Request) -> Response:
         params = request.query_params
         period = services.period_parse(params["period"]) if params.get("period") else None
@@ -168,6 +201,19 @@ class UsageListView(APIView):
 
 
 class InvoiceListView(APIView):
+    @extend_schema(
+        operation_id="billing_invoices_list",
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                enum=Invoice.Status.values,
+                description="Only invoices in this status.",
+            ),
+            *LIST_PARAMETERS,
+        ],
+        responses=docs.InvoiceList,
+    )
     def get(self, request: Request) -> Response:
         invoices = selectors.invoices_for_org(org_of(request))
         status = request.query_params.get("status")
@@ -189,14 +235,38 @@ class InvoiceListView(APIView):
 
 
 class InvoiceDetailView(APIView):
+    @extend_schema(operation_id="billing_invoices_retrieve", responses=docs.InvoiceDetailObject)
     def get(self, request: Request, invoice_id: str) -> Response:
         invoice = selectors.invoice_for_org(org_of(request), invoice_id)
         return Response(invoice_object(invoice, with_lines=True))
 
 
 class InvoiceDownloadView(APIView):
+    # The body is a file whatever the Accept header asks (a PDF download may well send
+    # `Accept: application/pdf`); errors are JSON.
+    content_negotiation_class = AlwaysJson
+
+    @extend_schema(
+        operation_id="billing_invoices_download",
+        parameters=[
+            OpenApiParameter(
+                "export_format",
+                str,
+                OpenApiParameter.PATH,
+                enum=list(EXPORT_FORMATS),
+                description="pdf, html or csv: the same figures in each.",
+            )
+        ],
+        responses={
+            (200, "application/pdf"): OpenApiResponse(
+                OpenApiTypes.BINARY, description=DOWNLOAD_DESCRIPTION
+            ),
+            (200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description=DOWNLOAD_DESCRIPTION),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description=DOWNLOAD_DESCRIPTION),
+        },
+    )
     def get(self, request: Request, invoice_id: str, export_format: str) -> HttpResponse:
-        if export_format not in {"pdf", "html", "csv"}:
+        if export_format not in EXPORT_FORMATS:
             raise InvalidInput(
                 f"Unknown export {export_format!r}: download as pdf, html or csv.", param="format"
             )
@@ -209,6 +279,11 @@ class InvoiceDownloadView(APIView):
 
 
 class StatementListView(APIView):
+    @extend_schema(
+        operation_id="billing_statements_list",
+        parameters=LIST_PARAMETERS,
+        responses=docs.ProviderStatementList,
+    )
     def get(self, request: Request) -> Response:
         statements = selectors.statements_for_provider(org_of(request))
         return Response(
@@ -223,6 +298,9 @@ class StatementListView(APIView):
 
 
 class StatementDetailView(APIView):
+    @extend_schema(
+        operation_id="billing_statements_retrieve", responses=docs.ProviderStatementObject
+    )
     def get(self, request: Request, statement_id: str) -> Response:
         return Response(
             statement_object(selectors.statement_for_provider(org_of(request), statement_id))
@@ -230,12 +308,22 @@ class StatementDetailView(APIView):
 
 
 class CostEstimateSerializer(serializers.Serializer):
-    gpu_flavor = serializers.CharField(required=False, allow_blank=True, default="")
+    gpu_flavor = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="A GPU flavor id (GET /v1/gpu_flavors); empty: any flavor.",
+    )
     gpu_count = serializers.IntegerField(min_value=1, max_value=64, default=1)
     estimated_duration_seconds = serializers.IntegerField(min_value=1, max_value=90 * 24 * 3600)
 
 
 class CostEstimateView(APIView):
+    @extend_schema(
+        operation_id="billing_cost_estimate",
+        request=CostEstimateSerializer,
+        responses=docs.CostEstimateObject,
+    )
     def post(self, request: Request) -> Response:
         body = CostEstimateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -257,8 +345,12 @@ class IsStaffUser(BasePermission):
 
 class TopupSerializer(serializers.Serializer):
     organization = serializers.CharField(help_text="The organization's id (org-…) or slug.")
-    amount = serializers.CharField()
-    reference = serializers.CharField(max_length=100)
+    amount = serializers.CharField(
+        help_text='EUR received, positive, at most two decimals: "100.00".'
+    )
+    reference = serializers.CharField(
+        max_length=100, help_text="The bank transfer's reference; the same one is recorded once."
+    )
 
 
 class TopupView(APIView):
@@ -267,6 +359,11 @@ class TopupView(APIView):
     authentication_classes = [SessionAuthentication, ApiKeyAuthentication]
     permission_classes = [IsStaffUser]
 
+    @extend_schema(
+        operation_id="billing_topups_create",
+        request=TopupSerializer,
+        responses={201: docs.TopupObject},
+    )
     def post(self, request: Request) -> Response:
         body = TopupSerializer(data=request.data)
         body.is_valid(raise_exception=True)

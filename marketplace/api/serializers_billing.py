@@ -1,0 +1,150 @@
+"""Documented response shapes of the /v1 billing routes (OpenAPI only; views_billing builds the
+bodies). The schemathesis test checks responses against these, so keep them in step.
+
+Amounts are decimal strings: the DecimalFields below mirror the model columns they are read from
+(max_digits, decimal_places), so the schema carries the same pattern the values keep to.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from marketplace.api.schema import const, list_of
+
+
+def money() -> serializers.DecimalField:
+    """EUR, two decimals (may be negative: a balance under a credit limit)."""
+    return serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+def gpu_seconds(max_digits: int = 16) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=max_digits, decimal_places=3)
+
+
+def price_per_gpu_hour() -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=10, decimal_places=4, help_text="EUR per GPU-hour, 4 decimals."
+    )
+
+
+def unix_seconds(*, allow_null: bool = False, help_text: str = "") -> serializers.IntegerField:
+    return serializers.IntegerField(
+        allow_null=allow_null, help_text=help_text or "Unix time in seconds."
+    )
+
+
+class BalanceAmounts(serializers.Serializer):
+    available = money()
+    held = money()
+    credit_limit = money()
+
+
+class BillingBalanceObject(serializers.Serializer):
+    object = const("billing.balance")
+    organization_id = serializers.CharField()
+    currency = const("EUR")
+    available = money()
+    held = money()
+    credit_limit = money()
+
+
+class BillingUsageRecordObject(serializers.Serializer):
+    id = serializers.CharField(help_text="usage-<n>; also the `after` cursor of the list.")
+    object = const("billing.usage_record")
+    job_id = serializers.CharField()
+    attempt = serializers.IntegerField(help_text="The job attempt's number (1, 2… on retries).")
+    pool = serializers.CharField(allow_null=True)
+    gpu_count = serializers.IntegerField()
+    gpu_seconds = gpu_seconds()
+    price_per_gpu_hour = price_per_gpu_hour()
+    currency = const("EUR")
+    started_at = unix_seconds(
+        allow_null=True, help_text="Training start on a ready pod; null if it never started."
+    )
+    ended_at = unix_seconds()
+    created_at = unix_seconds(help_text="When the record was made (the `period` filter's time).")
+    invoiced = serializers.BooleanField(help_text="Billed on a finalized invoice.")
+
+
+class InvoiceLineObject(serializers.Serializer):
+    object = const("billing.invoice_line")
+    job_id = serializers.CharField()
+    pool = serializers.CharField(allow_null=True)
+    description = serializers.CharField(allow_blank=True)
+    gpu_seconds = gpu_seconds()
+    price_per_gpu_hour = price_per_gpu_hour()
+    amount = money()
+    vat = money()
+    correction = serializers.BooleanField()
+
+
+class InvoiceDownloads(serializers.Serializer):
+    pdf = serializers.CharField()
+    html = serializers.CharField()
+    csv = serializers.CharField()
+
+
+class InvoiceObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("billing.invoice")
+    number = serializers.CharField(allow_null=True, help_text="Null until finalized.")
+    status = serializers.ChoiceField(choices=["draft", "finalized", "void"])
+    period_start = unix_seconds()
+    period_end = unix_seconds()
+    currency = serializers.CharField()
+    subtotal = money()
+    vat = money()
+    total = money()
+    vat_rate = serializers.DecimalField(
+        max_digits=5, decimal_places=4, help_text="A fraction: 0.2000 is 20 %."
+    )
+    reverse_charge = serializers.BooleanField()
+    vat_note = serializers.CharField(allow_blank=True)
+    created_at = unix_seconds()
+    finalized_at = unix_seconds(allow_null=True)
+    downloads = InvoiceDownloads(help_text="Paths of the PDF, HTML and CSV exports.")
+
+
+class InvoiceDetailObject(InvoiceObject):
+    lines = InvoiceLineObject(many=True)
+
+
+class ProviderStatementObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("billing.provider_statement")
+    status = serializers.ChoiceField(choices=["draft", "finalized", "paid"])
+    period_start = unix_seconds()
+    period_end = unix_seconds()
+    currency = const("EUR")
+    gpu_seconds = gpu_seconds(max_digits=18)
+    gross = money()
+    platform_fee_percent = serializers.DecimalField(max_digits=5, decimal_places=2)
+    platform_fee = money()
+    payable = money()
+    created_at = unix_seconds()
+    paid_at = unix_seconds(allow_null=True)
+
+
+class CostEstimateObject(serializers.Serializer):
+    object = const("billing.cost_estimate")
+    pool = serializers.CharField(help_text="The cheapest active pool that can run the job.")
+    gpu_flavor = serializers.CharField()
+    gpu_count = serializers.IntegerField()
+    estimated_duration_seconds = serializers.IntegerField()
+    price_per_gpu_hour = price_per_gpu_hour()
+    currency = const("EUR")
+    amount = money()
+    vat = money()
+    total = money()
+
+
+class TopupObject(serializers.Serializer):
+    object = const("billing.topup")
+    id = serializers.CharField(help_text="The top-up's ledger key.")
+    organization_id = serializers.CharField()
+    balance = BalanceAmounts(help_text="The organization's balance after the top-up.")
+
+
+UsageRecordList = list_of(BillingUsageRecordObject, "BillingUsageRecordList")
+InvoiceList = list_of(InvoiceObject, "BillingInvoiceList")
+ProviderStatementList = list_of(ProviderStatementObject, "BillingProviderStatementList")

@@ -1,0 +1,225 @@
+"""/v1 billing responses against the OpenAPI schema, with real invoices, usage and statements.
+
+The fuzz test (tests/api/test_schemathesis.py) mostly meets empty lists and 404s here; this one
+checks successful bodies with schemathesis' checks, and that every object carries exactly the
+documented fields (the schema does not forbid extra ones, so a field added to a view but not to
+serializers_billing.py would otherwise pass unnoticed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core import signals
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from django.test import Client
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from marketplace.accounts.services import api_key_create
+from marketplace.billing import services as billing
+from tests.billing.conftest import job_new, run_job, topup
+
+pytestmark = pytest.mark.django_db
+
+schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture
+def wsgi_calls(settings: Any) -> Iterator[None]:
+    settings.PARTAGE_API_RATE_LIMIT = 0
+    # As in tests/api/test_schemathesis.py: a request must not close the test's connection.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def billed(
+    org_a: Any, key_a: str, provider_org: Any, pool: Any, clock: Any, wsgi_calls: None
+) -> dict[str, str]:
+    """Org A ran two jobs in November (invoiced) and one in December (not yet); the provider's
+    November statement is paid."""
+    topup(org_a, "50.00", "a1")
+    job_1 = job_new(org_a)
+    run_job(job_1, pool, clock, 3600)
+    run_job(job_new(org_a, gpus=2), pool, clock, 600)
+    clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
+    nov = billing.month_bounds(2026, 11)
+    [invoice] = billing.invoices_finalize(period_start=nov[0], period_end=nov[1])
+    statement = billing.statement_build(
+        provider=provider_org, period_start=nov[0], period_end=nov[1]
+    )
+    statement = billing.statement_finalize(statement=statement)
+    billing.statement_pay(statement=statement, reference="sepa-1")
+    run_job(job_new(org_a), pool, clock, 60)
+    return {
+        "customer_key": key_a,
+        "provider_key": api_key_create(organization=provider_org, name="provider-key").secret,
+        "invoice_id": invoice.public_id,
+        "statement_id": statement.public_id,
+        "job_id": job_1.id,
+        "pool_id": pool.public_id,
+    }
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while True:
+        if "$ref" in node:
+            node = schema.raw_schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]]
+        elif "allOf" in node and len(node["allOf"]) == 1:
+            node = node["allOf"][0]
+        else:
+            return node
+
+
+def assert_exact_fields(node: dict[str, Any], value: Any, where: str = "body") -> None:
+    """Every object in `value` has exactly the properties its schema documents."""
+    node = _resolve(node)
+    if isinstance(value, dict) and "properties" in node:
+        assert set(value) == set(node["properties"]), (
+            f"{where}: returned {sorted(value)}, documented {sorted(node['properties'])}"
+        )
+        for name, item in value.items():
+            assert_exact_fields(node["properties"][name], item, f"{where}.{name}")
+    elif isinstance(value, list) and "items" in node:
+        for index, item in enumerate(value):
+            assert_exact_fields(node["items"], item, f"{where}[{index}]")
+
+
+def _documented(path: str, method: str, status: str, content_type: str) -> dict[str, Any]:
+    response = schema.raw_schema["paths"][path][method.lower()]["responses"][status]
+    return dict(response["content"][content_type]["schema"])
+
+
+JSON_GETS = [
+    ("/v1/billing/balance", {}, {}, "customer_key"),
+    ("/v1/billing/usage", {}, {}, "customer_key"),
+    ("/v1/billing/usage", {}, {"job": "job_id", "pool": "pool_id"}, "customer_key"),
+    ("/v1/billing/invoices", {}, {}, "customer_key"),
+    ("/v1/billing/invoices/{invoice_id}", {"invoice_id": "invoice_id"}, {}, "customer_key"),
+    ("/v1/billing/statements", {}, {}, "provider_key"),
+    (
+        "/v1/billing/statements/{statement_id}",
+        {"statement_id": "statement_id"},
+        {},
+        "provider_key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "path_params", "query", "key"), JSON_GETS)
+def test_billing_reads_match_the_schema_exactly(
+    path: str,
+    path_params: dict[str, str],
+    query: dict[str, str],
+    key: str,
+    billed: dict[str, str],
+) -> None:
+    case = schema[path]["GET"].Case(
+        path_parameters={name: billed[ref] for name, ref in path_params.items()},
+        query={name: billed[ref] for name, ref in query.items()},
+    )
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {billed[key]}"}, checks=CHECKS
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_exact_fields(_documented(path, "GET", "200", "application/json"), body)
+    if body.get("object") == "list":
+        assert body["data"], f"{path} returned an empty list: nothing was checked"
+    if path.endswith("{invoice_id}"):
+        assert body["lines"], "the invoice has no lines: nothing was checked"
+
+
+def test_usage_period_filter_matches_the_schema(billed: dict[str, str]) -> None:
+    case = schema["/v1/billing/usage"]["GET"].Case(query={"period": "2026-12", "limit": 1})
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {billed['customer_key']}"}, checks=CHECKS
+    )
+    [record] = response.json()["data"]
+    assert record["invoiced"] is False and record["gpu_seconds"] == "60.000"
+
+
+@pytest.mark.parametrize(
+    ("export_format", "media_type", "magic"),
+    [("pdf", "application/pdf", b"%PDF"), ("html", "text/html", b"<"), ("csv", "text/csv", b"")],
+)
+@pytest.mark.parametrize("accept", [None, "application/pdf", "*/*"])
+def test_invoice_downloads_match_their_content_types(
+    export_format: str, media_type: str, magic: bytes, accept: str | None, billed: dict[str, str]
+) -> None:
+    case = schema["/v1/billing/invoices/{invoice_id}/download/{export_format}"]["GET"].Case(
+        path_parameters={"invoice_id": billed["invoice_id"], "export_format": export_format}
+    )
+    headers = {"Authorization": f"Bearer {billed['customer_key']}"}
+    if accept:  # a download client asking for the file type gets it, not a 406
+        headers["Accept"] = accept
+    response = case.call_and_validate(headers=headers, checks=CHECKS)
+    assert response.status_code == 200, response.text
+    headers = {name.lower(): values for name, values in response.headers.items()}
+    assert headers["content-type"][0].split(";")[0] == media_type
+    assert response.content.startswith(magic) and len(response.content) > 100
+    assert "attachment" in headers["content-disposition"][0]
+
+
+def test_cost_estimate_matches_the_schema_exactly(billed: dict[str, str]) -> None:
+    case = schema["/v1/billing/cost_estimate"]["POST"].Case(
+        body={"gpu_flavor": "h100-80g", "gpu_count": 2, "estimated_duration_seconds": 5400},
+        media_type="application/json",
+    )
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {billed['customer_key']}"}, checks=CHECKS
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_exact_fields(
+        _documented("/v1/billing/cost_estimate", "POST", "200", "application/json"), body
+    )
+    assert body["pool"] == billed["pool_id"] and body["amount"] == "7.50"
+
+
+def test_staff_topup_matches_the_schema_exactly(
+    billed: dict[str, str], carol: Any, org_a: Any
+) -> None:
+    client = Client()
+    client.force_login(carol)
+    csrf = "a" * 32  # the session is cookie-authenticated: DRF checks CSRF
+    case = schema["/v1/billing/topups"]["POST"].Case(
+        body={"organization": org_a.public_id, "amount": "25.00", "reference": "wire-9"},
+        media_type="application/json",
+        cookies={"sessionid": client.cookies["sessionid"].value, "csrftoken": csrf},
+    )
+    response = case.call_and_validate(headers={"X-CSRFToken": csrf}, checks=CHECKS)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert_exact_fields(_documented("/v1/billing/topups", "POST", "201", "application/json"), body)
+    assert body["organization_id"] == org_a.public_id
+
+
+@pytest.mark.parametrize("after", ["usage-²", "usage-99999999999999999999999", "usage-", "x"])
+def test_usage_cursor_that_is_no_record_is_a_clear_400(
+    after: str, billed: dict[str, str], client_a: Any
+) -> None:
+    response = client_a.get("/v1/billing/usage", {"after": after})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == "after"
