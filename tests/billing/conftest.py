@@ -77,7 +77,12 @@ def admit(job: FineTuningJob, pool: Pool, *, max_duration: int = 3600) -> Decima
     """What the admission pass does: hold (inside the transaction), then queued → admitted."""
     from django.db import transaction
 
+    from marketplace.capacity.models import Placement
+
     with transaction.atomic():
+        # The admission pass places a requeued job afresh (placement_commit) before the hold;
+        # this helper admits without a placement, so it drops the one of an earlier admission.
+        Placement.objects.filter(job_id=job.id).delete()
         held = billing.hold_place(job=job, pool=pool, max_duration_seconds=max_duration)
         jobs.job_admit(job_id=job.id, pool_id=pool.pk, placement_reason="test")
     return held

@@ -2,7 +2,9 @@
 
 Hypothesis generates sequences of top-ups, admissions, starts, training progress (with the
 max_cost budget stop), clock advances, preemptions, failures, lost attempts and their retries,
-pauses, resumes, cancellations, successes, duplicate deliveries and invoice runs. After every
+pauses, resumes, cancellations, successes, duplicate deliveries and invoice runs, and GPU
+bookings: booked (paid when confirmed, refused without funds), used by jobs placed on them (the
+GPU-seconds inside the booking not charged again), and cancelled (refunded as quoted). After every
 sequence (all jobs brought to an end and everything invoiced) REFERENCE §6 must hold, each job's
 invoice lines must add up to exactly what the ledger charged it, duplicate deliveries must have
 written nothing, and no finalized invoice may have changed.
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 from marketplace.accounts.services import organization_create
 from marketplace.billing import services as billing
 from marketplace.billing.models import (
+    BookingCharge,
     Charge,
     Invoice,
     InvoiceLine,
@@ -33,11 +36,22 @@ from marketplace.billing.models import (
     LedgerLine,
     UsageRecord,
 )
+from marketplace.capacity import services as capacity
+from marketplace.capacity.models import Booking
+from marketplace.capacity.services.common import CapacityUnavailable
 from marketplace.errors import InsufficientFunds, InvalidTransition
 from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.finetuning.models import JobStatus as S
-from tests.billing.conftest import admit, assert_invariants, fail, preempt, succeed, training_file
+from tests.billing.conftest import (
+    admit,
+    admit_on_booking,
+    assert_invariants,
+    fail,
+    preempt,
+    succeed,
+    training_file,
+)
 from tests.capacity import factories
 from workers.executors.base import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
 
@@ -66,6 +80,15 @@ operation = st.one_of(
     st.tuples(
         st.just("invoice"),
     ),
+    st.tuples(
+        st.just("book"),
+        st.integers(0, 1),  # org
+        st.integers(0, 1),  # pool
+        st.sampled_from([0, 1, 30, 72]),  # hours until it starts (no, half, full refund)
+        st.sampled_from([1, 3]),  # hours long
+    ),
+    st.tuples(st.just("admit_booked"), job_index),
+    st.tuples(st.just("cancel_booking"), st.integers(0, 3)),
 )
 
 
@@ -99,6 +122,9 @@ class World:
         self.topups = 0
         for org in self.orgs:
             self.topup(org=self.orgs.index(org), amount="120.00")
+        # A booking each, ahead: cancel_booking then refunds all (72 h) or half (30 h) of it.
+        self.book(org=0, pool=0, delay_hours=72, hours=3)
+        self.book(org=1, pool=1, delay_hours=30, hours=1)
         self.invoiced_until = datetime(2026, 10, 1, tzinfo=UTC)
 
     def job(self, index: int) -> FineTuningJob:
@@ -134,6 +160,47 @@ class World:
         if job.status == S.QUEUED:
             with contextlib.suppress(InsufficientFunds):
                 admit(job, self.pools[pool], max_duration=max_duration)
+
+    def book(self, org: int, pool: int, delay_hours: int, hours: int) -> None:
+        begin = datetime.now(UTC) + timedelta(hours=delay_hours)
+        with contextlib.suppress(InsufficientFunds, CapacityUnavailable):
+            capacity.booking_create(
+                organization=self.orgs[org],
+                flavor=self.pools[pool].flavor.slug,
+                gpu_count=JOBS,  # room for any one job
+                start=begin,
+                end=begin + timedelta(hours=hours),
+                pool_id=self.pools[pool].public_id,
+            )
+
+    def admit_booked(self, index: int) -> None:
+        """The admission pass placing a queued job on its org's booking running now (booked first
+        if there is none)."""
+        job = self.job(index)
+        if job.status != S.QUEUED:
+            return
+        now = datetime.now(UTC)
+        running_now = Booking.objects.filter(
+            organization_id=job.organization_id,
+            status=Booking.Status.CONFIRMED,
+            start__lte=now,
+            end__gt=now,
+        )
+        if not running_now.exists():  # book one starting now (1 h), then admit on it
+            self.book(self.orgs.index(job.organization), index % 2, 0, 1)
+        booking = running_now.first()
+        if booking is not None:
+            with contextlib.suppress(InsufficientFunds, CapacityUnavailable):
+                admit_on_booking(job, booking, max_duration=1800)
+
+    def cancel_booking(self, index: int) -> None:
+        now = datetime.now(UTC)
+        bookings = list(
+            Booking.objects.filter(status=Booking.Status.CONFIRMED, start__gt=now).order_by("pk")
+        )
+        if bookings:
+            booking = bookings[index % len(bookings)]
+            capacity.booking_cancel(organization=booking.organization, booking_id=booking.public_id)
 
     def start(self, index: int, train: bool) -> None:
         job = self.job(index)
@@ -255,6 +322,10 @@ class World:
             billing.attempt_meter(attempt=last)
         if job.status in {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PAUSED}:
             billing.job_settle(job=job)
+        for booking in Booking.objects.all():  # booking charges and refunds, delivered again
+            billing.booking_charge(booking=booking)
+            if booking.status == Booking.Status.CANCELLED:
+                billing.booking_refund(booking=booking, refund_amount=booking.refund_amount)
         if self.topups:
             billing.topup_record(organization=self.orgs[0], amount=Decimal("5.00"), reference="r1")
         assert ledger_counts() == before
@@ -296,7 +367,8 @@ class World:
 
 
 def ledger_counts() -> tuple[int, ...]:
-    return tuple(model.objects.count() for model in (JournalEntry, LedgerLine, UsageRecord, Charge))
+    models = (JournalEntry, LedgerLine, UsageRecord, Charge, BookingCharge)
+    return tuple(model.objects.count() for model in models)
 
 
 def invoice_snapshot(invoice: Invoice) -> tuple[Any, ...]:
@@ -305,6 +377,13 @@ def invoice_snapshot(invoice: Invoice) -> tuple[Any, ...]:
 
 
 def check_invoices_match_ledger() -> None:
+    for booking in Booking.objects.all():
+        charged = BookingCharge.objects.filter(booking=booking)
+        lines = InvoiceLine.objects.filter(booking=booking, invoice__status="finalized")
+        for field, line_field in (("net", "amount"), ("vat", "vat"), ("fee", "fee")):
+            assert sum((getattr(c, field) for c in charged), Decimal(0)) == sum(
+                (getattr(x, line_field) for x in lines), Decimal(0)
+            )
     for job in FineTuningJob.objects.all():
         charged = Charge.objects.filter(job=job)
         lines = InvoiceLine.objects.filter(job=job, invoice__status="finalized")
@@ -336,6 +415,10 @@ def test_money_invariants_hold_for_any_life_cycle(steps: list[tuple[Any, ...]]) 
         for job in FineTuningJob.objects.exclude(failure_class=""):
             event(f"failure: {job.failure_class}")
         assert_invariants()
+        if UsageRecord.objects.filter(covered_gpu_seconds__gt=0).exists():
+            event("usage covered by a booking")
+        if BookingCharge.objects.filter(kind="refund").exists():
+            event("booking refunded")
         check_invoices_match_ledger()
         world.assert_finalized_invoices_unchanged()
         transaction.set_rollback(True)
