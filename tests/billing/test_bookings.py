@@ -286,3 +286,69 @@ def test_staff_see_booking_charges_in_the_admin(
     page = admin_client.get("/admin/billing/bookingcharge/")
     assert page.status_code == 200
     assert booking.public_id in page.content.decode()
+
+
+@pytest.fixture
+def _private_broker(tmp_path: Any, settings: Any) -> None:
+    """Tasks enqueued on commit land in a private folder; no worker runs here."""
+    from workers.celery import app
+
+    if settings.REDIS_URL:
+        return
+    for sub in ("queue", "processed"):
+        (tmp_path / "broker" / sub).mkdir(parents=True)
+    options = {
+        "data_folder_in": str(tmp_path / "broker" / "queue"),
+        "data_folder_out": str(tmp_path / "broker" / "queue"),
+        "processed_folder": str(tmp_path / "broker" / "processed"),
+        "store_processed": False,
+    }
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
+    app.conf.broker_transport_options = options
+
+
+def test_the_admission_pass_holds_nothing_for_work_inside_a_paid_booking(
+    org_a: Any, provider_org: Any, _private_broker: None
+) -> None:
+    """Through the real admission pass: a booker whose balance went entirely into its booking
+    still gets its job admitted on the booking (nothing to hold: the booking paid), while the
+    same job off the booking would need €28.80 on hold."""
+    import time_machine
+
+    from marketplace.billing.models import JobPricing
+    from marketplace.finetuning.models import JobStatus
+    from marketplace.quotas import services as quotas
+
+    flavor = factories.flavor()
+    pool = factories.pool(provider_org, gpus=8, price="2.00")
+    plan = quotas.plan_create(slug="everyone", name="Everyone", is_default=True)
+    quotas.plan_flavor_quota_set(
+        plan=plan,
+        flavor=flavor,
+        values={
+            "guaranteed_gpus": 0,
+            "max_gpus": 16,
+            "monthly_gpu_hours": None,
+            "max_job_hours": "2",
+            "max_concurrent_jobs": 10,
+        },
+    )
+    topup(org_a, "57.60")  # 6 GPUs x 4 h x €2.00 = €48.00, + €9.60 VAT: all of it
+    begin = timezone.now() + timedelta(minutes=2)
+    booking = book(org_a, pool, gpus=6, start=begin, hours=4)
+    assert billing.balance_available(organization=org_a) == Decimal("0.00")
+    with time_machine.travel(begin + timedelta(minutes=1), tick=False):
+        on_booking = job_new(org_a, gpus=6)
+        quotas.admission_pass_run()
+        on_booking.refresh_from_db()
+        assert on_booking.status == JobStatus.ADMITTED, on_booking.pending_reason
+        assert on_booking.placement.booking == booking
+        assert JobPricing.objects.get(job=on_booking).booking == booking
+        assert billing.balance_held(organization=org_a) == 0
+        # Beyond the booking (2 free GPUs), on demand: it needs funds, and there are none.
+        on_demand = job_new(org_a, gpus=2)
+        quotas.admission_pass_run()
+        on_demand.refresh_from_db()
+        assert on_demand.status == JobStatus.QUEUED
+        assert "not enough funds" in on_demand.pending_reason
+    assert_invariants()
