@@ -191,7 +191,9 @@ class UsageRecord(AppendOnlyModel):
     gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
     # The part of gpu_seconds inside the window of the booking the job ran on: already paid for by
     # the booking, so not billed again. Billable = gpu_seconds - covered_gpu_seconds.
-    covered_gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3, default=Decimal("0"))
+    covered_gpu_seconds = models.DecimalField(
+        max_digits=16, decimal_places=3, default=Decimal("0"), db_default=Decimal("0")
+    )
     booking = models.ForeignKey(
         "capacity.Booking",
         null=True,
