@@ -24,7 +24,7 @@ CONTENT_TYPES = {
 
 
 def _lines(invoice: Invoice) -> list[InvoiceLine]:
-    return list(invoice.lines.all())
+    return list(invoice.lines.select_related("pool", "booking"))
 
 
 def _vat_percent(invoice: Invoice) -> str:
@@ -60,6 +60,7 @@ def invoice_csv(invoice: Invoice) -> str:
             "invoice",
             "line",
             "job",
+            "booking",
             "pool",
             "description",
             "gpu_seconds",
@@ -75,7 +76,8 @@ def invoice_csv(invoice: Invoice) -> str:
             [
                 number,
                 index,
-                line.job_id,
+                line.job_id or "",
+                line.booking.public_id if line.booking else "",
                 line.pool.public_id if line.pool else "",
                 _safe(line.description),
                 line.gpu_seconds,
@@ -86,12 +88,24 @@ def invoice_csv(invoice: Invoice) -> str:
             ]
         )
     writer.writerow(
-        [number, "subtotal", "", "", "", "", "", invoice.subtotal, "", invoice.currency]
+        [number, "subtotal", "", "", "", "", "", "", invoice.subtotal, "", invoice.currency]
     )
     writer.writerow(
-        [number, "vat", "", "", _safe(invoice.vat_note), "", "", "", invoice.vat, invoice.currency]
+        [
+            number,
+            "vat",
+            "",
+            "",
+            "",
+            _safe(invoice.vat_note),
+            "",
+            "",
+            "",
+            invoice.vat,
+            invoice.currency,
+        ]
     )
-    writer.writerow([number, "total", "", "", "", "", "", invoice.total, "", invoice.currency])
+    writer.writerow([number, "total", "", "", "", "", "", "", invoice.total, "", invoice.currency])
     return out.getvalue()
 
 

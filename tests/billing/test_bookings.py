@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from marketplace.billing import services as billing
+from marketplace.billing.exports import invoice_csv
 from marketplace.billing.models import (
     Account,
     BookingCharge,
@@ -259,6 +260,8 @@ def test_the_invoice_and_the_statement_include_the_booking(
         Decimal("1.67"),
     )
     assert "paid by the booking" in job_line.description
+    rows = {row.split(",")[3] for row in invoice_csv(invoice).splitlines()[1:]}
+    assert {booking.public_id, cancelled.public_id} <= rows  # the booking column
     assert invoice.subtotal == Decimal("14.17")  # 10.00 + 5.00 - 2.50 + 1.67
     assert invoice.total == Decimal("17.00")  # what left the balance: 100.00 - 83.00
     assert billing.balance_available(organization=org_a) == Decimal("83.00")
