@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Q
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -15,10 +16,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.accounts.models import Organization, User
+from marketplace.api import serializers_quotas as docs
 from marketplace.api.authentication import ApiKeyAuthentication
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
-from marketplace.api.views import org_of
+from marketplace.api.views import LIST_PARAMETERS, org_of
 from marketplace.capacity.models import GpuFlavor
 from marketplace.errors import Forbidden, InvalidInput, NotFound
 from marketplace.quotas import selectors, services
@@ -49,6 +51,7 @@ def quota_object(row: dict[str, Any]) -> dict[str, Any]:
 class QuotaListView(APIView):
     """GET /v1/quotas: your organization's quota and current use, per GPU flavor."""
 
+    @extend_schema(operation_id="quotas_list", responses=docs.QuotaList)
     def get(self, request: Request) -> Response:
         rows = selectors.quota_usage_for_org(org_of(request))
         return Response(
@@ -59,6 +62,7 @@ class QuotaListView(APIView):
 class UsageView(APIView):
     """GET /v1/usage: this month's GPU use against the budget, per flavor."""
 
+    @extend_schema(operation_id="usage_retrieve", responses=docs.UsageList)
     def get(self, request: Request) -> Response:
         start, end = selectors.month_period()
         rows = selectors.quota_usage_for_org(org_of(request))
@@ -100,6 +104,14 @@ class StaffView(APIView):
     permission_classes = [IsStaff]
 
 
+ORGANIZATION_PATH = OpenApiParameter(
+    "organization", str, OpenApiParameter.PATH, description="The organization's id (org-…) or slug."
+)
+FLAVOR_PATH = OpenApiParameter(
+    "flavor", str, OpenApiParameter.PATH, description="The GPU flavor's slug, e.g. h100-80g."
+)
+
+
 def _organization(ref: str) -> Organization:
     org = Organization.objects.filter(Q(public_id=ref) | Q(slug=ref)).first()
     if org is None:
@@ -112,6 +124,7 @@ def _organization(ref: str) -> Organization:
 class StaffQuotaListView(StaffView):
     """GET /v1/admin/quotas: every organization's usage against its quota."""
 
+    @extend_schema(operation_id="admin_quotas_list", responses=docs.OrganizationQuotasList)
     def get(self, request: Request) -> Response:
         rows = selectors.quota_usage_all_orgs()
         data = [{"object": "organization.quotas", **_plain(r)} for r in rows]
@@ -121,6 +134,7 @@ class StaffQuotaListView(StaffView):
 class StaffQueueView(StaffView):
     """GET /v1/admin/queue: each pool with the queued jobs that could run there, in order."""
 
+    @extend_schema(operation_id="admin_queue_list", responses=docs.PoolQueueList)
     def get(self, request: Request) -> Response:
         data = [{"object": "pool.queue", **_plain(r)} for r in selectors.pending_queue_by_pool()]
         return Response({"object": "list", "data": data, "has_more": False})
@@ -130,6 +144,12 @@ class StaffQuotaOverrideView(StaffView):
     """PATCH /v1/admin/organizations/{org}/quotas/{flavor}: override plan values (null: back to
     the plan's value). Every changed value is audited."""
 
+    @extend_schema(
+        operation_id="admin_organization_quota_update",
+        parameters=[ORGANIZATION_PATH, FLAVOR_PATH],
+        request=docs.QuotaOverride,
+        responses=docs.QuotaObject,
+    )
     def patch(self, request: Request, organization: str, flavor: str) -> Response:
         org = _organization(organization)
         gpu_flavor = GpuFlavor.objects.filter(slug=flavor).first()
@@ -144,16 +164,26 @@ class StaffQuotaOverrideView(StaffView):
             actor=actor_of(request),
             via=QuotaAuditEntry.Via.API,
         )
-        row = next(r for r in selectors.quota_usage_for_org(org) if r["flavor"] == flavor)
+        # Also when no pool offers the flavor (it used to be left out: StopIteration, a 500).
+        rows = selectors.quota_usage_for_org(org, include_flavor=flavor)
+        row = next(r for r in rows if r["flavor"] == flavor)
         return Response(quota_object(row))
 
 
 class StaffOrgPlanView(StaffView):
     """PUT /v1/admin/organizations/{org}/plan: {"plan": slug or null, "weight": number or null}."""
 
+    @extend_schema(
+        operation_id="admin_organization_plan_update",
+        parameters=[ORGANIZATION_PATH],
+        request=docs.OrganizationPlan,
+        responses=docs.OrganizationPlanObject,
+    )
     def put(self, request: Request, organization: str) -> Response:
         org = _organization(organization)
-        data = request.data if isinstance(request.data, dict) else {}
+        if not isinstance(request.data, dict):  # was read as {}: back to the default plan
+            raise InvalidInput('Send a JSON object, e.g. {"plan": "pro", "weight": 2}.')
+        data = request.data
         unknown = set(data) - {"plan", "weight"}
         if unknown:
             raise InvalidInput(
@@ -205,6 +235,18 @@ def audit_object(entry: QuotaAuditEntry) -> dict[str, Any]:
 class StaffQuotaAuditView(StaffView):
     """GET /v1/admin/quota_audit?organization=…: who changed which quota, when, old → new."""
 
+    @extend_schema(
+        operation_id="admin_quota_audit_list",
+        parameters=[
+            OpenApiParameter(
+                "organization",
+                str,
+                description="Only this organization's changes: its id (org-…) or slug.",
+            ),
+            *LIST_PARAMETERS,
+        ],
+        responses=docs.QuotaAuditEntryList,
+    )
     def get(self, request: Request) -> Response:
         ref = request.query_params.get("organization")
         entries = selectors.quota_audit(organization=_organization(ref) if ref else None)
@@ -214,6 +256,7 @@ class StaffQuotaAuditView(StaffView):
 
 
 def _after_id(queryset: Any, after: str) -> Any:
-    if not after.isdigit():
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses (was a 500).
+    if not (after.isascii() and after.isdigit()):
         return None
     return queryset.filter(pk__lt=int(after))

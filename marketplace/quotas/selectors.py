@@ -26,14 +26,23 @@ from marketplace.quotas.world import (
 
 
 def _usage_rows(
-    world: World, book: QuotaBook, org_id: int, queued: dict[str, int]
+    world: World,
+    book: QuotaBook,
+    org_id: int,
+    queued: dict[str, int],
+    include_flavor: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for flavor in sorted(world.flavors.values(), key=lambda f: f.slug):
         quota = book.quota(org_id, flavor.id)
         usage = world.usage.get((org_id, flavor.id))
         offered = flavor.id in world.pools_by_flavor
-        if usage is None and not offered and not queued.get(flavor.slug):
+        if (
+            usage is None
+            and not offered
+            and not queued.get(flavor.slug)
+            and flavor.slug != include_flavor
+        ):
             continue
         used = usage.total if usage else 0
         rows.append(
@@ -69,8 +78,12 @@ def _queued_by_org_flavor(org_ids: list[int] | None = None) -> dict[int, dict[st
     return counts
 
 
-def quota_usage_for_org(org: Organization, *, now: datetime | None = None) -> list[dict[str, Any]]:
+def quota_usage_for_org(
+    org: Organization, *, now: datetime | None = None, include_flavor: str | None = None
+) -> list[dict[str, Any]]:
     """Per flavor: guaranteed / max / used GPUs, jobs, and the month's GPU-hours vs budget.
+    Flavors no pool offers and the organization does not use are left out, but for
+    `include_flavor` (the one staff just changed).
 
     `gpu_hours_used` counts finished attempts' actual GPU-hours plus what running ones reserve
     (GPUs x max job hours), so that a running job can never overrun the budget.
@@ -78,7 +91,8 @@ def quota_usage_for_org(org: Organization, *, now: datetime | None = None) -> li
     now = now or timezone.now()
     world = world_load(now=now, pool_ids=None, org_ids=[org.pk])
     book = QuotaBook(org_ids=[org.pk])
-    return _usage_rows(world, book, org.pk, _queued_by_org_flavor([org.pk]).get(org.pk, {}))
+    queued = _queued_by_org_flavor([org.pk]).get(org.pk, {})
+    return _usage_rows(world, book, org.pk, queued, include_flavor)
 
 
 def quota_usage_all_orgs(*, now: datetime | None = None) -> list[dict[str, Any]]:
