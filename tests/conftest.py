@@ -182,6 +182,11 @@ def celery_worker_process(
     if settings.REDIS_URL:
         extra["REDIS_URL"] = settings.REDIS_URL
         app.control.purge()  # messages left by earlier tests refer to rows that are gone
+        from django.core.cache import cache
+
+        from marketplace.finetuning.services import ADMISSION_PENDING_KEY
+
+        cache.delete(ADMISSION_PENDING_KEY)  # its pass was just purged
     else:
         # The worker runs the embedded default: a filesystem broker in this test's folder.
         extra["PARTAGE_DATA_DIR"] = str(tmp_path)

@@ -9,8 +9,12 @@ from workers.celery import app
 
 @app.task(name="partage.admission_pass", acks_late=True)
 def admission_pass(**kwargs: Any) -> int:
+    from django.core.cache import cache
+
+    from marketplace.finetuning.services import ADMISSION_PENDING_KEY
     from marketplace.quotas.services import admission_pass as run_pass
 
+    cache.delete(ADMISSION_PENDING_KEY)  # before reading the queue: later creates ask again
     return len(run_pass())
 
 

@@ -403,9 +403,22 @@ def job_create(
     return job
 
 
+ADMISSION_PENDING_KEY = "admission-pass-pending"
+
+
 def _enqueue_admission() -> None:
+    """Ask for an admission pass; with a shared (Redis) cache, at most one waits in the queue.
+
+    One pass admits every queued job, so a burst of creates needs one, not one each: without
+    this, 20 creates a second queue 20 passes a second, and dispatch waits behind them. The
+    task clears the flag before it reads the queue; the timeout covers a lost message.
+    """
+    from django.core.cache import cache
+
     from workers import tasks
 
+    if settings.REDIS_URL and not cache.add(ADMISSION_PENDING_KEY, 1, timeout=30):
+        return  # a pass is queued and has not started: it will see this job
     tasks.admission_pass.delay()
 
 

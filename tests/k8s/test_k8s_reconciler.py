@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,20 +119,23 @@ def test_a_job_whose_attempt_just_ended_is_left_to_finish_then_deleted_with_its_
     assert collect_stale(executor(), [target(cluster)]) == 0
 
 
+ORPHAN = {
+    "metadata": {
+        "name": "ft-nobody-a1",
+        "labels": {
+            K.LABEL_MANAGED_BY: K.MANAGED_BY,
+            K.LABEL_COMPONENT: K.COMPONENT_TRAINING,
+            K.LABEL_JOB: "ftjob-nobody",
+            K.LABEL_ATTEMPT: "1",
+        },
+    },
+    "spec": {"template": {"spec": {"containers": [{"name": "x", "command": ["true"]}]}}},
+}
+
+
 @pytest.mark.django_db
 def test_a_job_no_attempt_owns_is_deleted(cluster: FakeKubeApiServer) -> None:
-    manifest = {
-        "metadata": {
-            "name": "ft-nobody-a1",
-            "labels": {
-                K.LABEL_MANAGED_BY: K.MANAGED_BY,
-                K.LABEL_JOB: "ftjob-nobody",
-                K.LABEL_ATTEMPT: "1",
-            },
-        },
-        "spec": {"template": {"spec": {"containers": [{"name": "x", "command": ["true"]}]}}},
-    }
-    cluster.create("jobs", NS, manifest)
+    cluster.create("jobs", NS, copy.deepcopy(ORPHAN))
     assert handle(job_event(cluster, "ft-nobody-a1", "ADDED"), executor(), target(cluster)) == (
         "deleted-orphan"
     )
@@ -228,3 +232,38 @@ def test_a_watch_that_ends_with_410_relists_and_misses_no_transition(
     attempt.refresh_from_db()
     assert attempt.ended_at is not None and attempt.exit_code == 137
     assert "hello from the pod" in attempt.logs
+
+
+# ---------------------------------------------------------------- several clusters
+
+
+@pytest.mark.django_db
+def test_every_cluster_connection_is_watched_and_holds_only_a_reference(
+    cluster: FakeKubeApiServer, tmp_path: Any
+) -> None:
+    from marketplace.capacity.models import ClusterConnection
+    from marketplace.capacity.services import cluster_connection_create
+    from workers.reconciler import targets
+
+    with FakeKubeApiServer(kubeconfig_dir=str(tmp_path)) as other:
+        cluster_connection_create(name="provider-b", credentials_ref=other.kubeconfig)
+        cluster_connection_create(name="provider-c", credentials_ref="provider-c-kubeconfig")
+        found = {t.ref.name: t for t in targets(executor())}
+        assert set(found) == {"provider-b", "provider-c", "default"}
+        assert found["provider-b"].ref.credentials_ref == other.kubeconfig
+        # the database holds where the credentials are (a path, or a Secret's name), never them
+        for connection in ClusterConnection.objects.all():
+            assert "token" not in connection.credentials_ref
+            assert not connection.credentials_ref.startswith("{")
+        # a Secret's name is read from its mount under PARTAGE_K8S_CREDENTIALS_DIR
+        mounted = tmp_path / "secrets" / "provider-c-kubeconfig"
+        mounted.mkdir(parents=True)
+        (mounted / "kubeconfig").write_text(Path(cluster.kubeconfig).read_text())
+        ex = KubernetesExecutor(
+            retry=FAST, config=JobConfig(image=DIGEST, credentials_dir=str(tmp_path / "secrets"))
+        )
+        orphan = copy.deepcopy(ORPHAN)
+        orphan["metadata"]["name"] = "ft-c-a1"
+        cluster.create("jobs", NS, orphan)
+        items, _version = ex.list_managed(found["provider-c"].ref, NS)
+        assert [item.name for item in items] == ["ft-c-a1"]  # reached through the mounted file
