@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from django.conf import settings
 
+from marketplace.capacity.placement import most_reliable
 from marketplace.capacity.policies import Residency
 from marketplace.quotas.models import Allocation
 from marketplace.quotas.quota_book import EffectiveQuota, QuotaBook
@@ -144,6 +146,7 @@ class Decider:
             tuple[int, int], tuple[list[PoolState], list[tuple[datetime, int, int, PoolState]]]
         ] = {}
         self._heaps_version = -1
+        self._picks: dict[tuple[int, int], tuple[int, list[PoolState], PoolState]] = {}
 
     # ------------------------------------------------------------- fair-share order
 
@@ -249,14 +252,29 @@ class Decider:
             )
         kind = K.GUARANTEED if usage.guaranteed + job.gpus <= quota.guaranteed_gpus else K.BORROWED
         if job.gpus <= summary.most_free:
-            fitting = [p for p in pools if p.free() >= job.gpus]
-            pool = min(fitting, key=lambda p: (p.free() - job.gpus, p.price, p.id))
+            pool = self._pick(pools, job.gpus)
             return Admit(job, pool, flavor, kind, None, quota, reserve)
         if kind == K.GUARANTEED and job.gpus <= summary.most_stoppable:
             preempting = self._preempt_plan(job, pools, None)
             if preempting is not None:
                 return preempting
         return self._capacity_wait(job, label, pools, residency, quota, usage)
+
+    def _pick(self, pools: list[PoolState], gpus: int) -> PoolState:
+        """The on-demand pool, in capacity's placement order: among the pools with `gpus`
+        free now, keep the most reliable (within capacity's tolerance of the best of them),
+        then the cheapest; ties go to the more reliable, then the best fit (fewest GPUs left
+        idle), then the oldest pool. Cached until the world changes: once the pass's limit is
+        reached, every job that fits asks the same."""
+        key = (id(pools), gpus)
+        cached = self._picks.get(key)
+        if cached is not None and cached[0] == self.world.version and cached[1] is pools:
+            return cached[2]
+        fitting = [p for p in pools if p.free() >= gpus]
+        top = most_reliable(fitting, reliability=_reliability)
+        pool = min(top, key=lambda p: (p.price, -p.reliability, p.free() - gpus, p.id))
+        self._picks[key] = (self.world.version, pools, pool)
+        return pool
 
     def _quota_blocks(
         self,
@@ -484,6 +502,10 @@ class Decider:
                 training_started_at=None,
             )
         )
+
+
+def _reliability(pool: PoolState) -> Fraction:
+    return pool.reliability
 
 
 def _eta(when: datetime | None, now: datetime) -> str:

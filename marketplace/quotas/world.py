@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from django.db.models import DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, TextField
@@ -26,7 +27,12 @@ from marketplace.capacity.models import (
     ResidencyPolicy,
 )
 from marketplace.capacity.policies import Residency, residency_parse
-from marketplace.capacity.selectors import placeable_pools
+from marketplace.capacity.selectors import (
+    PRIOR_JOBS,
+    PRIOR_SUCCESSES,
+    placeable_pools,
+    pools_reliability,
+)
 from marketplace.errors import InvalidInput
 from marketplace.finetuning.models import FineTuningJob, JobAttempt, JobStatus
 from marketplace.quotas.models import Allocation
@@ -82,6 +88,9 @@ class PoolState:
     bookings: dict[int, BookingState] = field(default_factory=dict)
     releases: list[tuple[datetime, int]] = field(default_factory=list)  # expected, sorted
     claimed: int = 0  # GPUs promised, in estimates, to jobs ahead in the queue
+    # The provider's record on this pool (capacity's selectors.pools_reliability), loaded
+    # for the pass; a world of one pool (an admission's re-check) keeps the prior.
+    reliability: Fraction = Fraction(PRIOR_SUCCESSES, PRIOR_JOBS)
     live: list[LiveAllocation] = field(default_factory=list)
     # Caches for the pass (tens of thousands of decisions): reset by `World.add_live`.
     _freed_by: list[int] | None = None  # cumulative GPUs freed by each release
@@ -221,10 +230,12 @@ def world_load(
     now: datetime,
     pool_ids: Iterable[int] | None = None,
     org_ids: Iterable[int] | None = None,
+    with_reliability: bool = False,
 ) -> World:
     """Everything admission needs; restricted to some pools and organizations when given.
 
-    Queries: flavors, pools, maintenance, bookings, live allocations, budget, residency (7).
+    Queries: flavors, pools, maintenance, bookings, live allocations, budget, residency (7),
+    and with `with_reliability` (the pass, which places jobs) the pools' records (8).
     """
     world = World(now)
     for flavor in GpuFlavor.objects.all():
@@ -259,6 +270,9 @@ def world_load(
             scope |= Q(organization_id__in=org_list)
         live = live.filter(scope)
     _load_pools(world, pools, maintenance, bookings)
+    if with_reliability and len(world.pools) > 1:  # a single pool has nothing to compare
+        for pool_id, score in pools_reliability(world.pools).items():
+            world.pools[pool_id].reliability = score
     for row in live.values(
         "id",
         "job_id",

@@ -1,12 +1,14 @@
 """Done when (b) on the real path: jobs are placed by the quotas app's admission pass (which
-commits through capacity's placement_commit). Across random pools, organizations and residency
-policies (hypothesis), a job it admits is never placed outside its organization's policy or its
-own residency request, nor on another flavor or a pool too small; and a job that some pool can
-take is admitted."""
+commits through capacity's placement_commit). Across random pools, provider records,
+organizations and residency policies (hypothesis), a job it admits is never placed outside its
+organization's policy or its own residency request, nor on another flavor or a pool too small;
+a job that some pool can take is admitted; and it lands on the cheapest feasible pool among the
+most reliable (capacity's ordering: within 5 points of the best reliability, then price)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -22,7 +24,14 @@ from marketplace.finetuning.models import FineTuningJob, JobStatus
 from marketplace.quotas import services as quotas
 from tests.capacity import factories
 from tests.capacity.databases import EACH_DATABASE, check_database
-from tests.capacity.test_placement import ANYWHERE, COUNTRIES, FLAVORS, allowed, residency_spec
+from tests.capacity.test_placement import (
+    ANYWHERE,
+    COUNTRIES,
+    FLAVORS,
+    allowed,
+    expected_reliability,
+    residency_spec,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -32,12 +41,16 @@ pool_spec = st.fixed_dictionaries(
         "flavor": st.sampled_from([*FLAVORS, *[FLAVORS[0]] * 4]),
         "gpus": st.integers(1, 8),
         "price": st.sampled_from(["1.00", "2.00", "3.00"]),
+        # (successes, provider failures): reliabilities 0.90, 0.95, 0.91, 0.81, 0.56, so a
+        # cheaper pool is sometimes within 5 points of the best record and sometimes not.
+        "record": st.sampled_from([(0, 0), (0, 0), (12, 0), (10, 1), (4, 2), (0, 6)]),
     }
 )
 
 
 def market(specs: list[dict[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
     pools = []
+    history = organization_create(name="Earlier customer", slug="earlier", country="DE")
     for spec in specs:
         pool = factories.pool(
             gpus=spec["gpus"],
@@ -45,6 +58,11 @@ def market(specs: list[dict[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
             country=spec["country"],
             flavor_slug=spec["flavor"],
         )
+        successes, failures = spec["record"]
+        for _ in range(successes):
+            factories.outcome(pool, history, succeeded=True)
+        for _ in range(failures):
+            factories.outcome(pool, history, succeeded=False)
         pools.append((pool, spec))
     everyone = quotas.plan_create(slug="everyone", name="Everyone", is_default=True)
     for slug in FLAVORS:
@@ -110,10 +128,20 @@ def test_the_admission_pass_never_places_a_job_outside_its_residency(
             assert placement.pool.flavor.slug == job_flavor
             assert placement.pool in feasible
             assert placement.pool.public_id in job.placement_reason
-            cheapest = min(p.price_per_gpu_hour for p in feasible)
-            event(
-                "on the cheapest feasible pool"
-                if placement.pool.price_per_gpu_hour == cheapest
-                else "on a dearer pool than the cheapest feasible one"
+            # Nothing else runs here: every feasible pool has its GPUs free, so the ordering
+            # applies to all of them.
+            record = {pool.pk: expected_reliability(spec) for pool, spec in pools}
+            best = max(record[p.pk] for p in feasible)
+            top = [p for p in feasible if record[p.pk] >= best - Fraction(1, 20)]
+            cheapest = min(p.price_per_gpu_hour for p in top)
+            chosen = placement.pool
+            assert chosen in top, (job.placement_reason, record[chosen.pk], best)
+            assert chosen.price_per_gpu_hour == cheapest, (job.placement_reason, cheapest)
+            assert record[chosen.pk] == max(
+                record[p.pk] for p in top if p.price_per_gpu_hour == cheapest
             )
+            if min(p.price_per_gpu_hour for p in feasible) < cheapest:
+                event("a cheaper but less reliable pool lost")
+            elif any(p.price_per_gpu_hour > cheapest for p in feasible):
+                event("a dearer pool lost")
         transaction.set_rollback(True)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from marketplace.finetuning.models import FineTuningJob
 from marketplace.quotas import services as quotas
 from marketplace.quotas.models import Allocation
+from tests.capacity import factories as capacity_factories
 from tests.quotas.conftest import (
     booking_make,
     job_cancel,
@@ -329,6 +330,31 @@ def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
     ), waiting["funds"].pending_reason
 
 
+def test_places_on_the_cheapest_of_the_most_reliable_pools(h100) -> None:
+    """Capacity's order on the real pass: keep the pools within 5 points of the best provider
+    record, then the cheapest; best fit only breaks ties (the old order put it first)."""
+    history = org_make()
+
+    def pool_with(price: str, successes: int, failures: int, gpus: int = 8):
+        pool = pool_make(flavor=h100, gpus=gpus, price=price)
+        for _ in range(successes):
+            capacity_factories.outcome(pool, history, succeeded=True)
+        for _ in range(failures):
+            capacity_factories.outcome(pool, history, succeeded=False)
+        return pool
+
+    pool_with("1.00", 0, 6, gpus=2)  # cheapest and a best fit, but 9/16: far below the best
+    pool_with("3.00", 12, 0)  # the best record, 21/22, but dearest
+    pool_with("2.00", 10, 1, gpus=16)  # 19/21: within 5 points of 21/22, and cheaper...
+    chosen = pool_with("2.00", 10, 1)  # ...as is this younger pool, a better fit
+    plan_make(h100, max_gpus=100)
+    job = job_submit(org_make(), gpus=2)
+    assert quotas.admission_pass() == [job.id]
+    job.refresh_from_db()
+    assert Allocation.objects.get(job_id=job.id).pool_id == chosen.pk
+    assert chosen.public_id in job.placement_reason
+
+
 def test_waits_are_told_in_steady_steps() -> None:
     from marketplace.quotas.decide import humanize
 
@@ -343,11 +369,14 @@ def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    pool_make(flavor=h100, gpus=4)
+    # Two pools with different provider records, so the pass loads and compares reliability.
+    for price, succeeded in (("1.00", False), ("2.00", True)):
+        pool = pool_make(flavor=h100, gpus=4, price=price)
+        capacity_factories.outcome(pool, org_make(), succeeded=succeeded)
     plan_make(h100, max_gpus=100)
     orgs = [org_make() for _ in range(3)]
-    running = job_submit(orgs[0], gpus=4)
-    assert quotas.admission_pass() == [running.id]
+    running = [job_submit(orgs[0], gpus=4) for _ in range(2)]
+    assert sorted(quotas.admission_pass()) == sorted(job.id for job in running)
 
     def pass_queries() -> tuple[int, int]:
         with CaptureQueriesContext(connection) as cold:

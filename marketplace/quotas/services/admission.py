@@ -81,7 +81,7 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     pending = pending_jobs_load()
     if not pending:
         return report
-    world = world_load(now=now)
+    world = world_load(now=now, with_reliability=True)  # one query, for placement's order
     if not world.pools:
         return _admit_without_pools(pending, limit, report)
     book = QuotaBook()
