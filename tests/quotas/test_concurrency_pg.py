@@ -112,3 +112,19 @@ def test_concurrent_passes_with_work_ending_keep_invariants() -> None:
     assert_invariants()
     assert_every_queued_job_explained()
     assert FineTuningJob.objects.filter(status__in=["succeeded", "failed"]).count() >= 10
+
+
+def test_concurrent_passes_without_pools_admit_each_job_once() -> None:
+    """Development mode (no pool): passes racing on the same queue each skip what another
+    admitted first (one live allocation per job) instead of aborting on the conflict."""
+    org = org_make()
+    jobs = [job_submit(org, flavor="") for _ in range(24)]
+    admitted: list[list[str]] = [[] for _ in range(4)]
+
+    def work(index: int) -> None:
+        admitted[index] = quotas.admission_pass()
+
+    run_threads(4, work)
+    everyone = [job_id for ids in admitted for job_id in ids]
+    assert sorted(everyone) == sorted(j.id for j in jobs)  # each once, none lost to a conflict
+    assert Allocation.objects.filter(released_at__isnull=True).count() == len(jobs)

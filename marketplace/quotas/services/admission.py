@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from marketplace.capacity.models import Booking, Pool
@@ -247,6 +247,8 @@ def _admit_locked(admit: Admit) -> _Admitted | _Refused | _Gone:
         return _Refused(Wait(_funds_reason(e), None), funds=True)
     except (InvalidTransition, NotFound):
         return _Gone()
+    except IntegrityError:  # a concurrent pass admitted this job first (one live allocation)
+        return _Gone()
     return _Admitted()
 
 
@@ -348,8 +350,8 @@ def _admit_without_pools(pending: list[PendingJob], limit: int, report: PassRepo
                     expected_end=now + timedelta(hours=float(hours)),
                 )
                 job_admit(job_id=job.id, placement_reason="no pool configured: local executor")
-        except (InvalidTransition, NotFound):
-            continue
+        except (InvalidTransition, NotFound, IntegrityError):
+            continue  # gone, or a concurrent pass admitted it first (one live allocation)
         report.admitted.append(job.id)
     return report
 
