@@ -68,7 +68,14 @@ class BillingUsageRecordObject(serializers.Serializer):
 
 class InvoiceLineObject(serializers.Serializer):
     object = const("billing.invoice_line")
-    job_id = serializers.CharField()
+    job_id = serializers.CharField(
+        allow_null=True, help_text="The fine-tuning job this line bills; null on a booking line."
+    )
+    booking_id = serializers.CharField(
+        allow_null=True,
+        help_text="The GPU booking whose charge (or refund, a correction) this line bills; "
+        "null on a job line.",
+    )
     pool = serializers.CharField(allow_null=True)
     description = serializers.CharField(allow_blank=True)
     gpu_seconds = gpu_seconds()

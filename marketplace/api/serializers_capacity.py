@@ -77,12 +77,32 @@ class BookingObject(serializers.Serializer):
     end = serializers.IntegerField()
     status = serializers.ChoiceField(choices=["confirmed", "cancelled"])
     price_per_gpu_hour = serializers.CharField()
-    amount = serializers.CharField()
+    amount = serializers.CharField(
+        help_text="Decimal EUR before VAT: GPUs x window hours x price, half-even to the cent."
+    )
+    vat = serializers.CharField(
+        help_text="Decimal EUR: the VAT charged on `amount` when the booking was confirmed "
+        "(the organization's VAT treatment; 0.00 under reverse charge or outside the EU)."
+    )
+    total = serializers.CharField(
+        help_text="Decimal EUR: amount + vat, what the prepaid balance was charged."
+    )
     currency = serializers.CharField()
     cancellation_policy = serializers.CharField()
     cancelled_at = serializers.IntegerField(allow_null=True)
     refund_fraction = serializers.CharField(allow_null=True)
-    refund_amount = serializers.CharField(allow_null=True)
+    refund_amount = serializers.CharField(
+        allow_null=True, help_text="Decimal EUR before VAT refunded; null unless cancelled."
+    )
+    refund_vat = serializers.CharField(
+        allow_null=True,
+        help_text="Decimal EUR: the VAT given back with the refund; null unless cancelled.",
+    )
+    refund_total = serializers.CharField(
+        allow_null=True,
+        help_text="Decimal EUR: refund_amount + refund_vat, credited back to the prepaid "
+        "balance; null unless cancelled.",
+    )
 
 
 class RefundRow(serializers.Serializer):
@@ -105,7 +125,19 @@ class BookingQuoteObject(serializers.Serializer):
     start = serializers.IntegerField()
     end = serializers.IntegerField()
     price_per_gpu_hour = serializers.CharField(allow_null=True)
-    amount = serializers.CharField(allow_null=True)
+    amount = serializers.CharField(
+        allow_null=True, help_text="Decimal EUR before VAT; null when no pool is priced."
+    )
+    vat = serializers.CharField(
+        allow_null=True,
+        help_text="Decimal EUR: the VAT that confirming charges on `amount` (the "
+        "organization's VAT treatment); null with amount.",
+    )
+    total = serializers.CharField(
+        allow_null=True,
+        help_text="Decimal EUR: amount + vat, what confirming charges the prepaid balance; "
+        "null with amount.",
+    )
     currency = serializers.CharField()
     cancellation_policy = serializers.CharField()
     cancellation_rules = serializers.CharField()
@@ -118,7 +150,16 @@ class CancellationQuoteObject(serializers.Serializer):
     booking = serializers.CharField()
     cancellable = serializers.BooleanField()
     refund_fraction = serializers.CharField()
-    refund_amount = serializers.CharField()
+    refund_amount = serializers.CharField(
+        help_text="Decimal EUR before VAT that cancelling now refunds."
+    )
+    refund_vat = serializers.CharField(
+        help_text="Decimal EUR: the VAT given back with it (at the rate the booking was "
+        "charged; the cumulative rounding rule, so a full refund returns all the VAT charged)."
+    )
+    refund_total = serializers.CharField(
+        help_text="Decimal EUR: refund_amount + refund_vat, credited back to the prepaid balance."
+    )
     currency = serializers.CharField()
     reason = serializers.CharField()
     cancellation_rules = serializers.CharField()

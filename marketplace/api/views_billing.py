@@ -61,6 +61,7 @@ def line_object(line: InvoiceLine) -> dict[str, Any]:
     return {
         "object": "billing.invoice_line",
         "job_id": line.job_id,
+        "booking_id": line.booking.public_id if line.booking else None,
         "pool": line.pool.public_id if line.pool else None,
         "description": line.description,
         "gpu_seconds": str(line.gpu_seconds),

@@ -22,6 +22,7 @@ from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS
+from marketplace.billing import services as billing
 from marketplace.capacity import placement, policies, selectors, services
 from marketplace.capacity.models import Booking, GpuFlavor, MaintenanceWindow, Pool
 from marketplace.errors import InvalidInput, NotFound
@@ -129,6 +130,9 @@ def maintenance_object(window: MaintenanceWindow) -> dict[str, Any]:
 
 
 def booking_object(booking: Booking) -> dict[str, Any]:
+    # The VAT and totals are billing's: what the ledger charged (and refunded) for the booking.
+    charged = billing.booking_charged(booking=booking)
+    refunded = billing.booking_refunded(booking=booking)
     return {
         "id": booking.public_id,
         "object": "booking",
@@ -141,6 +145,8 @@ def booking_object(booking: Booking) -> dict[str, Any]:
         "status": booking.status,
         "price_per_gpu_hour": str(booking.price_per_gpu_hour),
         "amount": str(booking.amount),
+        "vat": str(charged.vat),
+        "total": str(charged.customer_total),
         "currency": booking.currency,
         "cancellation_policy": booking.cancellation_policy,
         "cancelled_at": unix(booking.cancelled_at),
@@ -148,6 +154,8 @@ def booking_object(booking: Booking) -> dict[str, Any]:
         if booking.refund_fraction is not None
         else None,
         "refund_amount": str(booking.refund_amount) if booking.refund_amount is not None else None,
+        "refund_vat": str(refunded.vat) if refunded is not None else None,
+        "refund_total": str(refunded.customer_total) if refunded is not None else None,
     }
 
 
@@ -353,7 +361,7 @@ class BookingListView(APIView):
         operation_id="bookings_list", parameters=LIST_PARAMETERS, responses=docs.BookingList
     )
     def get(self, request: Request) -> Response:
-        bookings = selectors.bookings_for_org(org_of(request))
+        bookings = selectors.bookings_for_org(org_of(request)).prefetch_related("billing_charges")
         return Response(_public_page(request, bookings, booking_object))
 
     @extend_schema(
@@ -377,8 +385,14 @@ class BookingQuoteView(APIView):
         operation_id="bookings_quote", request=BookingSerializer, responses=docs.BookingQuoteObject
     )
     def post(self, request: Request) -> Response:
-        quote = services.booking_quote(**_booking_args(request))
+        args = _booking_args(request)
+        quote = services.booking_quote(**args)
         earliest = quote.earliest
+        price = (
+            billing.booking_price(organization=args["organization"], amount=quote.amount)
+            if quote.amount is not None
+            else None
+        )
         return Response(
             {
                 "object": "booking.quote",
@@ -391,6 +405,8 @@ class BookingQuoteView(APIView):
                 if quote.price_per_gpu_hour
                 else None,
                 "amount": str(quote.amount) if quote.amount is not None else None,
+                "vat": str(price.vat) if price is not None else None,
+                "total": str(price.customer_total) if price is not None else None,
                 "currency": "EUR",
                 "cancellation_policy": services.policies.CANCELLATION_POLICY,
                 "cancellation_rules": services.policies.POLICY_TEXT,
@@ -426,6 +442,7 @@ class BookingCancellationQuoteView(APIView):
     def get(self, request: Request, booking_id: str) -> Response:
         booking = _own_booking(request, booking_id)
         quote = services.booking_cancellation_quote(booking=booking)
+        refund = billing.booking_refund_quote(booking=booking, refund_amount=quote.refund_amount)
         return Response(
             {
                 "object": "booking.cancellation_quote",
@@ -433,6 +450,8 @@ class BookingCancellationQuoteView(APIView):
                 "cancellable": quote.cancellable,
                 "refund_fraction": str(quote.refund_fraction),
                 "refund_amount": str(quote.refund_amount),
+                "refund_vat": str(refund.vat),
+                "refund_total": str(refund.customer_total),
                 "currency": booking.currency,
                 "reason": quote.reason,
                 "cancellation_rules": services.policies.POLICY_TEXT,

@@ -57,7 +57,10 @@ def invoices_for_org(org: Organization) -> QuerySet[Invoice]:
 
 def invoice_for_org(org: Organization, public_id: str) -> Invoice:
     invoice = (
-        invoices_for_org(org).filter(public_id=public_id).prefetch_related("lines__pool").first()
+        invoices_for_org(org)
+        .filter(public_id=public_id)
+        .prefetch_related("lines__pool", "lines__booking")
+        .first()
     )
     if invoice is None:
         raise NotFound(f"No invoice {public_id!r} in your organization.", param="invoice_id")

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 
 from marketplace.accounts.services import api_key_create
 from marketplace.billing import services as billing
-from tests.billing.conftest import job_new, run_job, topup
+from tests.billing.conftest import book, job_new, run_job, topup
 
 pytestmark = pytest.mark.django_db
 
@@ -57,12 +57,18 @@ def wsgi_calls(settings: Any) -> Iterator[None]:
 def billed(
     org_a: Any, key_a: str, provider_org: Any, pool: Any, clock: Any, wsgi_calls: None
 ) -> dict[str, str]:
-    """Org A ran two jobs in November (invoiced) and one in December (not yet); the provider's
-    November statement is paid."""
+    """Org A ran two jobs in November (invoiced) and one in December (not yet), and booked GPUs
+    in November then cancelled them for half back (a booking charge line and a refund line on
+    its November invoice); the provider's November statement is paid."""
+    from marketplace.capacity.services import booking_cancel
+
     topup(org_a, "50.00", "a1")
     job_1 = job_new(org_a)
     run_job(job_1, pool, clock, 3600)
     run_job(job_new(org_a, gpus=2), pool, clock, 600)
+    # 2 GPUs x 2 h at 2.50 = 10.00 + VAT; starts within 48 h: cancelling refunds half.
+    booking = book(org_a, pool, gpus=2, start=datetime(2026, 11, 5, 0, 0, tzinfo=UTC), hours=2)
+    booking_cancel(organization=org_a, booking_id=booking.public_id)
     clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
     nov = billing.month_bounds(2026, 11)
     [invoice] = billing.invoices_finalize(period_start=nov[0], period_end=nov[1])
@@ -79,6 +85,7 @@ def billed(
         "statement_id": statement.public_id,
         "job_id": job_1.id,
         "pool_id": pool.public_id,
+        "booking_id": booking.public_id,
     }
 
 
@@ -149,6 +156,16 @@ def test_billing_reads_match_the_schema_exactly(
         assert body["data"], f"{path} returned an empty list: nothing was checked"
     if path.endswith("{invoice_id}"):
         assert body["lines"], "the invoice has no lines: nothing was checked"
+        # Job lines and the booking's charge and refund lines, each naming what it bills.
+        owners = [
+            (line["job_id"], line["booking_id"], line["correction"]) for line in body["lines"]
+        ]
+        booking = billed["booking_id"]
+        assert sorted(o for o in owners if o[1]) == [(None, booking, False), (None, booking, True)]
+        assert [o for o in owners if not o[1]] and all(o[0] for o in owners if not o[1])
+        by_kind = {line["correction"]: line for line in body["lines"] if line["booking_id"]}
+        assert (by_kind[False]["amount"], by_kind[False]["vat"]) == ("10.00", "2.00")
+        assert (by_kind[True]["amount"], by_kind[True]["vat"]) == ("-5.00", "-1.00")
 
 
 def test_usage_period_filter_matches_the_schema(billed: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ cancellation), residency policy, tenancy on every route, query counts on lists."
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 import time_machine
@@ -310,6 +311,71 @@ def test_booking_flow_quote_book_409_cancel(client_a, client_b) -> None:
             "/v1/bookings", {**request, "start": later(1), "end": later(3)}, format="json"
         ).status_code
         == 201
+    )
+
+
+def _available(client) -> Decimal:
+    return Decimal(client.get("/v1/billing/balance").json()["available"])
+
+
+def test_booking_vat_and_totals_are_what_billing_charges_and_refunds(client_a, org_a) -> None:
+    """Org A (FR) pays 20 % VAT. 1 GPU x 1 h at 24.13: 24.13 + 4.83 VAT = 28.96. Cancelled 30 h
+    before its start, half is refunded: 12.07 (half up) + 2.42 VAT (the cumulative rule: 4.83
+    charged less 2.41 on the 12.06 kept; 12.07 x 20 % alone would round to 2.41) = 14.49."""
+    from marketplace.billing.models import BookingCharge
+
+    factories.pool(gpus=8, price="24.13")
+    request = {"flavor": "h100-80g", "gpus": 1, "start": later(0), "end": later(1)}
+    quote = client_a.post("/v1/bookings/quote", request, format="json").json()
+    assert (quote["amount"], quote["vat"], quote["total"]) == ("24.13", "4.83", "28.96")
+
+    before = _available(client_a)
+    created = client_a.post("/v1/bookings", request, format="json")
+    assert created.status_code == 201, created.content
+    booking = created.json()
+    assert (booking["amount"], booking["vat"], booking["total"]) == ("24.13", "4.83", "28.96")
+    assert (booking["refund_vat"], booking["refund_total"]) == (None, None)
+    charge = BookingCharge.objects.get(booking__public_id=booking["id"], kind="charge")
+    assert (str(charge.net), str(charge.vat)) == (booking["amount"], booking["vat"])
+    assert before - _available(client_a) == Decimal(booking["total"])
+    assert client_a.get(f"/v1/bookings/{booking['id']}").json() == booking
+    assert client_a.get("/v1/bookings").json()["data"] == [booking]
+
+    with time_machine.travel(timezone.now() + timedelta(days=10, hours=-30), tick=False):
+        quoted = client_a.get(f"/v1/bookings/{booking['id']}/cancellation_quote").json()
+        assert (quoted["refund_amount"], quoted["refund_vat"], quoted["refund_total"]) == (
+            "12.07",
+            "2.42",
+            "14.49",
+        )
+        before = _available(client_a)
+        cancelled = client_a.post(f"/v1/bookings/{booking['id']}/cancel").json()
+    refund = BookingCharge.objects.get(booking__public_id=booking["id"], kind="refund")
+    assert (str(-refund.net), str(-refund.vat)) == (quoted["refund_amount"], quoted["refund_vat"])
+    assert _available(client_a) - before == Decimal(quoted["refund_total"])
+    assert (cancelled["refund_amount"], cancelled["refund_vat"], cancelled["refund_total"]) == (
+        "12.07",
+        "2.42",
+        "14.49",
+    )
+    assert (cancelled["vat"], cancelled["total"]) == ("4.83", "28.96")  # what was charged
+
+
+def test_booking_vat_follows_the_org_s_vat_treatment(client_b, org_b) -> None:
+    """Org B (DE) with a VAT id: EU B2B reverse charge, no VAT charged or refunded."""
+    org_b.vat_id = "DE123456789"
+    org_b.save(update_fields=["vat_id"])
+    factories.pool(gpus=8, price="24.13")
+    request = {"flavor": "h100-80g", "gpus": 2, "start": later(0), "end": later(1)}
+    quote = client_b.post("/v1/bookings/quote", request, format="json").json()
+    assert (quote["amount"], quote["vat"], quote["total"]) == ("48.26", "0.00", "48.26")
+    booking = client_b.post("/v1/bookings", request, format="json").json()
+    assert (booking["vat"], booking["total"]) == ("0.00", "48.26")
+    quoted = client_b.get(f"/v1/bookings/{booking['id']}/cancellation_quote").json()
+    assert (quoted["refund_amount"], quoted["refund_vat"], quoted["refund_total"]) == (
+        "48.26",
+        "0.00",
+        "48.26",
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from marketplace.billing.models import BookingCharge
 from marketplace.capacity.models import Booking
 from marketplace.capacity.services import booking_create
 from tests.capacity import factories
@@ -83,16 +84,33 @@ def test_quote_then_book_then_cancel(alice_web: Client, org_a: Any, pools: Any) 
     quote = alice_web.post("/offers/book/", {**form, "action": "quote"})
     assert quote.status_code == 200
     assert quote.context["quote"].amount == Decimal("50.00") and quote.context["quote"].fits
+    # Org A (FR) pays 20 % VAT: the page shows what confirming charges, VAT included.
+    price = quote.context["quote_price"]
+    assert (price.net, price.vat, price.customer_total) == (
+        Decimal("50.00"),
+        Decimal("10.00"),
+        Decimal("60.00"),
+    )
+    assert "€60.00" in quote.content.decode() and "€50.00 + €10.00 VAT" in quote.content.decode()
     assert "Confirm booking" in quote.content.decode()
     assert not Booking.objects.exists()
     alice_web.post("/offers/book/", {**form, "action": "confirm"})
     booking = Booking.objects.get()
     assert (booking.organization, booking.gpu_count, booking.start) == (org_a, 2, start)
     assert booking.end - booking.start == timedelta(hours=10)
+    charged = BookingCharge.objects.get(booking=booking, kind="charge")
+    assert (charged.net, charged.vat) == (price.net, price.vat)  # the quote was what it charged
+    listed = alice_web.get("/offers/")
+    assert [(r["booking"], r["charged"]) for r in listed.context["bookings"]] == [(booking, price)]
+    assert '<td class="num">€10.00</td><td class="num">€60.00</td>' in listed.content.decode()
     page = alice_web.post(f"/bookings/{booking.public_id}/cancel/", follow=True)
     booking.refresh_from_db()
     assert booking.status == "cancelled" and booking.refund_amount == Decimal("50.00")
-    assert "refund €50.00" in page.content.decode()
+    refund = BookingCharge.objects.get(booking=booking, kind="refund")
+    assert (refund.net, refund.vat) == (Decimal("-50.00"), Decimal("-10.00"))
+    html = page.content.decode()
+    assert "refund €60.00 (€50.00 + €10.00 VAT) to your prepaid balance" in html
+    assert "refunded €60.00 (€50.00 + €10.00 VAT)" in html
 
 
 def test_a_full_window_is_explained(alice_web: Client, org_b: Any, pools: Any) -> None:

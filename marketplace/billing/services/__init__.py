@@ -5,7 +5,16 @@ hold_place; capacity's booking services call booking_charge and booking_refund. 
 (rounding, VAT, fee split) live in marketplace/billing/money.py.
 """
 
-from marketplace.billing.services.bookings import booking_charge, booking_net, booking_refund
+from marketplace.billing.services.bookings import (
+    booking_charge,
+    booking_charged,
+    booking_net,
+    booking_price,
+    booking_refund,
+    booking_refund_quote,
+    booking_refunded,
+    booking_vat_rate,
+)
 from marketplace.billing.services.invoices import (
     invoice_draft,
     invoice_finalize,
@@ -55,8 +64,13 @@ __all__ = [
     "balance_available",
     "balance_held",
     "booking_charge",
+    "booking_charged",
     "booking_net",
+    "booking_price",
     "booking_refund",
+    "booking_refund_quote",
+    "booking_refunded",
+    "booking_vat_rate",
     "credit_limit_set",
     "entry_post",
     "hold_place",

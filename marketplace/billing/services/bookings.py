@@ -9,6 +9,8 @@ booking_charge - at confirmation, in the booking's transaction, after the pool l
                  net + VAT, else post `booking:<id>:charge`.
 booking_refund - at cancellation: post `booking:<id>:refund` for the promised refund (before
                  VAT) and the VAT on it, reversing the provider's and the platform's shares.
+booking_price, booking_charged, booking_refund_quote, booking_refunded - read-only: the VAT and
+                 totals the booking API and portal show, by the same rules as the writes above.
 
 Work that runs on a booking is not charged again for the GPU-seconds inside the booking's window
 (usage.attempt_meter records them as covered_gpu_seconds); what runs outside it is usage.
@@ -26,6 +28,7 @@ from django.utils import timezone
 from marketplace.billing.models import Account, BookingCharge, JournalEntry
 from marketplace.billing.money import (
     CENT,
+    NO_SPLIT,
     ZERO,
     Split,
     cents,
@@ -58,9 +61,70 @@ def _split_of_net(net: Decimal, vat_rate: Decimal) -> Split:
     return Split(net=net, vat=cents(net * vat_rate), fee=fee, provider=net - fee)
 
 
+def booking_vat_rate(*, organization: Any) -> Decimal:
+    """The VAT rate a booking of this organization is charged at (its VAT treatment)."""
+    return vat_treatment(country=organization.country, vat_id=organization.vat_id).rate
+
+
 def _vat_rate(booking: Any) -> Decimal:
-    org = booking.organization
-    return vat_treatment(country=org.country, vat_id=org.vat_id).rate
+    return booking_vat_rate(organization=booking.organization)
+
+
+def _refund_delta(charged: Split, vat_rate: Decimal, refund_amount: Decimal) -> Split:
+    """kept - charged (negative amounts): the cumulative amounts of what the booking keeps
+    (amount - refund) less what it was charged, so a full refund reverses the charge exactly."""
+    return _split_of_net(charged.net - refund_amount, vat_rate) - charged
+
+
+def _charge_row(booking: Any, kind: str) -> BookingCharge | None:
+    # Through the relation, so a prefetch_related("billing_charges") serves it.
+    return next((row for row in booking.billing_charges.all() if row.kind == kind), None)
+
+
+def _split_of_row(row: BookingCharge) -> Split:
+    return Split(net=row.net, vat=row.vat, fee=row.fee, provider=row.provider_amount)
+
+
+def booking_price(*, organization: Any, amount: Decimal) -> Split:
+    """What booking_charge charges for a booking of `amount` (before VAT) confirmed now by this
+    organization: `.vat` and `.customer_total` are what a quote shows. Writes nothing."""
+    return _split_of_net(Decimal(amount), booking_vat_rate(organization=organization))
+
+
+def booking_charged(*, booking: Any) -> Split:
+    """What the booking was charged (its `booking:<id>:charge`); for a booking the ledger never
+    charged, what booking_charge would charge it now. Writes nothing."""
+    row = _charge_row(booking, BookingCharge.Kind.CHARGE)
+    if row is not None:
+        return _split_of_row(row)
+    return booking_price(organization=booking.organization, amount=booking.amount)
+
+
+def booking_refund_quote(*, booking: Any, refund_amount: Decimal) -> Split:
+    """What booking_refund(refund_amount) refunds (positive amounts): `.net` is refund_amount,
+    `.vat` the VAT given back (the cumulative rule, at the charged rate), `.customer_total` the
+    total the customer gets back. Writes nothing."""
+    refund_amount = Decimal(refund_amount)
+    row = _charge_row(booking, BookingCharge.Kind.CHARGE)
+    if row is not None:
+        charged, rate = _split_of_row(row), row.vat_rate
+    else:
+        rate = _vat_rate(booking)
+        charged = _split_of_net(booking.amount, rate)
+    if refund_amount == 0:
+        return NO_SPLIT  # booking_refund writes nothing
+    return NO_SPLIT - _refund_delta(charged, rate, refund_amount)
+
+
+def booking_refunded(*, booking: Any) -> Split | None:
+    """What a cancelled booking was refunded (positive amounts; its `booking:<id>:refund`, zero
+    for a zero refund); None while it is not cancelled with a refund amount. Writes nothing."""
+    row = _charge_row(booking, BookingCharge.Kind.REFUND)
+    if row is not None:
+        return Split(net=-row.net, vat=-row.vat, fee=-row.fee, provider=-row.provider_amount)
+    if booking.refund_amount is None:
+        return None
+    return booking_refund_quote(booking=booking, refund_amount=booking.refund_amount)
 
 
 def _legs(org_id: int, provider_id: int, split: Split) -> list[Leg]:
@@ -186,11 +250,7 @@ def booking_refund(*, booking: Any, refund_amount: Decimal) -> BookingCharge | N
                 f"€{refund_amount}.",
                 param="refund",
             )
-        charged = Split(
-            net=charge.net, vat=charge.vat, fee=charge.fee, provider=charge.provider_amount
-        )
-        kept = _split_of_net(charge.net - refund_amount, charge.vat_rate)
-        delta = kept - charged
+        delta = _refund_delta(_split_of_row(charge), charge.vat_rate, refund_amount)
         refunded_seconds = -charge.gpu_seconds * refund_amount / charge.net
         return _record(
             booking,

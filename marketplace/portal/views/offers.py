@@ -11,6 +11,7 @@ from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from marketplace.billing import services as billing
 from marketplace.capacity import selectors as capacity
 from marketplace.capacity import services as capacity_services
 from marketplace.capacity.policies import POLICY_TEXT
@@ -51,6 +52,19 @@ def _filters(form: OfferFilterForm) -> capacity.OfferFilters:
     )
 
 
+def _booking_rows(org: Any) -> list[dict[str, Any]]:
+    """The org's latest bookings with billing's figures: VAT and total charged, refund + VAT."""
+    bookings = capacity.bookings_for_org(org).prefetch_related("billing_charges")[:50]
+    return [
+        {
+            "booking": b,
+            "charged": billing.booking_charged(booking=b),
+            "refunded": billing.booking_refunded(booking=b),
+        }
+        for b in bookings
+    ]
+
+
 def _offers_context(request: HttpRequest) -> dict[str, Any]:
     regions = sorted(set(capacity.placeable_pools().values_list("region", flat=True)))
     form = OfferFilterForm(request.GET or None, flavors=flavor_choices(), regions=regions)
@@ -63,7 +77,7 @@ def _offers_context(request: HttpRequest) -> dict[str, Any]:
         "filter_form": form,
         "rows": rows,
         "days": [today + timedelta(days=d) for d in range(TIMELINE_DAYS)],
-        "bookings": capacity.bookings_for_org(request.org)[:50],  # type: ignore[attr-defined]
+        "bookings": _booking_rows(request.org),  # type: ignore[attr-defined]
         "policy": POLICY_TEXT,
     }
 
@@ -125,7 +139,11 @@ def booking_new(request: HttpRequest) -> HttpResponse:
                 f"Booked {booking.gpu_count} GPUs on {pool.name}: booking {booking.public_id}.",
             )
             return redirect("portal:offers")
-        context["quote"] = capacity_services.booking_quote(**request_args)
+        quote = capacity_services.booking_quote(**request_args)
+        context["quote"] = quote
+        if quote.amount is not None:
+            # What confirming charges: billing's VAT on the amount, and the total.
+            context["quote_price"] = billing.booking_price(organization=org, amount=quote.amount)
     except PartageError as e:
         form.add_error(None, e.message)
         return page(request, "portal/offers/list.html", context, status=400)
@@ -144,7 +162,14 @@ def booking_cancel(request: HttpRequest, booking_id: str) -> HttpResponse:
     except PartageError as e:
         error_message(request, e)
     else:
+        refunded = billing.booking_refunded(booking=booking)
+        refund = (
+            f"€{refunded.customer_total} (€{refunded.net} + €{refunded.vat} VAT)"
+            if refunded is not None
+            else f"€{booking.refund_amount}"
+        )
         messages.success(
-            request, f"Booking {booking.public_id} cancelled; refund €{booking.refund_amount}."
+            request,
+            f"Booking {booking.public_id} cancelled; refund {refund} to your prepaid balance.",
         )
     return redirect("portal:offers")
