@@ -22,6 +22,9 @@ from rest_framework.test import APIClient
 from marketplace.accounts.models import Membership, Organization, User
 from marketplace.accounts.services import api_key_create, membership_set, organization_create
 
+# Fixtures shared beyond one folder (wsgi_calls, for the schema checks).
+pytest_plugins = ["tests.api.schema_checks"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -8,49 +8,23 @@ serializers_billing.py would otherwise pass unnoticed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import schemathesis
-from django.core import signals
-from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
 from django.test import Client
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from marketplace.accounts.services import api_key_create
 from marketplace.billing import services as billing
+from tests.api.schema_checks import (
+    CHECKS,
+    assert_exact_fields,
+    documented,
+    schema,
+)
 from tests.billing.conftest import book, job_new, run_job, topup
 
 pytestmark = pytest.mark.django_db
-
-schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-
-
-@pytest.fixture
-def wsgi_calls(settings: Any) -> Iterator[None]:
-    settings.PARTAGE_API_RATE_LIMIT = 0
-    # As in tests/api/test_schemathesis.py: a request must not close the test's connection.
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    try:
-        yield
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
@@ -89,35 +63,6 @@ def billed(
     }
 
 
-def _resolve(node: dict[str, Any]) -> dict[str, Any]:
-    while True:
-        if "$ref" in node:
-            node = schema.raw_schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]]
-        elif "allOf" in node and len(node["allOf"]) == 1:
-            node = node["allOf"][0]
-        else:
-            return node
-
-
-def assert_exact_fields(node: dict[str, Any], value: Any, where: str = "body") -> None:
-    """Every object in `value` has exactly the properties its schema documents."""
-    node = _resolve(node)
-    if isinstance(value, dict) and "properties" in node:
-        assert set(value) == set(node["properties"]), (
-            f"{where}: returned {sorted(value)}, documented {sorted(node['properties'])}"
-        )
-        for name, item in value.items():
-            assert_exact_fields(node["properties"][name], item, f"{where}.{name}")
-    elif isinstance(value, list) and "items" in node:
-        for index, item in enumerate(value):
-            assert_exact_fields(node["items"], item, f"{where}[{index}]")
-
-
-def _documented(path: str, method: str, status: str, content_type: str) -> dict[str, Any]:
-    response = schema.raw_schema["paths"][path][method.lower()]["responses"][status]
-    return dict(response["content"][content_type]["schema"])
-
-
 JSON_GETS = [
     ("/v1/billing/balance", {}, {}, "customer_key"),
     ("/v1/billing/usage", {}, {}, "customer_key"),
@@ -151,7 +96,7 @@ def test_billing_reads_match_the_schema_exactly(
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert_exact_fields(_documented(path, "GET", "200", "application/json"), body)
+    assert_exact_fields(documented(path, "GET", "200", "application/json"), body)
     if body.get("object") == "list":
         assert body["data"], f"{path} returned an empty list: nothing was checked"
     if path.endswith("{invoice_id}"):
@@ -210,7 +155,7 @@ def test_cost_estimate_matches_the_schema_exactly(billed: dict[str, str]) -> Non
     assert response.status_code == 200, response.text
     body = response.json()
     assert_exact_fields(
-        _documented("/v1/billing/cost_estimate", "POST", "200", "application/json"), body
+        documented("/v1/billing/cost_estimate", "POST", "200", "application/json"), body
     )
     assert body["pool"] == billed["pool_id"] and body["amount"] == "7.50"
 
@@ -229,7 +174,7 @@ def test_staff_topup_matches_the_schema_exactly(
     response = case.call_and_validate(headers={"X-CSRFToken": csrf}, checks=CHECKS)
     assert response.status_code == 201, response.text
     body = response.json()
-    assert_exact_fields(_documented("/v1/billing/topups", "POST", "201", "application/json"), body)
+    assert_exact_fields(documented("/v1/billing/topups", "POST", "201", "application/json"), body)
     assert body["organization_id"] == org_a.public_id
 
 

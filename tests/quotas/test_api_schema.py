@@ -11,50 +11,25 @@ not to serializers_quotas.py would otherwise pass unnoticed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import schemathesis
-from django.core import signals
-from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
 from django.test import Client
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from marketplace.quotas import services as quotas
 from marketplace.quotas.models import OrganizationQuota, QuotaAuditEntry
+from tests.api.schema_checks import (
+    CHECKS,
+    assert_exact_fields,
+    documented,
+    schema,
+)
 from tests.capacity import factories as capacity_factories
 from tests.quotas.conftest import job_submit, plan_make, pool_make
 
 pytestmark = pytest.mark.django_db
 
-schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
 CSRF = "a" * 32  # staff sessions are cookie-authenticated: DRF checks CSRF on writes
-
-
-@pytest.fixture
-def wsgi_calls(settings: Any) -> Iterator[None]:
-    settings.PARTAGE_API_RATE_LIMIT = 0
-    # As in tests/api/test_schemathesis.py: a request must not close the test's connection.
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    try:
-        yield
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
@@ -89,35 +64,6 @@ def world(
     }
 
 
-def _resolve(node: dict[str, Any]) -> dict[str, Any]:
-    while True:
-        if "$ref" in node:
-            node = schema.raw_schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]]
-        elif "allOf" in node and len(node["allOf"]) == 1:
-            node = node["allOf"][0]
-        else:
-            return node
-
-
-def assert_exact_fields(node: dict[str, Any], value: Any, where: str = "body") -> None:
-    """Every object in `value` has exactly the properties its schema documents."""
-    node = _resolve(node)
-    if isinstance(value, dict) and "properties" in node:
-        assert set(value) == set(node["properties"]), (
-            f"{where}: returned {sorted(value)}, documented {sorted(node['properties'])}"
-        )
-        for name, item in value.items():
-            assert_exact_fields(node["properties"][name], item, f"{where}.{name}")
-    elif isinstance(value, list) and "items" in node:
-        for index, item in enumerate(value):
-            assert_exact_fields(node["items"], item, f"{where}[{index}]")
-
-
-def _documented(path: str, method: str) -> dict[str, Any]:
-    response = schema.raw_schema["paths"][path][method.lower()]["responses"]["200"]
-    return dict(response["content"]["application/json"]["schema"])
-
-
 def call(
     world: dict[str, Any],
     path: str,
@@ -144,7 +90,7 @@ def call(
 def checked(response: Any, path: str, method: str = "GET") -> Any:
     assert response.status_code == 200, response.text
     body = response.json()
-    assert_exact_fields(_documented(path, method), body)
+    assert_exact_fields(documented(path, method), body)
     if body.get("object") == "list":
         assert body["data"], f"{path} returned an empty list: nothing was checked"
     return body

@@ -1,0 +1,73 @@
+"""Shared by the tests that check real response bodies against the /v1 OpenAPI schema:
+schemathesis' response checks, and an exact-fields check (the schema itself does not reject
+undocumented keys)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core import signals
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture
+def wsgi_calls(settings: Any) -> Iterator[None]:
+    settings.PARTAGE_API_RATE_LIMIT = 0
+    # As in tests/api/test_schemathesis.py: a request must not close the test's connection.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while True:
+        if "$ref" in node:
+            node = schema.raw_schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]]
+        elif "allOf" in node and len(node["allOf"]) == 1:
+            node = node["allOf"][0]
+        else:
+            return node
+
+
+def assert_exact_fields(node: dict[str, Any], value: Any, where: str = "body") -> None:
+    """Every object in `value` has exactly the properties its schema documents."""
+    node = _resolve(node)
+    if isinstance(value, dict) and "properties" in node:
+        assert set(value) == set(node["properties"]), (
+            f"{where}: returned {sorted(value)}, documented {sorted(node['properties'])}"
+        )
+        for name, item in value.items():
+            assert_exact_fields(node["properties"][name], item, f"{where}.{name}")
+    elif isinstance(value, list) and "items" in node:
+        for index, item in enumerate(value):
+            assert_exact_fields(node["items"], item, f"{where}[{index}]")
+
+
+def documented(
+    path: str, method: str, status: str = "200", content_type: str = "application/json"
+) -> dict[str, Any]:
+    """The documented schema of one response."""
+    response = schema.raw_schema["paths"][path][method.lower()]["responses"][status]
+    return dict(response["content"][content_type]["schema"])
