@@ -204,33 +204,67 @@ def job_transition(
     **fields: Any,
 ) -> FineTuningJob:
     """Move a job to `to` if its current state allows it; record the event. Raises otherwise."""
+    _job_transition_apply(
+        job_id=job_id,
+        to=to,
+        message=message,
+        level=level,
+        data=data,
+        only_from=only_from,
+        **fields,
+    )
+    return FineTuningJob.objects.get(pk=job_id)
+
+
+def _job_transition_apply(
+    *,
+    job_id: str,
+    to: str,
+    message: str,
+    level: str = JobEvent.Level.INFO,
+    data: dict[str, Any] | None = None,
+    only_from: Iterable[str] | None = None,
+    **fields: Any,
+) -> None:
+    """job_transition without reading the job back.
+
+    No savepoint: a refused transition raises only after the block (it wrote nothing), so a
+    caller may catch it and go on; a database error inside aborts the caller's transaction
+    (it would be unusable on PostgreSQL anyway), as it does the standalone call's own.
+    """
     allowed = set(states.ALLOWED[S(to)])
     if only_from is not None:
         allowed &= set(only_from)
     now = timezone.now()
     if to in states.TERMINAL:
         fields.setdefault("finished_at", now)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
+        # The event's sequence number is taken in the same UPDATE (what job_event_add does).
         updated = FineTuningJob.objects.filter(pk=job_id, status__in=allowed).update(
-            status=to, updated_at=now, **fields
+            status=to, updated_at=now, event_seq=F("event_seq") + 1, **fields
         )
-        if not updated:
-            current = (
-                FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if updated:
+            seq = FineTuningJob.objects.filter(pk=job_id).values_list("event_seq", flat=True).get()
+            JobEvent.objects.create(
+                job_id=job_id,
+                seq=seq,
+                level=level,
+                type=JobEvent.Type.MESSAGE,
+                message=message,
+                data=data,
             )
-            if current is None:
-                raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
-            raise InvalidTransition(
-                f"Job {job_id} is {states.public_status(current)} ({current}); "
-                f"it cannot become {to}.",
-                param="status",
-            )
-        job_event_add(job_id=job_id, message=message, level=level, data=data)
-        from marketplace.api.webhooks.hooks import job_status_changed  # webhooks, on commit
+            from marketplace.api.webhooks.hooks import job_status_changed  # webhooks, on commit
 
-        job_status_changed(job_id=job_id, status=to)
+            job_status_changed(job_id=job_id, status=to)
+    if not updated:
+        current = FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if current is None:
+            raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
+        raise InvalidTransition(
+            f"Job {job_id} is {states.public_status(current)} ({current}); it cannot become {to}.",
+            param="status",
+        )
     logger.info("job %s -> %s", job_id, to, extra={"job_id": job_id, "status": to})
-    return FineTuningJob.objects.get(pk=job_id)
 
 
 # ---------------------------------------------------------------- jobs
@@ -432,17 +466,24 @@ def job_admit(
     *, job_id: str, pool_id: int | None = None, placement_reason: str = ""
 ) -> FineTuningJob:
     """queued → admitted, then dispatch on commit. Called by the admission pass."""
-    with transaction.atomic():
-        job = job_transition(
-            job_id=job_id,
-            to=S.ADMITTED,
-            message="Admitted: capacity reserved",
-            admitted_at=timezone.now(),
-            pending_reason="",
-            placement_reason=placement_reason,
-        )
-        transaction.on_commit(lambda: _enqueue("job_dispatch", job_id))
-    return job
+    job_admit_apply(job_id=job_id, pool_id=pool_id, placement_reason=placement_reason)
+    return FineTuningJob.objects.get(pk=job_id)
+
+
+def job_admit_apply(*, job_id: str, pool_id: int | None = None, placement_reason: str = "") -> None:
+    """job_admit without reading the job back (the admission pass does not need it): one
+    conditional UPDATE, the event, and the dispatch on commit. Raises InvalidTransition /
+    NotFound, having written nothing, when the job is no longer queued."""
+    _job_transition_apply(
+        job_id=job_id,
+        to=S.ADMITTED,
+        message="Admitted: capacity reserved",
+        admitted_at=timezone.now(),
+        pending_reason="",
+        placement_reason=placement_reason,
+    )
+    # Registered only once the transition is written; dropped with the caller's transaction.
+    transaction.on_commit(lambda: _enqueue("job_dispatch", job_id))
 
 
 def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:

@@ -50,20 +50,43 @@ def default_max_job_hours() -> Decimal:
 class QuotaBook:
     """Plans, organizations' plans and weights, and overrides, loaded once (4 queries)."""
 
-    def __init__(self, org_ids: Iterable[int] | None = None) -> None:
-        plans = {plan.pk: plan for plan in Plan.objects.all()}
+    plans: dict[int, Plan]
+    plan_rows: dict[tuple[int, int], PlanFlavorQuota]
+
+    def __init__(
+        self,
+        org_ids: Iterable[int] | None = None,
+        *,
+        plans_of: QuotaBook | None = None,
+        org_quota_rows: Iterable[OrganizationQuota] | None = None,
+    ) -> None:
+        """`plans_of`: take the plans and their per-flavor rows from that book (the pass's)
+        instead of reading them again. Plan edits do not lock organizations, so a re-read
+        under the org-quota lock was only ever fresher, never serialized.
+        `org_quota_rows`: the rows of `org_ids` the caller has just read (locked) in this
+        transaction, used instead of reading them again."""
+        if plans_of is not None:
+            plans = plans_of.plans
+            self.plan_rows = plans_of.plan_rows
+        else:
+            plans = {plan.pk: plan for plan in Plan.objects.all()}
+            self.plan_rows = {
+                (row.plan_id, row.flavor_id): row for row in PlanFlavorQuota.objects.all()
+            }
         self.default_plan = next((p for p in plans.values() if p.is_default), None)
         self.plans = plans
-        self.plan_rows: dict[tuple[int, int], PlanFlavorQuota] = {
-            (row.plan_id, row.flavor_id): row for row in PlanFlavorQuota.objects.all()
-        }
         org_quotas = OrganizationQuota.objects.all()
         overrides = FlavorQuotaOverride.objects.all()
         if org_ids is not None:
             ids = list(set(org_ids))
             org_quotas = org_quotas.filter(organization_id__in=ids)
             overrides = overrides.filter(organization_id__in=ids)
-        self.org_quotas = {row.organization_id: row for row in org_quotas}
+        if org_quota_rows is not None:
+            if org_ids is None:
+                raise ValueError("org_quota_rows needs the org_ids they cover")
+            self.org_quotas = {row.organization_id: row for row in org_quota_rows}
+        else:
+            self.org_quotas = {row.organization_id: row for row in org_quotas}
         self.overrides = {(row.organization_id, row.flavor_id): row for row in overrides}
         self._resolved: dict[tuple[int, int], EffectiveQuota] = {}
         self._weights: dict[int, Decimal] = {}

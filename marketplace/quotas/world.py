@@ -231,17 +231,24 @@ def world_load(
     pool_ids: Iterable[int] | None = None,
     org_ids: Iterable[int] | None = None,
     with_reliability: bool = False,
+    flavors_of: World | None = None,
 ) -> World:
     """Everything admission needs; restricted to some pools and organizations when given.
 
     Queries: flavors, pools, maintenance, bookings, live allocations, budget, residency (7),
     and with `with_reliability` (the pass, which places jobs) the pools' records (8).
+    `flavors_of`: take the GPU flavor catalogue from that world (the pass's) instead of
+    reading it again (6).
     """
     world = World(now)
-    for flavor in GpuFlavor.objects.all():
-        entry = Flavor(flavor.pk, flavor.slug, flavor_label(flavor.model_name, flavor.slug))
-        world.flavors[flavor.pk] = entry
-        world.flavor_by_slug[flavor.slug] = entry
+    if flavors_of is not None:
+        world.flavors.update(flavors_of.flavors)
+        world.flavor_by_slug.update(flavors_of.flavor_by_slug)
+    else:
+        for flavor in GpuFlavor.objects.all():
+            entry = Flavor(flavor.pk, flavor.slug, flavor_label(flavor.model_name, flavor.slug))
+            world.flavors[flavor.pk] = entry
+            world.flavor_by_slug[flavor.slug] = entry
     pools = placeable_pools()
     maintenance = MaintenanceWindow.objects.filter(start__lte=now, end__gt=now)
     bookings = Booking.objects.filter(status=Booking.Status.CONFIRMED, start__lte=now, end__gt=now)

@@ -399,3 +399,67 @@ def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
         connection.vendor == "postgresql"
     ):  # new reasons: one bulk UPDATE there, one per job on SQLite
         assert large[0] == small[0], (small, large)
+
+
+# One admission's transaction, statement by statement (PostgreSQL and SQLite alike):
+# quotas 14 — savepoint/begin, pool lock, org-quota lock, the job (with its organization),
+#   the re-check (pools, maintenance, bookings, live allocations, budget, residency,
+#   overrides; flavors and plans come from the pass, the org quota is the locked row),
+#   the allocation row, release/commit;
+# capacity 7 — drop a stale placement, usage (maintenance, bookings, allocations twice,
+#   placements), the placement row (the pool lock is the caller's);
+# billing 11 — the balance lock, metered-but-uncaptured usage (charges, usage records),
+#   held for the job, the pricing row (read, write), available funds, the hold entry
+#   (idempotency read, savepoint, entry, lines, release);
+# finetuning 3 — the conditional status UPDATE (with the event number), the number, the event.
+STATEMENTS_PER_ADMISSION = 35
+
+
+def test_one_admission_sends_a_fixed_number_of_statements(h100) -> None:
+    """Admissions are the pass's serial cost (one locked transaction each): the statements
+    of one are counted as the difference between a pass admitting two jobs and a pass
+    admitting one, so the pass's own constant loads cancel out."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    pool_make(flavor=h100, gpus=16)
+    plan_make(h100, max_gpus=100)
+    org = org_make()
+    job_submit(org, gpus=1)
+    assert len(quotas.admission_pass()) == 1  # the org-quota and balance rows exist now
+    job_submit(org, gpus=1)
+    with CaptureQueriesContext(connection) as one:
+        assert len(quotas.admission_pass()) == 1
+    for _ in range(2):
+        job_submit(org, gpus=1)
+    with CaptureQueriesContext(connection) as two:
+        assert len(quotas.admission_pass()) == 2
+    per_admission = len(two.captured_queries) - len(one.captured_queries)
+    sent = "\n".join(query["sql"][:160] for query in one.captured_queries)
+    assert per_admission == STATEMENTS_PER_ADMISSION, sent
+    assert Allocation.objects.filter(released_at__isnull=True).count() == 4
+    assert FineTuningJob.objects.filter(status="admitted").count() == 4
+
+
+def test_booked_admission_holds_only_what_the_booking_does_not_cover(h100) -> None:
+    """The pass hands billing the placement it just wrote; the hold still sees its booking."""
+    from decimal import Decimal
+
+    from marketplace.billing.models import JobPricing
+    from marketplace.billing.services import job_held
+
+    pool = pool_make(flavor=h100, gpus=8, price="2.00")
+    plan_make(h100, max_gpus=8, max_job_hours="24")
+    owner = org_make()
+    now = timezone.now()
+    booking = booking_make(
+        owner, pool, 4, start=now - timedelta(minutes=1), end=now + timedelta(hours=4)
+    )
+    booked = job_submit(owner, gpus=4)
+    unbooked = job_submit(org_make(), gpus=4)  # same country, so the same VAT
+    assert sorted(quotas.admission_pass()) == sorted([booked.id, unbooked.id])
+    assert JobPricing.objects.get(job_id=booked.id).booking_id == booking.pk
+    assert JobPricing.objects.get(job_id=unbooked.id).booking_id is None
+    # 24 h on hold for the unbooked job; the first 4 h of the booked one are the booking's.
+    ratio = job_held(job_id=booked.id) / job_held(job_id=unbooked.id)
+    assert abs(ratio - Decimal(20) / Decimal(24)) < Decimal("0.001"), ratio

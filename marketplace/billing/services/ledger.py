@@ -77,6 +77,10 @@ def entry_post(
 
 def account_lock(*, organization_id: int) -> BillingAccount:
     """Lock the org's balance row (last in the lock order: pool → org quota → org balance)."""
+    account = BillingAccount.objects.select_for_update().filter(organization_id=organization_id)
+    locked = account.first()  # one statement when the row exists (it nearly always does)
+    if locked is not None:
+        return locked
     BillingAccount.objects.get_or_create(organization_id=organization_id)
     return BillingAccount.objects.select_for_update().get(organization_id=organization_id)
 

@@ -196,10 +196,21 @@ def _uncaptured(job: FineTuningJob, vat_rate: Decimal) -> Decimal:
     return max(total, ZERO)
 
 
-def _booking_of(job: FineTuningJob, pool_id: int) -> Any:
+def _booking_of(job: FineTuningJob, pool_id: int, placement: Any = None) -> Any:
     """The confirmed booking this admission runs on (capacity's placement says), if any."""
     from marketplace.capacity.models import Booking, Placement
 
+    if placement is not None and placement.job_id == job.pk and placement.pool_id == pool_id:
+        # Written in this transaction with its booking, read under the pool lock that bookings
+        # also take: check it here rather than read it again.
+        booking = placement.booking if placement.booking_id is not None else None
+        if (
+            booking is None
+            or booking.organization_id != job.organization_id
+            or booking.status != Booking.Status.CONFIRMED
+        ):
+            return None
+        return booking
     placement = Placement.objects.filter(job_id=job.pk, pool_id=pool_id).first()
     if placement is None or placement.booking_id is None:
         return None
@@ -221,7 +232,14 @@ def _uncovered_seconds(booking: Any, max_duration_seconds: int) -> int:
     return max_duration_seconds - inside
 
 
-def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> Decimal:
+def hold_place(
+    *,
+    job: FineTuningJob,
+    pool: Any,
+    max_duration_seconds: int,
+    placement: Any = None,
+    savepoint: bool = True,
+) -> Decimal:
     """Snapshot the pool's price on the job and hold funds for its worst case; call at admission.
 
     Call it inside the admission transaction, after the pool and org-quota locks (it locks the
@@ -234,6 +252,11 @@ def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> D
     Returns the amount now held for the job (Decimal EUR). Raises
     marketplace.errors.InsufficientFunds (nothing written) when the balance does not cover it;
     the caller should leave the job queued with that message as its pending reason.
+
+    `placement`: the capacity Placement that `placement_commit` just returned in this
+    transaction (saves reading it again). `savepoint=False`: the caller rolls its whole
+    transaction back on any database error (the admission pass), so no savepoint is taken;
+    InsufficientFunds is raised after the block either way, so a caller may still catch it.
     """
     if (
         isinstance(max_duration_seconds, bool)
@@ -245,22 +268,24 @@ def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> D
             param="max_duration_seconds",
         )
     pool_id, provider_id, price = _pool_terms(pool)
-    with transaction.atomic():
+    refusal: InsufficientFunds | None = None
+    with transaction.atomic(savepoint=savepoint):
         account = account_lock(organization_id=job.organization_id)
         org = job.organization
         rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
         gpus = max(job.gpu_count, 1)
-        booking = _booking_of(job, pool_id)
+        booking = _booking_of(job, pool_id, placement)
         uncovered = _uncovered_seconds(booking, max_duration_seconds)
         net_max = cents_up(usage_cost(Decimal(gpus * uncovered), price))
         worst_case = net_max + cents_up(net_max * rate)
         required = worst_case + _uncaptured(job, rate)
         held = job_held(job_id=job.pk)
         shortfall = required - held
-        pricing, _ = JobPricing.objects.select_for_update().get_or_create(
-            job_id=job.pk,
-            defaults={"organization_id": job.organization_id, "price_per_gpu_hour": price},
-        )
+        # Under the org's balance lock, so no other hold_place for this job (same org) can
+        # insert the row between this read and the save below.
+        pricing = JobPricing.objects.select_for_update().filter(job_id=job.pk).first()
+        if pricing is None:
+            pricing = JobPricing(job_id=job.pk, organization_id=job.organization_id)
         pricing.pool_id, pricing.provider_id, pricing.price_per_gpu_hour = (
             pool_id,
             provider_id,
@@ -274,7 +299,7 @@ def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> D
             return held
         available = balance_available(organization=job.organization_id) + account.credit_limit
         if available < shortfall:
-            raise InsufficientFunds(
+            refusal = InsufficientFunds(
                 f"Job {job.pk} needs €{shortfall} on hold ({gpus} GPU(s) x {max_duration_seconds} s "
                 f"at €{price}/GPU-hour, VAT included) but organization {org.slug} has "
                 f"€{available} available. Top up the prepaid balance (ask Partage staff or use "
@@ -282,20 +307,24 @@ def hold_place(*, job: FineTuningJob, pool: Any, max_duration_seconds: int) -> D
                 param="balance",
                 details={"needed": str(shortfall), "available": str(available), "currency": "EUR"},
             )
-        pricing.hold_seq += 1
-        pricing.save()
-        entry_post(
-            key=f"hold:{job.pk}:{pricing.hold_seq}",
-            kind=JournalEntry.Kind.HOLD,
-            organization_id=job.organization_id,
-            job_id=job.pk,
-            memo=f"Hold for {job.pk}: {gpus} GPU(s) x {max_duration_seconds} s at €{price}/GPU-hour",
-            legs=[
-                Leg(Account.CUSTOMER_BALANCE, shortfall, job.organization_id),
-                Leg(Account.CUSTOMER_HELD, -shortfall, job.organization_id),
-            ],
-        )
-        return held + shortfall
+        else:
+            pricing.hold_seq += 1
+            pricing.save()
+            entry_post(
+                key=f"hold:{job.pk}:{pricing.hold_seq}",
+                kind=JournalEntry.Kind.HOLD,
+                organization_id=job.organization_id,
+                job_id=job.pk,
+                memo=f"Hold for {job.pk}: {gpus} GPU(s) x {max_duration_seconds} s at "
+                f"€{price}/GPU-hour",
+                legs=[
+                    Leg(Account.CUSTOMER_BALANCE, shortfall, job.organization_id),
+                    Leg(Account.CUSTOMER_HELD, -shortfall, job.organization_id),
+                ],
+            )
+    if refusal is not None:
+        raise refusal  # nothing written: the pricing row is saved only with the hold
+    return held + shortfall
 
 
 def _charge_post(

@@ -30,7 +30,7 @@ from marketplace.finetuning.models import FineTuningJob, JobStatus
 from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait, grace, min_run
 from marketplace.quotas.models import Allocation, OrganizationQuota
 from marketplace.quotas.quota_book import QuotaBook, default_max_job_hours
-from marketplace.quotas.world import LiveAllocation, pending_jobs_load, world_load
+from marketplace.quotas.world import LiveAllocation, World, pending_jobs_load, world_load
 
 logger = logging.getLogger("partage.quotas")
 
@@ -111,7 +111,7 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
         # Admit now, in its own short transaction, so that a job refused on re-check (funds,
         # a race) takes nothing from the jobs behind it in this pass.
         with clock.timing("admit"):
-            result = _admit_one(outcome)
+            result = _admit_one(outcome, _PassContext(world, book))
         if isinstance(result, _Admitted):
             report.admitted.append(job.id)
             decider.apply(outcome)
@@ -204,41 +204,56 @@ class _Gone:  # cancelled, or admitted by a concurrent pass
     pass
 
 
-def _admit_one(admit: Admit) -> _Admitted | _Refused | _Gone:
+@dataclass
+class _PassContext:
+    """What the pass already loaded and an admission may reuse: the GPU flavor catalogue
+    and the plans (neither is serialized by the admission locks; see QuotaBook)."""
+
+    world: World | None = None
+    book: QuotaBook | None = None
+
+
+def _admit_one(admit: Admit, context: _PassContext | None = None) -> _Admitted | _Refused | _Gone:
     """One short transaction: lock, re-check with fresh numbers, hold funds, allocate, admit."""
+    context = context or _PassContext()
     try:
-        return _admit_locked(admit)
+        return _admit_locked(admit, context)
     except OrganizationQuota.DoesNotExist:
         # The org-quota row is the second lock; an organization's first admission creates it.
         _org_quota_rows_ensure({admit.job.org_id})
-        return _admit_locked(admit)
+        return _admit_locked(admit, context)
 
 
-def _admit_locked(admit: Admit) -> _Admitted | _Refused | _Gone:
+def _admit_locked(admit: Admit, context: _PassContext) -> _Admitted | _Refused | _Gone:
+    """Every error below leaves this block and rolls the whole admission back, so the
+    services called inside take no savepoints of their own (savepoint=False, pool_locked)."""
     job_id = admit.job.id
     try:
         with transaction.atomic():
-            # 1. pool (placement_commit below takes the same lock again). NO KEY UPDATE: it
-            # serializes admissions and bookings on the pool without blocking rows that only
-            # reference it (billing's FK key-share locks, taken while it holds a balance lock).
+            # 1. pool. NO KEY UPDATE: it serializes admissions and bookings on the pool without
+            # blocking rows that only reference it (billing's FK key-share locks, taken while
+            # it holds a balance lock).
             pool = Pool.objects.select_for_update(no_key=True).get(pk=admit.pool.id)
-            OrganizationQuota.objects.select_for_update(of=("self",)).get(  # 2. org quota
+            org_quota = OrganizationQuota.objects.select_for_update(of=("self",)).get(
                 organization_id=admit.job.org_id
+            )  # 2. org quota
+            fresh, job = _admit_recheck(admit, context, org_quota)
+            placement = placement_commit(
+                job=job, decision=_placement_decision(fresh, pool), pool_locked=True
             )
-            fresh = _admit_recheck(admit)
-            job = FineTuningJob.objects.select_related("organization").get(pk=job_id)
-            placement_commit(job=job, decision=_placement_decision(fresh, pool))
             from marketplace.billing.services import hold_place
 
             hold_place(  # 3. org balance (locked inside billing)
                 job=job,
                 pool=pool,
                 max_duration_seconds=int(fresh.quota.max_job_hours * 3600),
+                placement=placement,
+                savepoint=False,
             )
             _allocation_create(fresh, job)
-            from marketplace.finetuning.services import job_admit
+            from marketplace.finetuning.services import job_admit_apply
 
-            job_admit(job_id=job_id, pool_id=pool.pk, placement_reason=fresh.placement_reason)
+            job_admit_apply(job_id=job_id, pool_id=pool.pk, placement_reason=fresh.placement_reason)
     except _NotNow as e:
         return _Refused(e.wait)
     except CapacityUnavailable as e:
@@ -264,12 +279,18 @@ def _funds_reason(error: InsufficientFunds) -> str:
     )
 
 
-def _admit_recheck(admit: Admit) -> Admit:
-    """Decide again for this pool and organization on numbers read under the locks."""
+def _admit_recheck(
+    admit: Admit, context: _PassContext | None = None, org_quota: OrganizationQuota | None = None
+) -> tuple[Admit, FineTuningJob]:
+    """Decide again for this pool and organization on numbers read under the locks
+    (`org_quota`: the organization's row, as just locked).
+
+    Returns the fresh decision and the job row (with its organization) it was made on."""
     now = timezone.now()
+    context = context or _PassContext()
     row = (
-        FineTuningJob.objects.filter(pk=admit.job.id, status=JobStatus.QUEUED)
-        .values_list("gpu_count", "priority", "residency", "attempt_count", "gpu_flavor")
+        FineTuningJob.objects.select_related("organization")
+        .filter(pk=admit.job.id, status=JobStatus.QUEUED)
         .first()
     )
     if row is None:
@@ -277,20 +298,27 @@ def _admit_recheck(admit: Admit) -> Admit:
     job = PendingJob(
         id=admit.job.id,
         org_id=admit.job.org_id,
-        flavor_slug=row[4],
-        gpus=max(row[0], 1),
-        priority=row[1],
+        flavor_slug=row.gpu_flavor,
+        gpus=max(row.gpu_count, 1),
+        priority=row.priority,
         created_at=admit.job.created_at,
-        residency=row[2] or {},
-        attempt_count=row[3],
+        residency=row.residency or {},
+        attempt_count=row.attempt_count,
     )
-    world = world_load(now=now, pool_ids=[admit.pool.id], org_ids=[job.org_id])
-    decider = Decider(world, QuotaBook(org_ids=[job.org_id]), min_run=min_run(), grace=grace())
+    world = world_load(
+        now=now, pool_ids=[admit.pool.id], org_ids=[job.org_id], flavors_of=context.world
+    )
+    book = QuotaBook(
+        org_ids=[job.org_id],
+        plans_of=context.book,
+        org_quota_rows=None if org_quota is None else [org_quota],
+    )
+    decider = Decider(world, book, min_run=min_run(), grace=grace())
     flavor = world.flavors[admit.flavor.id]
     outcome = decider.decide_on_flavor(job, flavor)
     if not isinstance(outcome, Admit):
         raise _NotNow(outcome)
-    return outcome
+    return outcome, row
 
 
 def _placement_decision(admit: Admit, pool: Pool) -> PlacementDecision:
