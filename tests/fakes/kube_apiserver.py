@@ -800,6 +800,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw) if raw.strip() else {}
         fault = self.api._take_fault(method)
         status = 200
+        recorded = False
         try:
             try:
                 if fault is not None and not fault.after_apply:
@@ -814,12 +815,18 @@ class _Handler(BaseHTTPRequestHandler):
                 response = (e.code, json.dumps(e.body).encode(), "application/json", headers)
             if response is not None:
                 status = response[0]
+                # Recorded before the client can read the answer: a test that asserts on the
+                # log right after its call returns sees this request.
+                with self.api.lock:
+                    self.api.requests.append((method, self.path, status))
+                recorded = True
                 self._send_bytes(*response)
         except (BrokenPipeError, ConnectionResetError):
             status = 499
         finally:
-            with self.api.lock:
-                self.api.requests.append((method, self.path, status))
+            if not recorded:
+                with self.api.lock:
+                    self.api.requests.append((method, self.path, status))
 
     def _route(self, method: str, path: str, query: dict[str, str], body: dict) -> Response | None:
         segments = [s for s in path.split("/") if s]

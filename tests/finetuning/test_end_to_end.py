@@ -76,7 +76,13 @@ def test_partner_path_on_sqlite(
     client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any, tmp_path: Path
 ) -> None:
     job = run_partner_path(client_a, upload, tmp_path)
-    attempts = list(JobAttempt.objects.filter(job=job))
+    # The job succeeds when its adapter is stored; the attempt closes when the agent reports
+    # the trainer's exit, a moment later.
+    attempts = wait_for(
+        lambda: (a := list(JobAttempt.objects.filter(job=job))) and a[0].ended_at and a,
+        timeout=60,
+        what="the attempt to report its exit",
+    )
     assert len(attempts) == 1 and attempts[0].status == JobAttempt.Status.SUCCEEDED
     assert attempts[0].training_started_at is not None and attempts[0].ended_at is not None
     manifest = job.manifest

@@ -173,7 +173,9 @@ def test_sign_up_upload_launch_watch_download(
     logs = page.locator("pre.log").last.inner_text()
     assert logs.strip() and "Logs appear when" not in logs, logs
     assert page.locator("#job-progress").evaluate("node => node.value") == 100
-    page.wait_for_function("Number(document.getElementById('loss-chart').dataset.trainPoints) > 3")
+    page.wait_for_function(
+        "() => Number(document.getElementById('loss-chart').dataset.trainPoints) > 3"
+    )
     assert int(chart.get_attribute("data-valid-points") or 0) >= 1
     assert "PeftModel.from_pretrained" in page.inner_text("#peft-snippet")
     assert_accessible(browser)
