@@ -402,13 +402,13 @@ def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
 
 
 # One admission's transaction, statement by statement (PostgreSQL and SQLite alike):
-# quotas 14 — savepoint/begin, pool lock, org-quota lock, the job (with its organization),
+# quotas 13 — savepoint/begin, pool lock, org-quota lock, the job (with its organization),
 #   the re-check (pools, maintenance, bookings, live allocations, budget, residency,
 #   overrides; flavors and plans come from the pass, the org quota is the locked row),
 #   the allocation row, release/commit;
 # capacity 7 — drop a stale placement, usage (maintenance, bookings, allocations twice,
 #   placements), the placement row (the pool lock is the caller's);
-# billing 11 — the balance lock, metered-but-uncaptured usage (charges, usage records),
+# billing 12 — the balance lock, metered-but-uncaptured usage (charges, usage records),
 #   held for the job, the pricing row (read, write), available funds, the hold entry
 #   (idempotency read, savepoint, entry, lines, release);
 # finetuning 3 — the conditional status UPDATE (with the event number), the number, the event.
