@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -162,16 +164,26 @@ def test_zero_lora_gradient_guard(tmp_path, capsys, tiny_llama_dir, monkeypatch)
     assert not (tmp_path / "out" / "adapter").exists()
 
 
-def test_internal_errors_exit_1(tmp_path, capsys, model_cache, monkeypatch):
-    import workers.lora.trainer as trainer
+def test_internal_errors_exit_1(tmp_path, tiny_llama_dir):
+    """A genuine I/O failure while writing the final adapter is an internal error (exit 1), not
+    the user's fault: the child runs under RLIMIT_FSIZE (which root cannot bypass) so training
+    succeeds but writing adapter_model.safetensors fails with EFBIG, like a full disk."""
+    config = job_config(tmp_path, hyperparameters={"max_steps": 2})
+    config_path = _write_config(tmp_path, config)
+    limit = 4096  # above every small file the run writes, far below the adapter's weights
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk on fire")
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    monkeypatch.setattr(trainer.adapter_io, "save_adapter", broken)
-    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
-    assert code == EXIT_INTERNAL_ERROR
-    assert events[-1]["code"] == "internal_error" and "disk on fire" in events[-1]["message"]
+    proc = _spawn(config_path, stderr=subprocess.PIPE, preexec_fn=limit_file_size)
+    out, err = proc.communicate(timeout=300)
+    events = _events(out)
+    assert proc.returncode == EXIT_INTERNAL_ERROR, err[-2000:]
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2]  # training ran
+    assert events[-1]["event"] == "error" and events[-1]["code"] == "internal_error"
+    assert "File too large" in events[-1]["message"] or "EFBIG" in events[-1]["message"], events[-1]
+    assert not any(e["event"] == "completed" for e in events)
+    assert not (tmp_path / "out" / "adapter").exists()  # no adapter is published
 
 
 def test_runs_are_deterministic_on_cpu(tmp_path, capsys, model_cache):
@@ -232,50 +244,75 @@ def test_stop_early_signal_writes_the_adapter(tmp_path, capsys, model_cache, mon
     assert events[-1]["steps"] == 2
 
 
-def test_sigterm_mid_step_checkpoints_within_the_grace_period(
-    tmp_path, capsys, model_cache, monkeypatch
-):
-    """SIGTERM between micro-batches of an accumulated step drops that step (no waiting for
-    the rest of it), checkpoints the completed steps, exits 4; --resume ends as a straight run."""
-    import workers.lora.trainer as trainer
+def test_sigterm_mid_step_checkpoints_within_the_grace_period(tmp_path, capsys, tiny_llama_dir):
+    """SIGTERM sent from outside while a step of eight micro-batches runs: a partly accumulated
+    step is dropped without running the rest of it, the checkpoint holds only completed steps,
+    exit 4; --resume then redoes the dropped step and ends exactly as a straight run.
+
+    Nothing outside the process can see micro-batch boundaries, so the signal is timed (10 ms
+    after step 1 is reported) and lands mid-step in nearly every run (10 of 10 measured on the
+    loaded 2-core sandbox); should it beat the trainer's check before step 2 instead, the same
+    checkpoint/resume properties are checked for that boundary."""
+    total = 6
 
     def config(name: str) -> dict[str, Any]:
         c = job_config(
             tmp_path,
             output_dir=str(tmp_path / name),
-            hyperparameters={"batch_size": 2, "gradient_accumulation_steps": 4, "n_epochs": 1},
+            hyperparameters={"batch_size": 1, "gradient_accumulation_steps": 8, "n_epochs": 3},
         )
-        c["lora"]["dropout"] = 0.1  # RNG consumed by the dropped micro-batch must be restored
+        c["lora"]["dropout"] = 0.1  # RNG consumed by the dropped micro-batches must be restored
         return c
 
-    code, straight = run_inprocess(tmp_path, capsys, config("straight"))
-    assert code == EXIT_OK and straight[-1]["steps"] == 2
-
-    real_loss_sum = trainer.loss_sum
-    calls = {"n": 0}
-
-    def signal_on_sixth_micro_batch(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # step 2, second micro-batch of four
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss_sum(model, batch)
-
-    monkeypatch.setattr(trainer, "loss_sum", signal_on_sixth_micro_batch)
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
     try:
-        code, first = run_inprocess(tmp_path, capsys, config("killed"))
+        code, straight = run_inprocess(tmp_path, capsys, config("straight"))
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGUSR1, previous[1])
-    assert code == EXIT_PREEMPTED
-    assert calls["n"] == 6  # the remaining two micro-batches of step 2 never ran
-    assert first[-1] == {**first[-1], "event": "preempted", "step": 1}
-    assert first[-1]["checkpoint"].endswith("step-000001")
-    monkeypatch.setattr(trainer, "loss_sum", real_loss_sum)
+    assert code == EXIT_OK and straight[-1]["steps"] == total
+    by_step = {e["step"]: e for e in straight if e["event"] == "progress"}
 
-    code, resumed = run_inprocess(tmp_path, capsys, config("killed"), "--resume")
+    config_path = tmp_path / "killed.json"
+    config_path.write_text(json.dumps(config("killed")))
+    stderr_path = tmp_path / "killed.stderr"
+    with stderr_path.open("w") as stderr:
+        proc = _spawn(config_path, stderr=stderr)
+        first = _signal_inside_next_step(proc, 1, signal.SIGTERM)
+    log = stderr_path.read_text()
+    assert proc.returncode == EXIT_PREEMPTED, log[-2000:]
+    done = first[-1]
+    assert done["event"] == "preempted"
+    stopped = done["step"]
+    assert 1 <= stopped < total
+    # every step the run reported is a completed one, and the checkpoint is the last of them
+    assert [e["step"] for e in first if e["event"] == "progress"] == list(range(1, stopped + 1))
+    checkpoint = pathlib.Path(done["checkpoint"])
+    assert checkpoint.name == f"step-{stopped:06d}"
+    saved = json.loads((checkpoint / "progress.json").read_text())
+    assert saved["step"] == stopped
+    assert saved["trained_tokens"] == by_step[stopped]["trained_tokens"]
+    assert saved["train_loss"] == pytest.approx(by_step[stopped]["train_loss"], rel=1e-6)
+    dropped = [line for line in log.splitlines() if "dropped it" in line]
+    if dropped:  # it landed between micro-batches: that step, and only it, was dropped
+        assert dropped == [
+            f"SIGTERM during step {stopped + 1}: dropped it, checkpointing step {stopped}"
+        ]
+    else:  # it beat the loop's own check before step 2: the only boundary it can land on here
+        # (a later one means the step in flight was run to its end instead of being dropped)
+        assert "SIGTERM received" in log and stopped == 1
+
+    try:
+        code, resumed = run_inprocess(tmp_path, capsys, config("killed"), "--resume")
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
     assert code == EXIT_OK
-    assert [e["step"] for e in resumed if e["event"] == "progress"] == [2]
+    progress = [e for e in resumed if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == list(range(stopped + 1, total + 1))
+    for event in progress:  # a dropped step is redone with the same data and dropout masks
+        assert event["train_loss"] == pytest.approx(by_step[event["step"]]["train_loss"], rel=1e-6)
+        assert event["trained_tokens"] == by_step[event["step"]]["trained_tokens"]
     assert resumed[-1]["train_loss"] == pytest.approx(straight[-1]["train_loss"], rel=1e-6)
     assert resumed[-1]["trained_tokens"] == straight[-1]["trained_tokens"]
 
@@ -283,15 +320,15 @@ def test_sigterm_mid_step_checkpoints_within_the_grace_period(
 # ---------------------------------------------------------------------- real processes
 
 
-def _spawn(config_path: pathlib.Path, *extra: str) -> subprocess.Popen[str]:
+def _spawn(config_path: pathlib.Path, *extra: str, **popen: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "workers.lora", "--config", str(config_path), *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
         text=True,
+        **{"stderr": subprocess.DEVNULL, **popen},
     )
 
 
@@ -302,6 +339,25 @@ def _run_until(proc: subprocess.Popen[str], step: int, sig: int) -> list[dict[st
     for line in proc.stdout:
         events.append(json.loads(line))
         if events[-1]["event"] == "progress" and events[-1]["step"] == step:
+            proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return events
+
+
+def _signal_inside_next_step(
+    proc: subprocess.Popen[str], step: int, sig: int
+) -> list[dict[str, Any]]:
+    """Once `step` is reported, send `sig` 10 ms later, i.e. inside step + 1.
+
+    Sent at once, it can beat the child's own check at the step boundary (the pipe write wakes
+    this process first); 10 ms puts it after that check and, in practice, before the last
+    micro-batch of the next step."""
+    events = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress" and events[-1]["step"] == step:
+            time.sleep(0.01)
             proc.send_signal(sig)
     proc.wait(timeout=120)
     return events
