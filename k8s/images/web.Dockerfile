@@ -24,4 +24,4 @@ RUN PARTAGE_ENV=development DJANGO_SECRET_KEY=build-only-not-a-secret-build-only
     python manage.py collectstatic --noinput
 USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "marketplace.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4"]
+CMD ["gunicorn", "marketplace.wsgi", "-c", "python:marketplace.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "4"]
