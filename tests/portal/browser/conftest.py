@@ -180,5 +180,18 @@ A11Y_AUDIT = """() => {
 
 
 def assert_accessible(browser: Browser) -> None:
-    problems = browser.page.evaluate(A11Y_AUDIT)
+    """Audit the page as it is; a page that reloads itself meanwhile (the job page does when its
+    job ends) is audited again once the new document has loaded."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for _ in range(3):
+        try:
+            problems = browser.page.evaluate(A11Y_AUDIT)
+            break
+        except PlaywrightError as e:
+            if "Execution context was destroyed" not in str(e):
+                raise
+            browser.page.wait_for_load_state()
+    else:
+        raise AssertionError(f"{browser.page.url} kept navigating during the audit")
     assert not problems, f"{browser.page.url}: {problems}"

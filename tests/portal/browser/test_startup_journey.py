@@ -42,6 +42,20 @@ WATCH = """need => {
 }"""
 
 
+def _stable_evaluate(page: Any, expression: str) -> Any:
+    """Evaluate in the current document, again after a reload that lands in the middle."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for _ in range(3):
+        try:
+            return page.evaluate(expression)
+        except PlaywrightError as e:
+            if "Execution context was destroyed" not in str(e):
+                raise
+            page.wait_for_load_state()
+    raise AssertionError(f"{page.url} kept navigating")
+
+
 def _rows(count: int) -> list[dict[str, Any]]:
     colours = ["red", "blue", "green", "yellow", "purple", "orange"]
     return [
@@ -126,7 +140,7 @@ def test_sign_up_upload_launch_watch_download(
     page.get_by_role("link", name="Launch a job with this file").click()
     page.get_by_label("Base model").select_option("partage/tiny-llama")
     page.get_by_label("Validation file").select_option(index=1)
-    page.get_by_label("Epochs").fill("4")
+    page.get_by_label("Epochs").fill("32")  # ~8 s of training when quiet
     page.get_by_label("Batch size").fill("1")
     page.get_by_label("Learning-rate multiplier").fill("5")
     page.get_by_label("Max sequence length").fill("64")
@@ -153,9 +167,11 @@ def test_sign_up_upload_launch_watch_download(
     )
     assert_accessible(browser)
     browser.shot("job-training")
-    seen = page.wait_for_function(
+    page.wait_for_function(
         WATCH, arg={"values": 2, "points": 2, "min_points": 0}, polling=100, timeout=300_000
-    ).json_value()
+    )
+    # The record lives in sessionStorage: read it even if the page has just reloaded itself.
+    seen = _stable_evaluate(page, "() => JSON.parse(sessionStorage.getItem('watch'))")
     assert len(seen["values"]) >= 2, f"progress bar values seen while running: {seen}"
     assert len(seen["points"]) >= 2, f"loss chart sizes seen while running: {seen}"
     # The page reloads itself once the job finishes; the adapter link then appears.
