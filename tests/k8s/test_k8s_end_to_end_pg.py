@@ -313,7 +313,8 @@ def test_pod_evicted_mid_training_resumes_from_checkpoint_and_is_billed_once(
     reconciler: Any,
 ) -> None:
     celery_worker_process()
-    job_id = submit(client_a, upload, lines=16, epochs=2, batch=2)
+    # 256 steps: still training when the eviction lands, even on a quiet machine
+    job_id = submit(client_a, upload, lines=32, epochs=8, batch=1)
     first = wait_for(
         lambda: JobAttempt.objects.filter(job_id=job_id, number=1).first(), timeout=120
     )
