@@ -63,3 +63,19 @@ def make_job(org: Any, captured: Any, **kwargs: Any) -> Any:
         return job_create(
             organization=org, model="partage/tiny-llama", training_file=file.id, **kwargs
         )
+
+
+def assert_list_queries_flat(
+    client: Client, url: str, org: Any, captured: Any, assert_max_queries: Any
+) -> None:
+    """The page sends no more queries with six jobs than with one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_job(org, captured)
+    with CaptureQueriesContext(connection) as one:
+        assert client.get(url).status_code == 200
+    for _ in range(5):
+        make_job(org, captured)
+    with assert_max_queries(len(one.captured_queries)):
+        assert client.get(url).status_code == 200

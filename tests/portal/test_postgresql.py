@@ -17,7 +17,7 @@ from marketplace.billing.services import attempt_meter
 from marketplace.finetuning.models import JobAttempt
 from marketplace.quotas.models import QuotaAuditEntry
 from tests.capacity import factories
-from tests.portal.conftest import make_job
+from tests.portal.conftest import assert_list_queries_flat, make_job
 
 pytestmark = [pytest.mark.pg, pytest.mark.django_db]
 
@@ -78,13 +78,6 @@ def test_list_pages_query_counts_do_not_grow_on_postgresql(
     django_capture_on_commit_callbacks: Any,
     django_assert_max_num_queries: Any,
 ) -> None:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    make_job(org_a, django_capture_on_commit_callbacks)
-    with CaptureQueriesContext(connection) as one:
-        assert alice_web.get(url).status_code == 200
-    for _ in range(5):
-        make_job(org_a, django_capture_on_commit_callbacks)
-    with django_assert_max_num_queries(len(one.captured_queries)):
-        assert alice_web.get(url).status_code == 200
+    assert_list_queries_flat(
+        alice_web, url, org_a, django_capture_on_commit_callbacks, django_assert_max_num_queries
+    )

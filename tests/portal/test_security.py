@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from marketplace.finetuning.models import FineTuningJob
-from tests.portal.conftest import make_file, make_job
+from tests.portal.conftest import assert_list_queries_flat, make_file, make_job
 
 pytestmark = pytest.mark.django_db
 
@@ -175,16 +175,9 @@ def test_list_pages_do_not_grow_queries_with_rows(
     django_capture_on_commit_callbacks: Any,
     django_assert_max_num_queries: Any,
 ) -> None:
-    make_job(org_a, django_capture_on_commit_callbacks)
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    with CaptureQueriesContext(connection) as one:
-        assert alice_web.get(url).status_code == 200
-    for _ in range(5):
-        make_job(org_a, django_capture_on_commit_callbacks)
-    with django_assert_max_num_queries(len(one.captured_queries)):
-        assert alice_web.get(url).status_code == 200
+    assert_list_queries_flat(
+        alice_web, url, org_a, django_capture_on_commit_callbacks, django_assert_max_num_queries
+    )
 
 
 def _deploy_check(env: dict[str, str], tmp_path: Any) -> str:
