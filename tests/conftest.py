@@ -247,3 +247,29 @@ def celery_worker_process(
     log.close()
     app.conf.broker_url, app.conf.broker_transport_options = saved
     app.close()
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path, settings: Any) -> Iterator[None]:
+    """Tasks enqueued on commit land in a private filesystem-broker folder (no worker runs);
+    with Redis (the PostgreSQL pass) the test run's own Redis database is used as is."""
+    from workers.celery import app
+
+    if settings.REDIS_URL:
+        yield
+        return
+    for sub in ("queue", "processed"):
+        (tmp_path / "broker" / sub).mkdir(parents=True)
+    options = {
+        "data_folder_in": str(tmp_path / "broker" / "queue"),
+        "data_folder_out": str(tmp_path / "broker" / "queue"),
+        "processed_folder": str(tmp_path / "broker" / "processed"),
+        "store_processed": False,
+    }
+    previous = app.conf.broker_transport_options
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
+    app.conf.broker_transport_options = options
+    try:
+        yield
+    finally:
+        app.conf.broker_transport_options = previous

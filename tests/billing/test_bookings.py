@@ -291,27 +291,8 @@ def test_staff_see_booking_charges_in_the_admin(
     assert booking.public_id in page.content.decode()
 
 
-@pytest.fixture
-def _private_broker(tmp_path: Any, settings: Any) -> None:
-    """Tasks enqueued on commit land in a private folder; no worker runs here."""
-    from workers.celery import app
-
-    if settings.REDIS_URL:
-        return
-    for sub in ("queue", "processed"):
-        (tmp_path / "broker" / sub).mkdir(parents=True)
-    options = {
-        "data_folder_in": str(tmp_path / "broker" / "queue"),
-        "data_folder_out": str(tmp_path / "broker" / "queue"),
-        "processed_folder": str(tmp_path / "broker" / "processed"),
-        "store_processed": False,
-    }
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
-    app.conf.broker_transport_options = options
-
-
 def test_the_admission_pass_holds_nothing_for_work_inside_a_paid_booking(
-    org_a: Any, provider_org: Any, _private_broker: None
+    org_a: Any, provider_org: Any, private_broker: None
 ) -> None:
     """Through the real admission pass: a booker whose balance went entirely into its booking
     still gets its job admitted on the booking (nothing to hold: the booking paid), while the

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 
 import pytest
 import time_machine
@@ -26,26 +24,8 @@ from tests.capacity import factories
 from tests.capacity.databases import EACH_DATABASE, check_database
 from tests.conftest import chat_lines, jsonl
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _private_broker(tmp_path: Path, settings: Any) -> None:
-    """Tasks enqueued on commit land in a private folder; no worker runs here."""
-    from workers.celery import app
-
-    if settings.REDIS_URL:
-        return
-    for sub in ("queue", "processed"):
-        (tmp_path / "broker" / sub).mkdir(parents=True)
-    options = {
-        "data_folder_in": str(tmp_path / "broker" / "queue"),
-        "data_folder_out": str(tmp_path / "broker" / "queue"),
-        "processed_folder": str(tmp_path / "broker" / "processed"),
-        "store_processed": False,
-    }
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
-    app.conf.broker_transport_options = options
+# every test here queues tasks on commit: a private broker folder
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("private_broker")]
 
 
 def startup(slug: str) -> Organization:
