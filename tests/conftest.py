@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.core import signals
+from django.db import close_old_connections, connection
 from rest_framework.test import APIClient
 
 from marketplace.accounts.models import Membership, Organization, User
 from marketplace.accounts.services import api_key_create, membership_set, organization_create
-
-# Fixtures shared beyond one folder (wsgi_calls, for the schema checks).
-pytest_plugins = ["tests.api.schema_checks"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -273,3 +271,17 @@ def private_broker(tmp_path: Path, settings: Any) -> Iterator[None]:
         yield
     finally:
         app.conf.broker_transport_options = previous
+
+
+@pytest.fixture
+def wsgi_calls(settings: Any) -> Iterator[None]:
+    """Requests through the WSGI app (the schema checks) keep the test's connection open."""
+    settings.PARTAGE_API_RATE_LIMIT = 0
+    # As in tests/api/test_schemathesis.py: a request must not close the test's connection.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)

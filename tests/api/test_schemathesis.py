@@ -3,14 +3,11 @@ matches the schema (status code, content type, body). Bounded: a few examples pe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
-from django.core import signals
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -29,18 +26,9 @@ CHECKS = [
 
 
 @pytest.fixture
-def fuzz_key(key_a: str, settings: Any) -> Iterator[str]:
-    settings.PARTAGE_API_RATE_LIMIT = 0
+def fuzz_key(key_a: str, settings: Any, wsgi_calls: None) -> str:
     settings.PARTAGE_SSE_MAX_SECONDS = 1
-    # As Django's test client does: a request must not close the test's connection (inside the
-    # test transaction, PostgreSQL's would be closed as "obsolete" at the end of each request).
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    try:
-        yield key_a
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
+    return key_a
 
 
 @pytest.mark.django_db
