@@ -12,6 +12,29 @@ from workers.lora.data import load_examples
 from workers.lora.modeling import load_base, loss_sum, supports_varlen, wrap_lora
 
 
+def _examples(tmp_path, tokenizer, count: int) -> list:
+    examples, _ = load_examples(
+        write_jsonl(tmp_path / "d.jsonl", chat_rows(count)),
+        tokenizer,
+        max_seq_length=512,
+        loss_on="assistant",
+        truncation="truncate",
+    )
+    return examples
+
+
+def _lora(base, *, active: bool = True):
+    """LoRA on `base` without dropout; `active` gives lora_B non-zero weights so the checks
+    cover the adapter path as well as the base model."""
+    model = wrap_lora(base, LoraSettings(dropout=0.0), "x")
+    if active:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
+    return model
+
+
 @pytest.mark.parametrize(
     ("arch", "varlen"),
     [("llama", True), ("llama", False), ("mistral", True), ("qwen2", True), ("gpt2", True)],
@@ -23,21 +46,11 @@ def test_packed_batch_gives_each_example_its_solo_loss(tmp_path, model_cache, ar
 
     model_dir = resolve(f"partage/tiny-{arch}")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    examples, _ = load_examples(
-        write_jsonl(tmp_path / "d.jsonl", chat_rows(6)),
-        tokenizer,
-        max_seq_length=512,
-        loss_on="assistant",
-        truncation="truncate",
-    )
+    examples = _examples(tmp_path, tokenizer, 6)
     torch.manual_seed(0)
     base = load_base(model_dir, torch.device("cpu"), False, max_seq_length=512)
     assert supports_varlen(base)  # every tiny architecture takes the varlen path
-    model = wrap_lora(base, LoraSettings(dropout=0.0), "x")
-    with torch.no_grad():  # make LoRA active so the check covers the adapter path as well
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
+    model = _lora(base)
     model.eval()
     with torch.no_grad():
         solo = [
@@ -64,21 +77,9 @@ def test_varlen_gradients_match_solo_examples(
     tmp_path, model_cache, tiny_llama_dir, tiny_tokenizer
 ):
     """Backward through the varlen path gives the same LoRA gradients as examples run alone."""
-    examples, _ = load_examples(
-        write_jsonl(tmp_path / "d.jsonl", chat_rows(4)),
-        tiny_tokenizer,
-        max_seq_length=512,
-        loss_on="assistant",
-        truncation="truncate",
-    )
+    examples = _examples(tmp_path, tiny_tokenizer, 4)
     torch.manual_seed(0)
-    model = wrap_lora(
-        load_base(tiny_llama_dir, torch.device("cpu"), False), LoraSettings(dropout=0.0), "x"
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
+    model = _lora(load_base(tiny_llama_dir, torch.device("cpu"), False))
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum(model, collate(examples, packing=True, capacity=512, pad_id=0, varlen=True)).backward()
     packed_grads = [p.grad.clone() for p in params]
@@ -92,21 +93,11 @@ def test_varlen_gradients_match_solo_examples(
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(
     tmp_path, model_cache, tiny_llama_dir, tiny_tokenizer
 ):
-    examples, _ = load_examples(
-        write_jsonl(tmp_path / "d.jsonl", chat_rows(4)),
-        tiny_tokenizer,
-        max_seq_length=512,
-        loss_on="assistant",
-        truncation="truncate",
-    )
+    examples = _examples(tmp_path, tiny_tokenizer, 4)
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = wrap_lora(
-            load_base(tiny_llama_dir, torch.device("cpu"), checkpointing),
-            LoraSettings(dropout=0.0),
-            "x",
-        )
+        model = _lora(load_base(tiny_llama_dir, torch.device("cpu"), checkpointing), active=False)
         model.train()
         loss = loss_sum(model, collate(examples, packing=True, capacity=512, pad_id=0, varlen=True))
         loss.backward()
@@ -121,17 +112,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(
 def test_per_example_losses_in_a_packed_row_match_solo(
     tmp_path, model_cache, tiny_llama_dir, tiny_tokenizer
 ):
-    examples, _ = load_examples(
-        write_jsonl(tmp_path / "d.jsonl", chat_rows(3)),
-        tiny_tokenizer,
-        max_seq_length=512,
-        loss_on="assistant",
-        truncation="truncate",
-    )
+    examples = _examples(tmp_path, tiny_tokenizer, 3)
     torch.manual_seed(0)
-    model = wrap_lora(
-        load_base(tiny_llama_dir, torch.device("cpu"), False), LoraSettings(dropout=0.0), "x"
-    )
+    model = _lora(load_base(tiny_llama_dir, torch.device("cpu"), False), active=False)
     model.eval()
     with torch.no_grad():
         packed = collate(examples, packing=True, capacity=512, pad_id=0)
