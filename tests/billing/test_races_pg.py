@@ -75,6 +75,42 @@ def test_concurrent_admissions_never_overspend(org_a: Any, pool: Any) -> None:
     assert_invariants()
 
 
+def test_concurrent_batches_over_two_orgs_never_overspend_nor_deadlock(
+    org_a: Any, org_b: Any, pool: Any
+) -> None:
+    """Batches that name the two organizations in either order lock their balances in one
+    order (organization id), so they wait for each other instead of deadlocking."""
+    topup(org_a, "9.50")  # room for three holds of €3.00 each
+    topup(org_b, "9.50", ref="t-b")
+    files = {org.pk: training_file(org) for org in (org_a, org_b)}
+    batches = []
+    for index in range(4):
+        orgs = (org_a, org_b) if index % 2 else (org_b, org_a)
+        batch = [job_new(org, file_id=files[org.pk]) for org in orgs for _ in range(2)]
+        batches.append([_request(job, pool) for job in batch])
+
+    def hold(index: int) -> dict[str, Any]:
+        with transaction.atomic():
+            return billing.holds_place(batches[index])
+
+    results = _together(4, hold)
+    assert all(isinstance(r, dict) for r in results), results
+    outcomes = [outcome for r in results for outcome in r.values()]
+    assert sum(isinstance(o, Decimal) for o in outcomes) == 6, outcomes
+    assert sum(isinstance(o, InsufficientFunds) for o in outcomes) == 10, outcomes
+    for org in (org_a, org_b):
+        assert billing.balance_available(organization=org) == Decimal("0.50")
+        assert billing.balance_held(organization=org) == Decimal("9.00")
+    assert_invariants()
+
+
+def _request(job: Any, pool: Any) -> billing.HoldRequest:
+    from marketplace.finetuning.models import FineTuningJob
+
+    loaded = FineTuningJob.objects.select_related("organization").get(pk=job.pk)
+    return billing.HoldRequest(job=loaded, pool=pool, max_duration_seconds=3600)
+
+
 def test_concurrent_duplicate_settlements_charge_once(org_a: Any, pool: Any) -> None:
     topup(org_a, "20.00")
     job = job_new(org_a)

@@ -1,8 +1,8 @@
 """Writes for billing: metering, holds, the ledger, top-ups, invoices, statements and payouts.
 
 The job life cycle calls attempt_meter, job_settle and job_over_budget; the admission pass calls
-hold_place; capacity's booking services call booking_charge and booking_refund. The money rules
-(rounding, VAT, fee split) live in marketplace/billing/money.py.
+hold_place (holds_place for a batch); capacity's booking services call booking_charge and
+booking_refund. The money rules (rounding, VAT, fee split) live in marketplace/billing/money.py.
 """
 
 from marketplace.billing.services.bookings import (
@@ -47,14 +47,17 @@ from marketplace.billing.services.statements import (
     statements_build,
 )
 from marketplace.billing.services.usage import (
+    HoldRequest,
     attempt_meter,
     hold_place,
+    holds_place,
     job_cost_so_far,
     job_over_budget,
     job_settle,
 )
 
 __all__ = [
+    "HoldRequest",
     "Leg",
     "ManualPaymentProvider",
     "PaymentConfirmation",
@@ -74,6 +77,7 @@ __all__ = [
     "credit_limit_set",
     "entry_post",
     "hold_place",
+    "holds_place",
     "invoice_draft",
     "invoice_finalize",
     "invoice_void",
