@@ -220,6 +220,9 @@ PARTAGE_PREEMPT_MIN_RUN_SECONDS = env.get(
 )
 PARTAGE_PREEMPT_GRACE_SECONDS = env.get("PARTAGE_PREEMPT_GRACE_SECONDS", env.as_int, default=300)
 PARTAGE_ADMISSIONS_PER_PASS = env.get("PARTAGE_ADMISSIONS_PER_PASS", env.as_int, default=200)
+# Admissions written together in one short transaction (it locks their pools, then their
+# organizations' quota and balance rows, each set in id order).
+PARTAGE_ADMISSION_BATCH = env.get("PARTAGE_ADMISSION_BATCH", env.as_int, default=50)
 PARTAGE_DEFAULT_MAX_JOB_HOURS = env.get("PARTAGE_DEFAULT_MAX_JOB_HOURS", env.as_int, default=24)
 
 

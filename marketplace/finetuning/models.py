@@ -71,7 +71,10 @@ class FailureClass(models.TextChoices):
 
 class FineTuningJob(models.Model):
     id = models.CharField(primary_key=True, max_length=40, editable=False)
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="jobs")
+    # No index of its own: job_org_created (organization, -created_at) serves its lookups.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -12,15 +12,16 @@ import json
 import logging
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
-from typing import IO, Any
+from functools import partial
+from typing import IO, Any, cast
 
 from django.conf import settings
 from django.core.files import File as DjangoFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Field, Value, When
 from django.utils import timezone
 
 from marketplace.accounts.models import ApiKey, Organization, User
@@ -232,39 +233,88 @@ def _job_transition_apply(
     caller may catch it and go on; a database error inside aborts the caller's transaction
     (it would be unusable on PostgreSQL anyway), as it does the standalone call's own.
     """
+    _jobs_transition_apply(
+        job_ids=[job_id],
+        to=to,
+        message=message,
+        level=level,
+        data=data,
+        only_from=only_from,
+        **fields,
+    )
+
+
+def _jobs_transition_apply(
+    *,
+    job_ids: Sequence[str],
+    to: str,
+    message: str,
+    level: str = JobEvent.Level.INFO,
+    data: dict[str, Any] | None = None,
+    only_from: Iterable[str] | None = None,
+    per_job: dict[str, dict[str, Any]] | None = None,
+    **fields: Any,
+) -> None:
+    """Move many jobs to `to` at once: one conditional UPDATE, one read of their event
+    numbers, one INSERT of their events, whatever their number. `per_job` gives fields whose
+    value differs per job (job id → {field: value}); `fields` are the same for all.
+
+    Raises InvalidTransition (or NotFound) unless every job could move. For one job nothing
+    was written then; for several, some may have moved: the caller rolls back (the admission
+    pass does, its batch being one transaction).
+    """
+    ids = list(dict.fromkeys(job_ids))
     allowed = set(states.ALLOWED[S(to)])
     if only_from is not None:
         allowed &= set(only_from)
     now = timezone.now()
     if to in states.TERMINAL:
         fields.setdefault("finished_at", now)
+    for name in {name for values in (per_job or {}).values() for name in values}:
+        field = cast(Field, FineTuningJob._meta.get_field(name))  # a column, not a relation
+        fields[name] = Case(
+            *(
+                When(pk=job_id, then=Value(values[name]))
+                for job_id, values in (per_job or {}).items()
+                if name in values
+            ),
+            default=F(name),
+            output_field=field,
+        )
     with transaction.atomic(savepoint=False):
         # The event's sequence number is taken in the same UPDATE (what job_event_add does).
-        updated = FineTuningJob.objects.filter(pk=job_id, status__in=allowed).update(
+        updated = FineTuningJob.objects.filter(pk__in=ids, status__in=allowed).update(
             status=to, updated_at=now, event_seq=F("event_seq") + 1, **fields
         )
-        if updated:
-            seq = FineTuningJob.objects.filter(pk=job_id).values_list("event_seq", flat=True).get()
-            JobEvent.objects.create(
-                job_id=job_id,
-                seq=seq,
-                level=level,
-                type=JobEvent.Type.MESSAGE,
-                message=message,
-                data=data,
+        if updated == len(ids):
+            seqs = dict(FineTuningJob.objects.filter(pk__in=ids).values_list("pk", "event_seq"))
+            JobEvent.objects.bulk_create(
+                JobEvent(
+                    job_id=job_id,
+                    seq=seqs[job_id],
+                    level=level,
+                    type=JobEvent.Type.MESSAGE,
+                    message=message,
+                    data=data,
+                )
+                for job_id in ids
             )
             from marketplace.api.webhooks.hooks import job_status_changed  # webhooks, on commit
 
-            job_status_changed(job_id=job_id, status=to)
-    if not updated:
-        current = FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
-        if current is None:
-            raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
+            for job_id in ids:
+                job_status_changed(job_id=job_id, status=to)
+    if updated != len(ids):
+        current = dict(FineTuningJob.objects.filter(pk__in=ids).values_list("pk", "status"))
+        for job_id in ids:
+            if job_id not in current:
+                raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
+        job_id, status = next((j, s) for j, s in current.items() if s not in allowed)
         raise InvalidTransition(
-            f"Job {job_id} is {states.public_status(current)} ({current}); it cannot become {to}.",
+            f"Job {job_id} is {states.public_status(status)} ({status}); it cannot become {to}.",
             param="status",
         )
-    logger.info("job %s -> %s", job_id, to, extra={"job_id": job_id, "status": to})
+    for job_id in ids:
+        logger.info("job %s -> %s", job_id, to, extra={"job_id": job_id, "status": to})
 
 
 # ---------------------------------------------------------------- jobs
@@ -474,16 +524,25 @@ def job_admit_apply(*, job_id: str, pool_id: int | None = None, placement_reason
     """job_admit without reading the job back (the admission pass does not need it): one
     conditional UPDATE, the event, and the dispatch on commit. Raises InvalidTransition /
     NotFound, having written nothing, when the job is no longer queued."""
-    _job_transition_apply(
-        job_id=job_id,
+    jobs_admit_apply({job_id: placement_reason})
+
+
+def jobs_admit_apply(placements: dict[str, str]) -> None:
+    """queued → admitted for many jobs (job id → placement reason) in the caller's
+    transaction, in a constant number of statements; each job's dispatch is enqueued on
+    commit. Raises InvalidTransition / NotFound when a job is no longer queued: with several
+    jobs the caller must roll back (see _jobs_transition_apply)."""
+    _jobs_transition_apply(
+        job_ids=list(placements),
         to=S.ADMITTED,
         message="Admitted: capacity reserved",
         admitted_at=timezone.now(),
         pending_reason="",
-        placement_reason=placement_reason,
+        per_job={job_id: {"placement_reason": reason} for job_id, reason in placements.items()},
     )
-    # Registered only once the transition is written; dropped with the caller's transaction.
-    transaction.on_commit(lambda: _enqueue("job_dispatch", job_id))
+    for job_id in placements:
+        # Registered only once the transition is written; dropped with the caller's transaction.
+        transaction.on_commit(partial(_enqueue, "job_dispatch", job_id))
 
 
 def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:

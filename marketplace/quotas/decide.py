@@ -206,12 +206,18 @@ class Decider:
         known = [w for w in waits if w.estimated_start is not None]
         return min(known, key=lambda w: w.estimated_start or self.world.now) if known else waits[0]
 
-    def decide_on_flavor(self, job: PendingJob, flavor: Flavor) -> Admit | Wait:
+    def decide_on_flavor(
+        self, job: PendingJob, flavor: Flavor, *, pool_id: int | None = None
+    ) -> Admit | Wait:
+        """Admit on one of the flavor's pools, or say why the job waits. `pool_id`: consider
+        that pool only (an admission re-checking the pass's choice under its locks)."""
         world, now = self.world, self.world.now
         label = flavor.label
         every = world.pools_by_flavor.get(flavor.id, [])
         residency = world.residency_of(job.org_id, job.residency)
         pools = world.pools_for(flavor.id, residency)
+        if pool_id is not None:
+            pools = [pool for pool in pools if pool.id == pool_id]
         if not pools:
             return Wait(
                 f"waiting: no {label} pool matches your data residency ({residency.describe()}); "

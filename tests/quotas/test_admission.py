@@ -263,6 +263,8 @@ def test_job_refused_for_funds_does_not_block_funded_jobs_behind_it(h100) -> Non
     report = quotas.admission_pass_run()
     assert report.admitted == [small.id]
     assert report.refused_on_recheck == 1  # the second job of the org was not even tried
+    # The first round counted the refused job's GPUs as taken; the second decided afresh.
+    assert report.rounds == 2
     for job in (unfunded_big, unfunded_small):
         job.refresh_from_db()
         assert job.status == "queued"
@@ -412,33 +414,72 @@ def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
 #   held for the job, the pricing row (read, write), available funds, the hold entry
 #   (idempotency read, savepoint, entry, lines, release);
 # finetuning 3 — the conditional status UPDATE (with the event number), the number, the event.
-STATEMENTS_PER_ADMISSION = 35
+STATEMENTS_PER_BATCH = 32
 
 
-def test_one_admission_sends_a_fixed_number_of_statements(h100) -> None:
-    """Admissions are the pass's serial cost (one locked transaction each): the statements
-    of one are counted as the difference between a pass admitting two jobs and a pass
-    admitting one, so the pass's own constant loads cancel out."""
+def test_an_admission_batch_sends_a_fixed_number_of_statements(h100, settings) -> None:
+    """Admissions are the pass's serial cost, written in batches of one locked transaction
+    each: a batch sends the same statements whether it admits one job or several of several
+    organizations, and each further batch adds exactly that many."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     pool_make(flavor=h100, gpus=16)
     plan_make(h100, max_gpus=100)
-    org = org_make()
-    job_submit(org, gpus=1)
-    assert len(quotas.admission_pass()) == 1  # the org-quota and balance rows exist now
-    job_submit(org, gpus=1)
-    with CaptureQueriesContext(connection) as one:
-        assert len(quotas.admission_pass()) == 1
-    for _ in range(2):
+    orgs = [org_make(), org_make()]
+    for org in orgs:
         job_submit(org, gpus=1)
-    with CaptureQueriesContext(connection) as two:
-        assert len(quotas.admission_pass()) == 2
-    per_admission = len(two.captured_queries) - len(one.captured_queries)
-    sent = "\n".join(query["sql"][:160] for query in one.captured_queries)
-    assert per_admission == STATEMENTS_PER_ADMISSION, sent
-    assert Allocation.objects.filter(released_at__isnull=True).count() == 4
-    assert FineTuningJob.objects.filter(status="admitted").count() == 4
+    assert len(quotas.admission_pass()) == 2  # the org-quota and balance rows exist now
+
+    def statements(jobs: int, per_batch: int) -> list[str]:
+        settings.PARTAGE_ADMISSION_BATCH = per_batch
+        for index in range(jobs):
+            job_submit(orgs[index % 2], gpus=1)
+        with CaptureQueriesContext(connection) as sent:
+            assert len(quotas.admission_pass()) == jobs
+        return [query["sql"][:160] for query in sent.captured_queries]
+
+    one, three = statements(1, 50), statements(3, 50)
+    assert len(three) == len(one), "\n".join(three)
+    two_batches = statements(3, 2)
+    per_batch = len(two_batches) - len(one)
+    assert per_batch == STATEMENTS_PER_BATCH, "\n".join(two_batches)
+    assert Allocation.objects.filter(released_at__isnull=True).count() == 9
+    assert FineTuningJob.objects.filter(status="admitted").count() == 9
+
+
+def test_a_batch_with_a_conflicting_admission_admits_the_others_one_by_one(h100) -> None:
+    """A batch is one transaction: when one of its admissions conflicts (here the job already
+    has a live allocation, as if a concurrent pass had just admitted it), the batch is rolled
+    back and applied again one admission at a time; only the conflicting one is left out,
+    and nothing of it (hold, placement, event) is written."""
+    from decimal import Decimal
+
+    from marketplace.billing.models import JobPricing
+    from marketplace.capacity.models import Placement
+
+    pool_make(flavor=h100, gpus=16)
+    plan_make(h100, max_gpus=100)
+    first, taken, last = (job_submit(org_make(), gpus=1) for _ in range(3))
+    now = timezone.now()
+    Allocation.objects.create(
+        job_id=taken.id,
+        attempt_number=1,
+        organization_id=taken.organization_id,
+        gpus=1,
+        kind=Allocation.Kind.GUARANTEED,
+        priority=0,
+        reserved_gpu_hours=Decimal(24),
+        admitted_at=now,
+        expected_end=now + timedelta(hours=24),
+    )
+    report = quotas.admission_pass_run()
+    assert sorted(report.admitted) == sorted([first.id, last.id])
+    assert status(taken) == "queued"
+    assert not JobPricing.objects.filter(job_id=taken.id).exists()
+    assert not Placement.objects.filter(job_id=taken.id).exists()
+    assert not taken.events.filter(message__startswith="Admitted").exists()
+    assert JobPricing.objects.filter(job_id__in=[first.id, last.id]).count() == 2
 
 
 def test_booked_admission_holds_only_what_the_booking_does_not_cover(h100) -> None:

@@ -20,7 +20,7 @@ from marketplace.capacity.services.bookings import (
     earliest_window,
 )
 from marketplace.capacity.services.common import CapacityUnavailable
-from marketplace.capacity.services.placements import placement_commit
+from marketplace.capacity.services.placements import placement_commit, placements_commit
 from marketplace.capacity.services.supply import (
     cluster_connection_create,
     maintenance_window_create,
@@ -50,6 +50,7 @@ __all__ = [
     "earliest_window",
     "maintenance_window_create",
     "placement_commit",
+    "placements_commit",
     "policies",
     "pool_approve",
     "pool_create",

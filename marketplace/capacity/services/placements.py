@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -27,30 +31,58 @@ def placement_commit(
     no savepoint is taken. The capacity check itself is the same.
     """
     with transaction.atomic(savepoint=not pool_locked):
-        if pool_locked:
-            pool = decision.pool
-        else:
+        if not pool_locked:
             # NO KEY UPDATE: still serializes admissions and bookings on the pool, but does not
             # block billing rows that merely reference the pool (FK key-share) while they hold a
             # balance lock, which would deadlock against pool → balance.
             pool = Pool.objects.select_for_update(no_key=True).get(pk=decision.pool.pk)
-        Placement.objects.filter(job=job).delete()  # a requeued job is placed afresh
-        usage = selectors.pools_usage([pool], timezone.now())[pool.pk]
-        if decision.booking is not None:
-            room = usage.unused_in_booking(decision.booking.pk)
+            decision = replace(decision, pool=pool)
+        return placements_commit([(job, decision)])[0]
+
+
+def placements_commit(
+    items: Sequence[tuple[FineTuningJob, PlacementDecision]],
+) -> list[Placement]:
+    """Record many placements at once (the admission pass's batch), in a constant number of
+    statements whatever their number.
+
+    The caller holds, in this transaction, the lock of every pool in `items` (taken in pool
+    id order, before any quota or balance lock), each `decision.pool` was read under it, and
+    the caller rolls its whole transaction back on any error: no savepoint is taken here.
+    Each placement is re-checked in list order, the jobs before it counting against the
+    pool's free GPUs (or its booking's unused ones). Raises CapacityUnavailable for the
+    first one that no longer fits.
+    """
+    if not items:
+        return []
+    jobs = [job.pk for job, _ in items]
+    Placement.objects.filter(job_id__in=jobs).delete()  # a requeued job is placed afresh
+    pools = {decision.pool.pk: decision.pool for _, decision in items}
+    usage = selectors.pools_usage(pools.values(), timezone.now())
+    taken: dict[tuple[int, int | None], int] = defaultdict(int)  # (pool, booking) → GPUs
+    for job, decision in items:
+        pool, booking = decision.pool, decision.booking
+        now = usage[pool.pk]
+        if booking is not None:
+            room = now.unused_in_booking(booking.pk) - taken[(pool.pk, booking.pk)]
         else:
-            room = usage.free
+            # Booked GPUs a booking's jobs take come out of its reservation, not the free ones.
+            room = now.free - taken[(pool.pk, None)]
         if pool.status != Pool.Status.ACTIVE or room < job.gpu_count:
             raise CapacityUnavailable(
                 f"Pool {pool.public_id} no longer has {job.gpu_count} free GPUs "
-                f"(free now: {room}); the job stays queued.",
+                f"(free now: {max(room, 0)}); the job stays queued.",
                 param="gpu_count",
             )
-        return Placement.objects.create(
+        taken[(pool.pk, booking.pk if booking is not None else None)] += job.gpu_count
+    return Placement.objects.bulk_create(
+        Placement(
             job=job,
-            pool=pool,
+            pool=decision.pool,
             booking=decision.booking,
             gpu_count=job.gpu_count,
             price_per_gpu_hour=decision.price_per_gpu_hour,
             reason=decision.reason,
         )
+        for job, decision in items
+    )

@@ -1,6 +1,9 @@
 """The admission pass: load the queue, quotas, usage and capacity in a constant number of
-queries, decide in memory in fair-share order, then apply each admission in its own short
-transaction that locks pool → org quota → org balance and re-checks with fresh numbers.
+queries, decide in memory in fair-share order, then apply the admissions in batches, each
+one short transaction that locks pools → org quotas → org balances (each set in id order),
+re-checks every admission with fresh numbers and writes them all in a constant number of
+statements. A batch with an admission that raced (its GPUs or its job taken meanwhile) is
+applied again one admission at a time, so that only that one is left out.
 
 Every job left waiting gets a pending reason and an estimated start (one bulk conditional
 UPDATE); borrowed work that stands between an entitled job and its GPUs is preempted.
@@ -24,7 +27,7 @@ from django.utils import timezone
 
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.placement import PlacementDecision
-from marketplace.capacity.services import CapacityUnavailable, placement_commit
+from marketplace.capacity.services import CapacityUnavailable, placements_commit
 from marketplace.errors import InsufficientFunds, InvalidTransition, NotFound
 from marketplace.finetuning.models import FineTuningJob, JobStatus
 from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait, grace, min_run
@@ -39,12 +42,19 @@ def max_per_pass() -> int:
     return int(settings.PARTAGE_ADMISSIONS_PER_PASS)
 
 
+def batch_size() -> int:
+    """Admissions applied together in one transaction (it locks all their pools)."""
+    return max(int(settings.PARTAGE_ADMISSION_BATCH), 1)
+
+
 @dataclass
 class PassReport:
     admitted: list[str] = field(default_factory=list)
     waiting: int = 0
     preempted: list[str] = field(default_factory=list)
     refused_on_recheck: int = 0
+    batches: int = 0  # admission transactions
+    rounds: int = 0  # decision rounds (another follows an admission refused on re-check)
     reasons_updated: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # per phase, for logs and benchmarks
 
@@ -85,52 +95,34 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     if not world.pools:
         return _admit_without_pools(pending, limit, report)
     book = QuotaBook()
-    decider = Decider(world, book, min_run=min_run(), grace=grace())
     # The org-quota row is the second lock of admission: create the missing ones at once
     # (usually none), not one by one inside the admissions.
     _org_quota_rows_ensure({job.org_id for job in pending} - set(book.org_quotas))
     clock.lap("load")
-    waits: dict[str, Wait] = {}
-    victims: list[tuple[LiveAllocation, PendingJob]] = []
     unfunded: dict[int, tuple[Decimal, Wait]] = {}  # org → smallest refused cost, and why
-    retry = False
-    for job in decider.order(pending):
-        outcome = decider.decide(job)
-        if not isinstance(outcome, Admit):
-            waits[job.id] = outcome
-            victims.extend((victim, job) for victim in outcome.preempt)
-            continue
-        if len(report.admitted) >= limit:
-            waits[job.id] = Wait("waiting: admitted in the next admission pass", now)
-            retry = True
-            continue
-        refused = unfunded.get(job.org_id)
-        if refused is not None and _worst_cost(outcome) >= refused[0]:
-            waits[job.id] = refused[1]  # costs at least as much as what the balance refused
-            continue
-        # Admit now, in its own short transaction, so that a job refused on re-check (funds,
-        # a race) takes nothing from the jobs behind it in this pass.
-        with clock.timing("admit"):
-            result = _admit_one(outcome, _PassContext(world, book))
-        if isinstance(result, _Admitted):
-            report.admitted.append(job.id)
-            decider.apply(outcome)
-        elif isinstance(result, _Refused):
-            report.refused_on_recheck += 1
-            waits[job.id] = result.wait
-            if result.funds:
-                unfunded[job.org_id] = (_worst_cost(outcome), result.wait)
-            else:
-                retry = True  # numbers moved under us: decide again soon
+    queue = pending
+    for round_number in range(1, MAX_ROUNDS + 1):
+        decided = _Round(world, book, report, clock, unfunded, limit - len(report.admitted))
+        decided.run(queue)
+        report.rounds = round_number
+        if not decided.refused or round_number == MAX_ROUNDS:
+            break
+        # An admission refused on re-check (funds, a race) had its GPUs and budget counted
+        # for the jobs decided after it: decide again on fresh numbers, so that it takes
+        # nothing from them (the refused org's jobs that cost as much are not tried again).
+        done = set(report.admitted) | decided.gone
+        queue = [job for job in queue if job.id not in done]
+        world = world_load(now=now, with_reliability=True)
+        book = QuotaBook()
     clock.lap("decide", exclude="admit")
     with clock.timing("admit"):
-        for victim, beneficiary in victims:
+        for victim, beneficiary in decided.victims:
             if _preempt(victim, beneficiary):
                 report.preempted.append(victim.job_id)
-    report.waiting = len(waits)
-    report.reasons_updated = _pending_reasons_write(pending, waits)
+    report.waiting = len(decided.waits)
+    report.reasons_updated = _pending_reasons_write(queue, decided.waits)
     clock.lap("explain")
-    if retry:
+    if decided.retry or decided.refused:
         transaction.on_commit(_enqueue_admission)
     logger.info(
         "admission pass: %d admitted, %d waiting, %d preempted",
@@ -140,6 +132,80 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
         extra={"seconds": report.seconds},
     )
     return report
+
+
+# A pass decides again after an admission was refused on re-check, at most this many times.
+MAX_ROUNDS = 3
+
+
+class _Round:
+    """One decision round over the queue, in fair-share order. Each admission is counted at
+    once, so that the jobs behind it see its GPUs taken, and written with its batch."""
+
+    def __init__(
+        self,
+        world: World,
+        book: QuotaBook,
+        report: PassReport,
+        clock: _PhaseClock,
+        unfunded: dict[int, tuple[Decimal, Wait]],
+        limit: int,
+    ) -> None:
+        self.world, self.book, self.report, self.clock = world, book, report, clock
+        self.unfunded, self.limit = unfunded, limit
+        self.decider = Decider(world, book, min_run=min_run(), grace=grace())
+        self.waits: dict[str, Wait] = {}
+        self.victims: list[tuple[LiveAllocation, PendingJob]] = []
+        self.batch: list[Admit] = []
+        self.admitted = 0
+        self.refused = 0  # admissions refused on re-check: their GPUs were counted as taken
+        self.gone: set[str] = set()  # cancelled, or admitted by a concurrent pass
+        self.retry = False  # jobs that could be admitted now wait for the next pass
+
+    def run(self, queue: list[PendingJob]) -> None:
+        now = self.world.now
+        for job in self.decider.order(queue):
+            outcome = self.decider.decide(job)
+            if not isinstance(outcome, Admit):
+                self.waits[job.id] = outcome
+                self.victims.extend((victim, job) for victim in outcome.preempt)
+                continue
+            if self.admitted + len(self.batch) >= self.limit:
+                self.waits[job.id] = Wait("waiting: admitted in the next admission pass", now)
+                self.retry = True
+                continue
+            refused = self.unfunded.get(job.org_id)
+            if refused is not None and _worst_cost(outcome) >= refused[0]:
+                self.waits[job.id] = refused[1]  # costs at least what the balance refused
+                continue
+            self.decider.apply(outcome)
+            self.batch.append(outcome)
+            if len(self.batch) >= batch_size():
+                self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the batch in one short transaction; a refused admission waits."""
+        if not self.batch:
+            return
+        with self.clock.timing("admit"):
+            results = _admit_batch(self.batch, _PassContext(self.world, self.book))
+        self.report.batches += 1
+        for admit in self.batch:
+            result = results[admit.job.id]
+            if isinstance(result, _Admitted):
+                self.report.admitted.append(admit.job.id)
+                self.admitted += 1
+                continue
+            self.refused += 1
+            if isinstance(result, _Gone):
+                self.gone.add(admit.job.id)
+            elif isinstance(result, _Refused):
+                self.report.refused_on_recheck += 1
+                self.waits[admit.job.id] = result.wait
+                if result.funds:
+                    self.unfunded[admit.job.org_id] = (_worst_cost(admit), result.wait)
+        self.batch.clear()
 
 
 class _PhaseClock:
@@ -182,12 +248,6 @@ def _org_quota_rows_ensure(org_ids: set[int]) -> None:
         )
 
 
-class _NotNow(Exception):
-    def __init__(self, wait: Wait) -> None:
-        super().__init__(wait.reason)
-        self.wait = wait
-
-
 @dataclass
 class _Admitted:
     pass
@@ -204,6 +264,9 @@ class _Gone:  # cancelled, or admitted by a concurrent pass
     pass
 
 
+_Result = _Admitted | _Refused | _Gone
+
+
 @dataclass
 class _PassContext:
     """What the pass already loaded and an admission may reuse: the GPU flavor catalogue
@@ -213,58 +276,89 @@ class _PassContext:
     book: QuotaBook | None = None
 
 
-def _admit_one(admit: Admit, context: _PassContext | None = None) -> _Admitted | _Refused | _Gone:
-    """One short transaction: lock, re-check with fresh numbers, hold funds, allocate, admit."""
-    context = context or _PassContext()
+def _admit_batch(admits: list[Admit], context: _PassContext) -> dict[str, _Result]:
+    """Admit a batch in one short transaction; if one of them raced (its GPUs or the job
+    taken meanwhile), admit each alone instead, to tell which."""
     try:
-        return _admit_locked(admit, context)
+        return _admit_locked(admits, context)
     except OrganizationQuota.DoesNotExist:
-        # The org-quota row is the second lock; an organization's first admission creates it.
-        _org_quota_rows_ensure({admit.job.org_id})
-        return _admit_locked(admit, context)
+        # The org-quota row is the second lock; the pass creates the missing ones first, so
+        # this is an organization whose row was deleted meanwhile.
+        _org_quota_rows_ensure({admit.job.org_id for admit in admits})
+        return _admit_batch(admits, context)
+    except (CapacityUnavailable, InvalidTransition, NotFound, IntegrityError) as error:
+        if len(admits) > 1:
+            results: dict[str, _Result] = {}
+            for admit in admits:
+                results.update(_admit_batch([admit], context))
+            return results
+        job_id = admits[0].job.id
+        if isinstance(error, CapacityUnavailable):  # the next pass, due now, tells
+            return {job_id: _Refused(Wait(f"waiting: {error.message}", None))}
+        # Cancelled, or admitted first by a concurrent pass (one live allocation per job).
+        return {job_id: _Gone()}
 
 
-def _admit_locked(admit: Admit, context: _PassContext) -> _Admitted | _Refused | _Gone:
-    """Every error below leaves this block and rolls the whole admission back, so the
-    services called inside take no savepoints of their own (savepoint=False, pool_locked)."""
-    job_id = admit.job.id
-    try:
-        with transaction.atomic():
-            # 1. pool. NO KEY UPDATE: it serializes admissions and bookings on the pool without
-            # blocking rows that only reference it (billing's FK key-share locks, taken while
-            # it holds a balance lock).
-            pool = Pool.objects.select_for_update(no_key=True).get(pk=admit.pool.id)
-            org_quota = OrganizationQuota.objects.select_for_update(of=("self",)).get(
-                organization_id=admit.job.org_id
-            )  # 2. org quota
-            fresh, job = _admit_recheck(admit, context, org_quota)
-            placement = placement_commit(
-                job=job, decision=_placement_decision(fresh, pool), pool_locked=True
-            )
-            from marketplace.billing.services import hold_place
+def _admit_locked(admits: list[Admit], context: _PassContext) -> dict[str, _Result]:
+    """Lock pools → org quotas → org balances (each set in id order), re-check every admission
+    with fresh numbers, hold funds, place, allocate and admit, in a constant number of
+    statements whatever the batch's size.
 
-            hold_place(  # 3. org balance (locked inside billing)
-                job=job,
-                pool=pool,
-                max_duration_seconds=int(fresh.quota.max_job_hours * 3600),
-                placement=placement,
-                savepoint=False,
-            )
-            _allocation_create(fresh, job)
-            from marketplace.finetuning.services import job_admit_apply
+    A job that no longer fits, or that its organization's balance cannot cover, is left
+    out and the others go on; any other error leaves this block and rolls the whole batch
+    back, so the services called inside take no savepoints of their own."""
+    from marketplace.billing.services import HoldRequest, holds_place
+    from marketplace.finetuning.services import jobs_admit_apply
 
-            job_admit_apply(job_id=job_id, pool_id=pool.pk, placement_reason=fresh.placement_reason)
-    except _NotNow as e:
-        return _Refused(e.wait)
-    except CapacityUnavailable as e:
-        return _Refused(Wait(f"waiting: {e.message}", None))  # the next pass, due now, tells
-    except InsufficientFunds as e:
-        return _Refused(Wait(_funds_reason(e), None), funds=True)
-    except (InvalidTransition, NotFound):
-        return _Gone()
-    except IntegrityError:  # a concurrent pass admitted this job first (one live allocation)
-        return _Gone()
-    return _Admitted()
+    results: dict[str, _Result] = {}
+    org_ids = sorted({admit.job.org_id for admit in admits})
+    with transaction.atomic():
+        # 1. pools. NO KEY UPDATE: it serializes admissions and bookings on a pool without
+        # blocking rows that only reference it (billing's FK key-share locks, taken while
+        # it holds a balance lock).
+        pools = {
+            pool.pk: pool
+            for pool in Pool.objects.select_for_update(no_key=True)
+            .filter(pk__in={admit.pool.id for admit in admits})
+            .order_by("pk")
+        }
+        org_quotas = list(  # 2. org quotas
+            OrganizationQuota.objects.select_for_update(of=("self",))
+            .filter(organization_id__in=org_ids)
+            .order_by("organization_id")
+        )
+        if len(org_quotas) != len(org_ids):
+            raise OrganizationQuota.DoesNotExist
+        fresh, rows = _admit_recheck(admits, context, org_quotas, pools, results)
+        bookings = Booking.objects.in_bulk(
+            {admit.booking_id for admit in fresh if admit.booking_id is not None}
+        )
+        holds = holds_place(  # 3. org balances (locked inside billing)
+            [
+                HoldRequest(
+                    job=rows[admit.job.id],
+                    pool=pools[admit.pool.id],
+                    max_duration_seconds=int(admit.quota.max_job_hours * 3600),
+                    booking=bookings.get(admit.booking_id) if admit.booking_id else None,
+                )
+                for admit in fresh
+            ]
+        )
+        funded: list[Admit] = []
+        for admit in fresh:
+            hold = holds[admit.job.id]
+            if isinstance(hold, InsufficientFunds):
+                results[admit.job.id] = _Refused(Wait(_funds_reason(hold), None), funds=True)
+            else:
+                funded.append(admit)
+        placements_commit(
+            [(rows[admit.job.id], _placement_decision(admit, pools, bookings)) for admit in funded]
+        )
+        Allocation.objects.bulk_create(_allocation(admit, rows[admit.job.id]) for admit in funded)
+        if funded:
+            jobs_admit_apply({admit.job.id: admit.placement_reason for admit in funded})
+    results.update({admit.job.id: _Admitted() for admit in funded})
+    return results
 
 
 def _funds_reason(error: InsufficientFunds) -> str:
@@ -280,52 +374,69 @@ def _funds_reason(error: InsufficientFunds) -> str:
 
 
 def _admit_recheck(
-    admit: Admit, context: _PassContext | None = None, org_quota: OrganizationQuota | None = None
-) -> tuple[Admit, FineTuningJob]:
-    """Decide again for this pool and organization on numbers read under the locks
-    (`org_quota`: the organization's row, as just locked).
+    admits: list[Admit],
+    context: _PassContext,
+    org_quotas: list[OrganizationQuota],
+    pools: dict[int, Pool],
+    results: dict[str, _Result],
+) -> tuple[list[Admit], dict[str, FineTuningJob]]:
+    """Decide again, in the pass's order and each on the pool the pass chose, on numbers
+    read under the locks (`org_quotas`: the organizations' rows, as just locked). Jobs no
+    longer queued or no longer fitting go to `results`.
 
-    Returns the fresh decision and the job row (with its organization) it was made on."""
-    now = timezone.now()
-    context = context or _PassContext()
-    row = (
-        FineTuningJob.objects.select_related("organization")
-        .filter(pk=admit.job.id, status=JobStatus.QUEUED)
-        .first()
-    )
-    if row is None:
-        raise InvalidTransition(f"Job {admit.job.id} is no longer queued.")
-    job = PendingJob(
-        id=admit.job.id,
-        org_id=admit.job.org_id,
-        flavor_slug=row.gpu_flavor,
-        gpus=max(row.gpu_count, 1),
-        priority=row.priority,
-        created_at=admit.job.created_at,
-        residency=row.residency or {},
-        attempt_count=row.attempt_count,
-    )
+    Returns the fresh decisions, and the job rows (with their organization) they were made on."""
+    rows = {
+        row.pk: row
+        for row in FineTuningJob.objects.select_related("organization").filter(
+            pk__in=[admit.job.id for admit in admits], status=JobStatus.QUEUED
+        )
+    }
     world = world_load(
-        now=now, pool_ids=[admit.pool.id], org_ids=[job.org_id], flavors_of=context.world
+        now=timezone.now(),
+        pool_ids=list(pools),
+        org_ids=[row.organization_id for row in org_quotas],
+        flavors_of=context.world,
     )
     book = QuotaBook(
-        org_ids=[job.org_id],
+        org_ids=[row.organization_id for row in org_quotas],
         plans_of=context.book,
-        org_quota_rows=None if org_quota is None else [org_quota],
+        org_quota_rows=org_quotas,
     )
     decider = Decider(world, book, min_run=min_run(), grace=grace())
-    flavor = world.flavors[admit.flavor.id]
-    outcome = decider.decide_on_flavor(job, flavor)
-    if not isinstance(outcome, Admit):
-        raise _NotNow(outcome)
-    return outcome, row
+    fresh: list[Admit] = []
+    for admit in admits:
+        row = rows.get(admit.job.id)
+        if row is None:
+            results[admit.job.id] = _Gone()  # cancelled, or admitted by a concurrent pass
+            continue
+        job = PendingJob(
+            id=row.pk,
+            org_id=row.organization_id,
+            flavor_slug=row.gpu_flavor,
+            gpus=max(row.gpu_count, 1),
+            priority=row.priority,
+            created_at=admit.job.created_at,
+            residency=row.residency or {},
+            attempt_count=row.attempt_count,
+        )
+        outcome = decider.decide_on_flavor(
+            job, world.flavors[admit.flavor.id], pool_id=admit.pool.id
+        )
+        if isinstance(outcome, Admit):
+            decider.apply(outcome)  # the next job of the batch sees it
+            fresh.append(outcome)
+        else:
+            results[admit.job.id] = _Refused(outcome)
+    return fresh, rows
 
 
-def _placement_decision(admit: Admit, pool: Pool) -> PlacementDecision:
-    booking = Booking.objects.get(pk=admit.booking_id) if admit.booking_id else None
+def _placement_decision(
+    admit: Admit, pools: dict[int, Pool], bookings: dict[int, Booking]
+) -> PlacementDecision:
+    pool = pools[admit.pool.id]
     return PlacementDecision(
         pool=pool,
-        booking=booking,
+        booking=bookings[admit.booking_id] if admit.booking_id else None,
         gpu_count=admit.job.gpus,
         price_per_gpu_hour=pool.price_per_gpu_hour,
         reliability=None,
@@ -333,9 +444,9 @@ def _placement_decision(admit: Admit, pool: Pool) -> PlacementDecision:
     )
 
 
-def _allocation_create(admit: Admit, job: FineTuningJob) -> Allocation:
+def _allocation(admit: Admit, job: FineTuningJob) -> Allocation:
     now = timezone.now()
-    allocation = Allocation.objects.create(
+    return Allocation(
         job_id=job.pk,
         attempt_number=job.attempt_count + 1,
         organization_id=job.organization_id,
@@ -351,7 +462,6 @@ def _allocation_create(admit: Admit, job: FineTuningJob) -> Allocation:
         admitted_at=now,
         expected_end=now + timedelta(hours=float(admit.quota.max_job_hours)),
     )
-    return allocation
 
 
 def _admit_without_pools(pending: list[PendingJob], limit: int, report: PassReport) -> PassReport:
@@ -440,7 +550,9 @@ def _pending_reasons_write(pending: list[PendingJob], waits: dict[str, Wait]) ->
 def _pending_reasons_write_pg(changes: list[tuple[str, str, Any]]) -> int:
     """One statement. Rows locked by someone else (an admission, another pass writing the
     same reasons) are skipped, not waited for: two passes updating thousands of rows in
-    different orders would deadlock, and the next pass writes what was skipped."""
+    different orders would deadlock, and the next pass writes what was skipped. The rows are
+    updated by the address they were locked at (a locked row cannot move before this
+    statement updates it), which saves looking each one up again by id."""
     table = FineTuningJob._meta.db_table
     ids, reasons, estimates = (list(column) for column in zip(*changes, strict=True))
     with connection.cursor() as cursor:
@@ -450,14 +562,15 @@ def _pending_reasons_write_pg(changes: list[tuple[str, str, Any]]) -> int:
                 SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
                     AS change(id, reason, estimate)
             ), free AS (
-                SELECT job.id FROM {table} AS job JOIN change ON change.id = job.id
+                SELECT job.ctid AS tid, change.reason, change.estimate
+                  FROM {table} AS job JOIN change ON change.id = job.id
                  WHERE job.status = %s
                    FOR NO KEY UPDATE OF job SKIP LOCKED
             )
             UPDATE {table} AS job
-               SET pending_reason = change.reason, estimated_start = change.estimate
-              FROM change JOIN free ON free.id = change.id
-             WHERE job.id = change.id
+               SET pending_reason = free.reason, estimated_start = free.estimate
+              FROM free
+             WHERE job.ctid = free.tid
             """,  # noqa: S608 - the table name is ours; values are parameters
             [ids, reasons, estimates, JobStatus.QUEUED],
         )
