@@ -147,6 +147,7 @@ class Decider:
         ] = {}
         self._heaps_version = -1
         self._picks: dict[tuple[int, int], tuple[int, list[PoolState], PoolState]] = {}
+        self._last_releases: dict[int, tuple[int, list[PoolState], datetime]] = {}
 
     # ------------------------------------------------------------- fair-share order
 
@@ -436,8 +437,7 @@ class Decider:
         if best is not None:
             best[1].claimed += job.gpus
         else:
-            ends = [p.releases[-1][0] for p in pools if p.releases]
-            when = (max(ends) if ends else now) + timedelta(hours=float(quota.max_job_hours))
+            when = self._last_release(pools) + timedelta(hours=float(quota.max_job_hours))
         eta, where = _eta(when, now), _where(pools, residency)
         if quota.guaranteed_gpus and usage.guaranteed >= quota.guaranteed_gpus:
             return Wait(
@@ -447,6 +447,18 @@ class Decider:
                 when,
             )
         return Wait(f"waiting: no free {label} {where}{eta}", when)
+
+    def _last_release(self, pools: list[PoolState]) -> datetime:
+        """When the last expected release on these pools happens (now if none); cached until
+        the world changes, since every job that no pool can promise GPUs to asks it."""
+        key = id(pools)
+        cached = self._last_releases.get(key)
+        if cached is not None and cached[0] == self.world.version and cached[1] is pools:
+            return cached[2]
+        ends = [p.releases[-1][0] for p in pools if p.releases]
+        last = max(ends) if ends else self.world.now
+        self._last_releases[key] = (self.world.version, pools, last)
+        return last
 
     def _soonest(self, pools: list[PoolState], gpus: int) -> tuple[datetime, PoolState] | None:
         """The pool where `gpus` GPUs are expected free first, after the GPUs already promised

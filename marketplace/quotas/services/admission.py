@@ -12,6 +12,7 @@ UPDATE); borrowed work that stands between an entitled job and its GPUs is preem
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -554,13 +555,21 @@ def _pending_reasons_write_pg(changes: list[tuple[str, str, Any]]) -> int:
     updated by the address they were locked at (a locked row cannot move before this
     statement updates it), which saves looking each one up again by id."""
     table = FineTuningJob._meta.db_table
-    ids, reasons, estimates = (list(column) for column in zip(*changes, strict=True))
+    # One JSON document rather than three arrays: the driver quotes array items one by one
+    # in Python (a third of this write's time at 10,000 rows); json.dumps does it in C.
+    document = json.dumps(
+        [
+            {"id": job_id, "reason": reason, "estimate": estimate and estimate.isoformat()}
+            for job_id, reason, estimate in changes
+        ],
+        separators=(",", ":"),
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             WITH change AS (
-                SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
-                    AS change(id, reason, estimate)
+                SELECT * FROM json_to_recordset(%s::json)
+                    AS change(id text, reason text, estimate timestamptz)
             ), free AS (
                 SELECT job.ctid AS tid, change.reason, change.estimate
                   FROM {table} AS job JOIN change ON change.id = job.id
@@ -572,6 +581,6 @@ def _pending_reasons_write_pg(changes: list[tuple[str, str, Any]]) -> int:
               FROM free
              WHERE job.ctid = free.tid
             """,  # noqa: S608 - the table name is ours; values are parameters
-            [ids, reasons, estimates, JobStatus.QUEUED],
+            [document, JobStatus.QUEUED],
         )
         return cursor.rowcount
