@@ -1,9 +1,8 @@
 """The admission pass: load the queue, quotas, usage and capacity in a constant number of
-queries, decide in memory in fair-share order, then apply the admissions in batches, each
-one short transaction that locks pools → org quotas → org balances (each set in id order),
-re-checks every admission with fresh numbers and writes them all in a constant number of
-statements. A batch with an admission that raced (its GPUs or its job taken meanwhile) is
-applied again one admission at a time, so that only that one is left out.
+queries, decide in memory in fair-share order, then write the admissions in batches (see
+`admit`: one short locked transaction and a constant number of statements per batch). An
+admission refused on re-check makes the pass decide again, so it takes nothing from the jobs
+behind it.
 
 Every job left waiting gets a pending reason and an estimated start (one bulk conditional
 UPDATE); borrowed work that stands between an entitled job and its GPUs is preempted.
@@ -26,14 +25,19 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from marketplace.capacity.models import Booking, Pool
-from marketplace.capacity.placement import PlacementDecision
-from marketplace.capacity.services import CapacityUnavailable, placements_commit
-from marketplace.errors import InsufficientFunds, InvalidTransition, NotFound
+from marketplace.errors import InvalidTransition, NotFound
 from marketplace.finetuning.models import FineTuningJob, JobStatus
 from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait, grace, min_run
-from marketplace.quotas.models import Allocation, OrganizationQuota
+from marketplace.quotas.models import Allocation
 from marketplace.quotas.quota_book import QuotaBook, default_max_job_hours
+from marketplace.quotas.services.admit import (
+    Admitted,
+    BatchContext,
+    Gone,
+    Refused,
+    admit_batch,
+    org_quota_rows_ensure,
+)
 from marketplace.quotas.world import LiveAllocation, World, pending_jobs_load, world_load
 
 logger = logging.getLogger("partage.quotas")
@@ -98,7 +102,7 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     book = QuotaBook()
     # The org-quota row is the second lock of admission: create the missing ones at once
     # (usually none), not one by one inside the admissions.
-    _org_quota_rows_ensure({job.org_id for job in pending} - set(book.org_quotas))
+    org_quota_rows_ensure({job.org_id for job in pending} - set(book.org_quotas))
     clock.lap("load")
     unfunded: dict[int, tuple[Decimal, Wait]] = {}  # org → smallest refused cost, and why
     queue = pending
@@ -190,18 +194,18 @@ class _Round:
         if not self.batch:
             return
         with self.clock.timing("admit"):
-            results = _admit_batch(self.batch, _PassContext(self.world, self.book))
+            results = admit_batch(self.batch, BatchContext(self.world, self.book))
         self.report.batches += 1
         for admit in self.batch:
             result = results[admit.job.id]
-            if isinstance(result, _Admitted):
+            if isinstance(result, Admitted):
                 self.report.admitted.append(admit.job.id)
                 self.admitted += 1
                 continue
             self.refused += 1
-            if isinstance(result, _Gone):
+            if isinstance(result, Gone):
                 self.gone.add(admit.job.id)
-            elif isinstance(result, _Refused):
+            elif isinstance(result, Refused):
                 self.report.refused_on_recheck += 1
                 self.waits[admit.job.id] = result.wait
                 if result.funds:
@@ -238,231 +242,6 @@ def _enqueue_admission() -> None:
     from workers import tasks
 
     tasks.admission_pass.delay()
-
-
-def _org_quota_rows_ensure(org_ids: set[int]) -> None:
-    """The org-quota row is the second lock of admission; it must exist to be locked."""
-    if org_ids:
-        OrganizationQuota.objects.bulk_create(
-            [OrganizationQuota(organization_id=org_id) for org_id in org_ids],
-            ignore_conflicts=True,
-        )
-
-
-@dataclass
-class _Admitted:
-    pass
-
-
-@dataclass
-class _Refused:
-    wait: Wait
-    funds: bool = False  # the balance refused the hold: waits for a top-up, not a retry
-
-
-@dataclass
-class _Gone:  # cancelled, or admitted by a concurrent pass
-    pass
-
-
-_Result = _Admitted | _Refused | _Gone
-
-
-@dataclass
-class _PassContext:
-    """What the pass already loaded and an admission may reuse: the GPU flavor catalogue
-    and the plans (neither is serialized by the admission locks; see QuotaBook)."""
-
-    world: World | None = None
-    book: QuotaBook | None = None
-
-
-def _admit_batch(admits: list[Admit], context: _PassContext) -> dict[str, _Result]:
-    """Admit a batch in one short transaction; if one of them raced (its GPUs or the job
-    taken meanwhile), admit each alone instead, to tell which."""
-    try:
-        return _admit_locked(admits, context)
-    except OrganizationQuota.DoesNotExist:
-        # The org-quota row is the second lock; the pass creates the missing ones first, so
-        # this is an organization whose row was deleted meanwhile.
-        _org_quota_rows_ensure({admit.job.org_id for admit in admits})
-        return _admit_batch(admits, context)
-    except (CapacityUnavailable, InvalidTransition, NotFound, IntegrityError) as error:
-        if len(admits) > 1:
-            results: dict[str, _Result] = {}
-            for admit in admits:
-                results.update(_admit_batch([admit], context))
-            return results
-        job_id = admits[0].job.id
-        if isinstance(error, CapacityUnavailable):  # the next pass, due now, tells
-            return {job_id: _Refused(Wait(f"waiting: {error.message}", None))}
-        # Cancelled, or admitted first by a concurrent pass (one live allocation per job).
-        return {job_id: _Gone()}
-
-
-def _admit_locked(admits: list[Admit], context: _PassContext) -> dict[str, _Result]:
-    """Lock pools → org quotas → org balances (each set in id order), re-check every admission
-    with fresh numbers, hold funds, place, allocate and admit, in a constant number of
-    statements whatever the batch's size.
-
-    A job that no longer fits, or that its organization's balance cannot cover, is left
-    out and the others go on; any other error leaves this block and rolls the whole batch
-    back, so the services called inside take no savepoints of their own."""
-    from marketplace.billing.services import HoldRequest, holds_place
-    from marketplace.finetuning.services import jobs_admit_apply
-
-    results: dict[str, _Result] = {}
-    org_ids = sorted({admit.job.org_id for admit in admits})
-    with transaction.atomic():
-        # 1. pools. NO KEY UPDATE: it serializes admissions and bookings on a pool without
-        # blocking rows that only reference it (billing's FK key-share locks, taken while
-        # it holds a balance lock).
-        pools = {
-            pool.pk: pool
-            for pool in Pool.objects.select_for_update(no_key=True)
-            .filter(pk__in={admit.pool.id for admit in admits})
-            .order_by("pk")
-        }
-        org_quotas = list(  # 2. org quotas
-            OrganizationQuota.objects.select_for_update(of=("self",))
-            .filter(organization_id__in=org_ids)
-            .order_by("organization_id")
-        )
-        if len(org_quotas) != len(org_ids):
-            raise OrganizationQuota.DoesNotExist
-        fresh, rows = _admit_recheck(admits, context, org_quotas, pools, results)
-        bookings = Booking.objects.in_bulk(
-            {admit.booking_id for admit in fresh if admit.booking_id is not None}
-        )
-        holds = holds_place(  # 3. org balances (locked inside billing)
-            [
-                HoldRequest(
-                    job=rows[admit.job.id],
-                    pool=pools[admit.pool.id],
-                    max_duration_seconds=int(admit.quota.max_job_hours * 3600),
-                    booking=bookings.get(admit.booking_id) if admit.booking_id else None,
-                )
-                for admit in fresh
-            ]
-        )
-        funded: list[Admit] = []
-        for admit in fresh:
-            hold = holds[admit.job.id]
-            if isinstance(hold, InsufficientFunds):
-                results[admit.job.id] = _Refused(Wait(_funds_reason(hold), None), funds=True)
-            else:
-                funded.append(admit)
-        placements_commit(
-            [(rows[admit.job.id], _placement_decision(admit, pools, bookings)) for admit in funded]
-        )
-        Allocation.objects.bulk_create(_allocation(admit, rows[admit.job.id]) for admit in funded)
-        if funded:
-            jobs_admit_apply({admit.job.id: admit.placement_reason for admit in funded})
-    results.update({admit.job.id: _Admitted() for admit in funded})
-    return results
-
-
-def _funds_reason(error: InsufficientFunds) -> str:
-    details = error.details if isinstance(error.details, dict) else {}
-    if "needed" not in details or "available" not in details:
-        return f"waiting: not enough funds: {error.message}"
-    return (
-        f"waiting: not enough funds: this job needs €{details['needed']} on hold for its "
-        f"longest run and your organization has €{details['available']} available; "
-        "Top up the prepaid balance (or ask Partage staff), or resubmit with fewer GPUs "
-        "or a shorter maximum duration"
-    )
-
-
-def _admit_recheck(
-    admits: list[Admit],
-    context: _PassContext,
-    org_quotas: list[OrganizationQuota],
-    pools: dict[int, Pool],
-    results: dict[str, _Result],
-) -> tuple[list[Admit], dict[str, FineTuningJob]]:
-    """Decide again, in the pass's order and each on the pool the pass chose, on numbers
-    read under the locks (`org_quotas`: the organizations' rows, as just locked). Jobs no
-    longer queued or no longer fitting go to `results`.
-
-    Returns the fresh decisions, and the job rows (with their organization) they were made on."""
-    rows = {
-        row.pk: row
-        for row in FineTuningJob.objects.select_related("organization").filter(
-            pk__in=[admit.job.id for admit in admits], status=JobStatus.QUEUED
-        )
-    }
-    world = world_load(
-        now=timezone.now(),
-        pool_ids=list(pools),
-        org_ids=[row.organization_id for row in org_quotas],
-        flavors_of=context.world,
-    )
-    book = QuotaBook(
-        org_ids=[row.organization_id for row in org_quotas],
-        plans_of=context.book,
-        org_quota_rows=org_quotas,
-    )
-    decider = Decider(world, book, min_run=min_run(), grace=grace())
-    fresh: list[Admit] = []
-    for admit in admits:
-        row = rows.get(admit.job.id)
-        if row is None:
-            results[admit.job.id] = _Gone()  # cancelled, or admitted by a concurrent pass
-            continue
-        job = PendingJob(
-            id=row.pk,
-            org_id=row.organization_id,
-            flavor_slug=row.gpu_flavor,
-            gpus=max(row.gpu_count, 1),
-            priority=row.priority,
-            created_at=admit.job.created_at,
-            residency=row.residency or {},
-            attempt_count=row.attempt_count,
-        )
-        outcome = decider.decide_on_flavor(
-            job, world.flavors[admit.flavor.id], pool_id=admit.pool.id
-        )
-        if isinstance(outcome, Admit):
-            decider.apply(outcome)  # the next job of the batch sees it
-            fresh.append(outcome)
-        else:
-            results[admit.job.id] = _Refused(outcome)
-    return fresh, rows
-
-
-def _placement_decision(
-    admit: Admit, pools: dict[int, Pool], bookings: dict[int, Booking]
-) -> PlacementDecision:
-    pool = pools[admit.pool.id]
-    return PlacementDecision(
-        pool=pool,
-        booking=bookings[admit.booking_id] if admit.booking_id else None,
-        gpu_count=admit.job.gpus,
-        price_per_gpu_hour=pool.price_per_gpu_hour,
-        reliability=None,
-        reason=admit.placement_reason,
-    )
-
-
-def _allocation(admit: Admit, job: FineTuningJob) -> Allocation:
-    now = timezone.now()
-    return Allocation(
-        job_id=job.pk,
-        attempt_number=job.attempt_count + 1,
-        organization_id=job.organization_id,
-        flavor_id=admit.flavor.id,
-        pool_id=admit.pool.id,
-        booking_id=admit.booking_id,
-        gpus=admit.job.gpus,
-        kind=admit.kind,
-        priority=job.priority,
-        reserved_gpu_hours=admit.reserve_hours,
-        max_gpus_at_admission=admit.quota.max_gpus,
-        guaranteed_gpus_at_admission=admit.quota.guaranteed_gpus,
-        admitted_at=now,
-        expected_end=now + timedelta(hours=float(admit.quota.max_job_hours)),
-    )
 
 
 def _admit_without_pools(pending: list[PendingJob], limit: int, report: PassReport) -> PassReport:
