@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from workers.executors.base import EXIT_PREEMPTED
+from workers.executors.base import EXIT_OK, EXIT_PREEMPTED
 
 log = logging.getLogger("partage.agent")
 
@@ -120,7 +120,11 @@ def untar(archive: Path, target: Path) -> None:
 
 
 class Relay:
-    """Reads the trainer's stdout and forwards events in small batches."""
+    """Reads the trainer's stdout and forwards events in small batches.
+
+    Once the trainer reports `completed` (its adapter is written), it sends it no more signals:
+    a stop or an early finish asked for after that has nothing left to do, and the trainer is
+    only shutting down."""
 
     def __init__(self, callback: Callback, process: subprocess.Popen[bytes]) -> None:
         self.callback = callback
@@ -128,6 +132,7 @@ class Relay:
         self.pending: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.signalled: set[int] = set()
+        self.completed = False
 
     def run(self) -> None:
         assert self.process.stdout is not None
@@ -140,6 +145,8 @@ class Relay:
             if not isinstance(event, dict):
                 continue
             kind = event.get("event")
+            if kind == "completed":
+                self.completed = True
             if kind == "checkpoint":
                 self.flush()
                 self.upload_checkpoint(event)
@@ -168,7 +175,7 @@ class Relay:
             self.send(signal.SIGUSR1)
 
     def send(self, signum: int) -> None:
-        if signum in self.signalled or self.process.poll() is not None:
+        if self.completed or signum in self.signalled or self.process.poll() is not None:
             return
         self.signalled.add(signum)
         self.process.send_signal(signum)
@@ -272,9 +279,12 @@ def main() -> int:
         relay.run()
         code = process.wait()
         if code == -signal.SIGTERM and stop.requested:
-            # The stop reached the trainer (same process group) before its own handler was in
-            # place: it saved nothing new, so the attempt resumes from its last checkpoint.
-            code = EXIT_PREEMPTED
+            # After `completed` (the adapter is uploaded by now) the stop only cut the trainer's
+            # shutdown short, which it guards against (workers.lora.__main__.exit_with): the
+            # attempt completed. Before it, the stop reached the trainer (same process group)
+            # before its own handler was in place: it saved nothing new, so the attempt
+            # resumes from its last checkpoint.
+            code = EXIT_OK if relay.completed else EXIT_PREEMPTED
     except _Stopped:
         code = EXIT_PREEMPTED  # nothing new to save: the attempt resumes from its last checkpoint
     except Exception as e:  # report anything, then fail the attempt as an internal error
@@ -295,4 +305,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Reported: a stop landing while the interpreter shuts down (its handlers are back to the
+    # default action by then) would otherwise end the container with 143 instead of `code`.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)

@@ -1,13 +1,15 @@
 """`python -m workers.lora --config job.json [--resume]`: one LoRA fine-tuning run.
 
 Exit codes: 0 ok, 3 user error (incl. NaN/inf loss, zero LoRA gradient), 4 preempted after a
-checkpoint, 1 internal error. Events go to stdout as JSON lines; logs go to stderr.
+checkpoint, 1 internal error. Events go to stdout as JSON lines; logs go to stderr. Once the run
+has returned its code, a stop signal no longer changes it (see `exit_with`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 
@@ -38,5 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL_ERROR
 
 
+def exit_with(code: int) -> None:
+    """Exit with the run's code, whatever signal lands while the interpreter shuts down.
+
+    Shutting down puts every Python signal handler back to the default action before it tears
+    the modules down (about a second with torch loaded): a SIGTERM in that window (eviction,
+    cancel, or the agent relaying one) killed a run that had already completed, and the agent
+    read its -15 as a preemption. The outcome is decided and reported by now: the stop has
+    nothing left to stop, so both signals are ignored from here on (SIGKILL still ends it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())
