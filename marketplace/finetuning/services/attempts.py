@@ -1,0 +1,243 @@
+"""Attempts as the executor sees them: dispatch, launch, logs, the start of training, and the
+end of an attempt (metered, then its job requeued, paused, cancelled or failed)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from marketplace.finetuning import states
+from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
+from marketplace.finetuning.models import JobStatus as S
+from marketplace.finetuning.services.jobs import _enqueue_admission, _job_ended, job_fail
+from marketplace.finetuning.services.transitions import job_transition
+
+
+def attempt_for_dispatch(*, job_id: str) -> JobAttempt | None:
+    """admitted → starting with a new attempt, or the existing launching attempt (idempotent).
+
+    Returns None when there is nothing to dispatch (the job moved on: cancelled, finished…).
+    """
+    with transaction.atomic():
+        job = FineTuningJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            return None
+        if job.status == S.STARTING:
+            return (
+                JobAttempt.objects.filter(job=job, number=job.attempt_count, ended_at__isnull=True)
+                .select_related("job")
+                .first()
+            )
+        if job.status != S.ADMITTED:
+            return None
+        number = job.attempt_count + 1
+        attempt = JobAttempt.objects.create(
+            job=job,
+            number=number,
+            executor=settings.PARTAGE_EXECUTOR,
+            name=f"ft-{job.id.removeprefix('ftjob-')[:40]}-a{number}",
+        )
+        job_transition(
+            job_id=job.id,
+            to=S.STARTING,
+            message=f"Starting attempt {number} on the {settings.PARTAGE_EXECUTOR} executor",
+            attempt_count=number,
+            started_at=job.started_at or timezone.now(),
+        )
+        attempt.job.refresh_from_db()
+        return attempt
+
+
+def attempt_launched(*, attempt: JobAttempt, handle: str) -> None:
+    JobAttempt.objects.filter(pk=attempt.pk, handle="").update(handle=handle)
+
+
+def attempt_logs_capture(*, attempt_id: int, logs: str) -> bool:
+    """Keep the executor's copy of an attempt's output (the pod log, read before the pod is
+    deleted) when it holds more than what is stored. Changes nothing else."""
+    logs = logs[-200_000:]
+    with transaction.atomic():
+        attempt = JobAttempt.objects.select_for_update().filter(pk=attempt_id).first()
+        if attempt is None or len(logs) <= len(attempt.logs):
+            return False
+        JobAttempt.objects.filter(pk=attempt_id).update(logs=logs)
+    return True
+
+
+def attempt_training_started(*, attempt: JobAttempt) -> None:
+    """The trainer reported its first sign of life: starting → running, start metering."""
+    with transaction.atomic():
+        JobAttempt.objects.filter(pk=attempt.pk, training_started_at__isnull=True).update(
+            training_started_at=timezone.now(), status=JobAttempt.Status.RUNNING
+        )
+        job = FineTuningJob.objects.get(pk=attempt.job_id)
+        if job.status == S.STARTING and job.attempt_count == attempt.number:
+            job_transition(
+                job_id=job.id, to=S.RUNNING, message="Training started", only_from={S.STARTING}
+            )
+
+
+def _attempt_close(
+    *, attempt: JobAttempt, status: str, exit_code: int | None, reason: str, logs: str | None
+) -> bool:
+    """Mark the attempt ended exactly once; False if it was already ended."""
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": status,
+        "exit_code": exit_code,
+        "reason": reason[:2000],
+        "ended_at": now,
+    }
+    if logs is not None and len(logs[-200_000:]) >= len(attempt.logs):
+        fields["logs"] = logs[-200_000:]  # never replace a fuller copy captured earlier
+    closed = JobAttempt.objects.filter(pk=attempt.pk, ended_at__isnull=True).update(**fields)
+    if not closed:
+        return False
+    attempt.refresh_from_db()
+    if attempt.training_started_at is not None:
+        seconds = Decimal((now - attempt.training_started_at).total_seconds()).quantize(
+            Decimal("0.001")
+        )
+        gpu_seconds = seconds * max(attempt.job.gpu_count, 1)
+        JobAttempt.objects.filter(pk=attempt.pk).update(gpu_seconds=gpu_seconds)
+        attempt.gpu_seconds = gpu_seconds
+    from marketplace.billing.services import attempt_meter
+    from marketplace.quotas.services import quota_release
+
+    attempt_meter(attempt=attempt)
+    quota_release(job_id=attempt.job_id, attempt_number=attempt.number)
+    return True
+
+
+def attempt_ended(
+    *,
+    attempt_id: int,
+    phase: str,
+    exit_code: int | None = None,
+    reason: str = "",
+    logs: str | None = None,
+) -> FineTuningJob:
+    """Apply the end of an attempt, seen by the executor, the reconciler or the agent. Idempotent."""
+    from workers.executors.base import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
+
+    with transaction.atomic():
+        attempt = JobAttempt.objects.select_for_update().select_related("job").get(pk=attempt_id)
+        job = FineTuningJob.objects.select_for_update().get(pk=attempt.job_id)
+        current = job.attempt_count == attempt.number
+        if phase == Phase.SUCCEEDED:
+            # Success is recorded when the adapter arrives; a clean exit without it is a fault.
+            done = job.status in {S.SUCCEEDED, S.FINALIZING}
+            closed = _attempt_close(
+                attempt=attempt,
+                status=JobAttempt.Status.SUCCEEDED if done else JobAttempt.Status.FAILED,
+                exit_code=exit_code,
+                reason=reason or ("" if done else "trainer exited without delivering an adapter"),
+                logs=logs,
+            )
+            if closed and current and not done and job.status not in states.TERMINAL:
+                return job_fail(
+                    job_id=job.id,
+                    failure_class=FailureClass.PLATFORM_ERROR,
+                    code="no_adapter",
+                    message="The trainer exited without delivering an adapter.",
+                )
+            return FineTuningJob.objects.get(pk=job.id)
+        status = {
+            Phase.DISRUPTED: JobAttempt.Status.DISRUPTED,
+            Phase.MISSING: JobAttempt.Status.LOST,
+        }.get(Phase(phase), JobAttempt.Status.FAILED)
+        if job.status == S.CANCELLING:
+            status = JobAttempt.Status.CANCELLED
+        closed = _attempt_close(
+            attempt=attempt, status=status, exit_code=exit_code, reason=reason, logs=logs
+        )
+        if not closed or not current or job.status in states.TERMINAL:
+            return FineTuningJob.objects.get(pk=job.id)
+        return _after_attempt_stopped(
+            job=job,
+            phase=phase,
+            exit_code=exit_code,
+            reason=reason,
+            user_error=exit_code == EXIT_USER_ERROR,
+            preempted=exit_code == EXIT_PREEMPTED,
+        )
+
+
+MAX_ATTEMPTS = 5
+
+
+def _after_attempt_stopped(
+    *,
+    job: FineTuningJob,
+    phase: str,
+    exit_code: int | None,
+    reason: str,
+    user_error: bool,
+    preempted: bool,
+) -> FineTuningJob:
+    from workers.executors.base import Phase
+
+    if job.status == S.CANCELLING:
+        ended = job_transition(job_id=job.id, to=S.CANCELLED, message="Job cancelled")
+        _job_ended(ended)
+        return ended
+    if job.status == S.PAUSING:
+        ended = job_transition(
+            job_id=job.id,
+            to=S.PAUSED,
+            message="Job paused; resume continues from the latest checkpoint",
+        )
+        _job_ended(ended)
+        return ended
+    if job.status == S.REQUEUEING and not user_error:  # stopped by job_preempt
+        requeued = job_transition(
+            job_id=job.id,
+            to=S.QUEUED,
+            message="Preempted: queued again; will resume from the latest checkpoint",
+            pending_reason="waiting: preempted; will resume from the latest checkpoint",
+        )
+        transaction.on_commit(_enqueue_admission)
+        return requeued
+    if user_error:
+        last_error = (
+            JobEvent.objects.filter(job=job, level=JobEvent.Level.ERROR).order_by("-seq").first()
+        )
+        detail = (
+            last_error.message
+            if last_error
+            else reason or "the training data or settings were rejected"
+        )
+        return job_fail(
+            job_id=job.id,
+            failure_class=FailureClass.USER_ERROR,
+            code="invalid_training_data",
+            message=detail,
+        )
+    disrupted = phase in {Phase.DISRUPTED, Phase.MISSING} or preempted
+    if disrupted and job.attempt_count < MAX_ATTEMPTS:
+        why = reason or ("the trainer was preempted" if preempted else "the attempt was lost")
+        requeued = job_transition(
+            job_id=job.id,
+            to=S.REQUEUEING,
+            message=f"Attempt {job.attempt_count} interrupted ({why}); requeueing to resume from the latest checkpoint",
+            level=JobEvent.Level.WARN,
+        )
+        requeued = job_transition(
+            job_id=job.id,
+            to=S.QUEUED,
+            message="Queued again",
+            pending_reason="waiting: requeued after an interruption; will resume from the latest checkpoint",
+        )
+        transaction.on_commit(_enqueue_admission)
+        return requeued
+    failure = FailureClass.PROVIDER_ERROR if disrupted else FailureClass.PLATFORM_ERROR
+    return job_fail(
+        job_id=job.id,
+        failure_class=failure,
+        code="training_failed",
+        message=reason or f"the trainer stopped with exit code {exit_code}",
+    )

@@ -1,0 +1,156 @@
+"""Files: training uploads validated then stored, deleted, and the result files jobs deliver."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import IO
+
+from django.conf import settings
+from django.core.files import File as DjangoFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from marketplace.accounts.models import Organization
+from marketplace.errors import Conflict, InvalidInput, NotFound
+from marketplace.finetuning import states
+from marketplace.finetuning.models import File, FineTuningJob
+from marketplace.finetuning.validation import validate_lines
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        yield chunk
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    stream.seek(0)
+    for raw in stream:
+        yield raw.rstrip(b"\r\n")
+
+
+def file_create(
+    *,
+    organization: Organization,
+    stream: IO[bytes],
+    filename: str,
+    purpose: str = File.Purpose.FINE_TUNE,
+    size: int | None = None,
+) -> File:
+    """Validate, then store. Bad input raises InvalidInput and leaves nothing behind."""
+    if purpose != File.Purpose.FINE_TUNE:
+        raise InvalidInput(
+            f"purpose {purpose!r} is not accepted for uploads; use 'fine-tune'.", param="purpose"
+        )
+    limit = settings.PARTAGE_MAX_UPLOAD_BYTES
+    if size is not None and size > limit:
+        raise InvalidInput(
+            f"The file is {size} bytes; the limit is {limit} bytes. Split it into smaller files.",
+            code="file_too_large",
+            param="file",
+        )
+    digest = hashlib.sha256()
+    total = 0
+    stream.seek(0)
+    for chunk in _chunks(stream):
+        digest.update(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise InvalidInput(
+                f"The file is larger than the {limit}-byte limit. Split it into smaller files.",
+                code="file_too_large",
+                param="file",
+            )
+    report = validate_lines(_lines(stream), max_lines=settings.PARTAGE_MAX_TRAINING_LINES)
+    if not report.ok:
+        first = report.errors[0]
+        where = f"line {first.line}: " if first.line else ""
+        raise InvalidInput(
+            f"The training file has {report.error_count} invalid line(s); first, {where}"
+            f"{first.message} See error.details for every line.",
+            code="invalid_training_file",
+            param="file",
+            details=report.as_dict(),
+        )
+    stream.seek(0)
+    file_id = _new_id("file")
+    stored_name = default_storage.save(
+        f"files/{organization.pk}/{file_id}.jsonl", DjangoFile(stream)
+    )
+    try:
+        with transaction.atomic():
+            return File.objects.create(
+                id=file_id,
+                organization=organization,
+                filename=filename[:255] or "training.jsonl",
+                purpose=purpose,
+                bytes=total,
+                sha256=digest.hexdigest(),
+                content=stored_name,
+                status=File.Status.PROCESSED,
+                status_details=report.as_dict(),
+                data_format=report.data_format,
+                line_count=report.line_count,
+            )
+    except Exception:
+        default_storage.delete(stored_name)
+        raise
+
+
+def file_delete(*, organization: Organization, file_id: str) -> File:
+    file = File.objects.filter(
+        organization=organization, pk=file_id, deleted_at__isnull=True
+    ).first()
+    if file is None:
+        raise NotFound(f"No file {file_id!r}.", param="file_id")
+    in_use = FineTuningJob.objects.filter(
+        organization=organization, status__in=states.UNFINISHED
+    ).filter(training_file=file) | FineTuningJob.objects.filter(
+        organization=organization, status__in=states.UNFINISHED, validation_file=file
+    )
+    if in_use.exists():
+        raise Conflict(
+            f"File {file_id} is used by an unfinished job; cancel the job first.", param="file_id"
+        )
+    File.objects.filter(pk=file.pk).update(deleted_at=timezone.now())
+    file.content.delete(save=False)
+    return file
+
+
+def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) -> File:
+    digest = hashlib.sha256()
+    total = 0
+    stream.seek(0)
+    for chunk in _chunks(stream):
+        digest.update(chunk)
+        total += len(chunk)
+    stream.seek(0)
+    file_id = _new_id("file")
+    stored = default_storage.save(
+        f"results/{job.organization_id}/{file_id}.tar.gz", DjangoFile(stream)
+    )
+    return File.objects.create(
+        id=file_id,
+        organization_id=job.organization_id,
+        filename=filename,
+        purpose=File.Purpose.RESULTS,
+        bytes=total,
+        sha256=digest.hexdigest(),
+        content=stored,
+        status=File.Status.PROCESSED,
+    )
+
+
+def spooled(upload: IO[bytes]) -> IO[bytes]:
+    tmp = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - returned to caller
+    for chunk in _chunks(upload):
+        tmp.write(chunk)
+    tmp.seek(0)
+    return tmp

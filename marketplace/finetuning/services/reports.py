@@ -1,0 +1,181 @@
+"""What the trainer reports for its attempt: events and progress, checkpoints, the adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import IO, Any
+
+from django.core.files import File as DjangoFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from marketplace.errors import InvalidInput, NotFound
+from marketplace.finetuning.models import Checkpoint, FineTuningJob, JobAttempt, JobEvent
+from marketplace.finetuning.models import JobStatus as S
+from marketplace.finetuning.services.attempts import attempt_training_started
+from marketplace.finetuning.services.files import _chunks, result_file_create
+from marketplace.finetuning.services.jobs import _job_ended
+from marketplace.finetuning.services.transitions import job_event_add, job_transition
+
+
+def _current_attempt(job_id: str, attempt_number: int) -> JobAttempt:
+    attempt = (
+        JobAttempt.objects.select_related("job")
+        .filter(job_id=job_id, number=attempt_number)
+        .first()
+    )
+    if attempt is None:
+        raise NotFound(f"No attempt {attempt_number} for job {job_id}.")
+    return attempt
+
+
+def trainer_events_record(
+    *, job_id: str, attempt_number: int, events: list[dict[str, Any]]
+) -> dict[str, bool]:
+    """Relay the trainer's structured events into job events. Returns control flags for it."""
+    attempt = _current_attempt(job_id, attempt_number)
+    if attempt.training_started_at is None and attempt.ended_at is None:
+        attempt_training_started(attempt=attempt)
+    for event in events[:500]:
+        _trainer_event_record(attempt, event)
+    job = FineTuningJob.objects.get(pk=job_id)
+    from marketplace.billing.services import job_over_budget
+
+    return {
+        "stop": job.status in {S.CANCELLING, S.PAUSING, S.REQUEUEING}
+        or attempt.ended_at is not None,
+        "finish_now": job_over_budget(job=job),
+    }
+
+
+def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
+    kind = event.get("event")
+    job_id = attempt.job_id
+    data = {k: v for k, v in event.items() if k != "event"}
+    if kind == "progress":
+        FineTuningJob.objects.filter(pk=job_id).update(
+            progress=data, trained_tokens=data.get("trained_tokens")
+        )
+        loss = data.get("train_loss")
+        message = (
+            f"Step {data.get('step')}/{data.get('total_steps')}: training loss={loss:.4f}"
+            if isinstance(loss, int | float)
+            else f"Step {data.get('step')}"
+        )
+        job_event_add(job_id=job_id, message=message, type=JobEvent.Type.METRICS, data=data)
+    elif kind == "validation":
+        job_event_add(
+            job_id=job_id,
+            message=f"Step {data.get('step')}: validation loss={data.get('valid_loss')}",
+            type=JobEvent.Type.METRICS,
+            data=data,
+        )
+    elif kind == "data_report":
+        level = (
+            JobEvent.Level.WARN
+            if data.get("truncated") or data.get("dropped") or data.get("no_loss_tokens")
+            else JobEvent.Level.INFO
+        )
+        job_event_add(
+            job_id=job_id,
+            message=(
+                f"Data: {data.get('examples')} examples, {data.get('tokens')} tokens "
+                f"({data.get('loss_tokens')} loss-bearing); truncated {data.get('truncated', 0)}, "
+                f"dropped {data.get('dropped', 0)}, without loss tokens: {len(data.get('no_loss_tokens') or [])}"
+            ),
+            level=level,
+            data=data,
+        )
+    elif kind == "error":
+        job_event_add(
+            job_id=job_id,
+            message=str(data.get("message", "trainer error")),
+            level=JobEvent.Level.ERROR,
+            data=data,
+        )
+    elif kind in {"preempted", "completed", "checkpoint"}:
+        job_event_add(job_id=job_id, message=f"Trainer: {kind}", data=data)
+    elif kind == "log":
+        job_event_add(job_id=job_id, message=str(data.get("message", ""))[:2000], data=None)
+
+
+def checkpoint_store(
+    *, job_id: str, attempt_number: int, step: int, metrics: dict[str, Any], archive: IO[bytes]
+) -> Checkpoint:
+    attempt = _current_attempt(job_id, attempt_number)
+    digest = hashlib.sha256()
+    size = 0
+    archive.seek(0)
+    for chunk in _chunks(archive):
+        digest.update(chunk)
+        size += len(chunk)
+    archive.seek(0)
+    existing = Checkpoint.objects.filter(job_id=job_id, step=step).first()
+    if existing:
+        return existing
+    stored = default_storage.save(
+        f"checkpoints/{job_id}/step-{step:06d}.tar.gz", DjangoFile(archive)
+    )
+    try:
+        checkpoint = Checkpoint.objects.create(
+            job_id=job_id,
+            attempt=attempt,
+            step=step,
+            metrics=metrics,
+            archive=stored,
+            sha256=digest.hexdigest(),
+            bytes=size,
+        )
+    except IntegrityError:
+        default_storage.delete(stored)
+        return Checkpoint.objects.get(job_id=job_id, step=step)
+    job_event_add(
+        job_id=job_id,
+        message=f"Checkpoint written at step {step}",
+        data={"step": step, "metrics": metrics},
+    )
+    from marketplace.api.webhooks.hooks import checkpoint_written  # webhooks, on commit
+
+    checkpoint_written(job_id=job_id, checkpoint_id=checkpoint.public_id)
+    return checkpoint
+
+
+def adapter_store(
+    *, job_id: str, attempt_number: int, archive: IO[bytes], manifest: dict[str, Any]
+) -> FineTuningJob:
+    """The trainer delivered the adapter: running → finalizing → succeeded."""
+    attempt = _current_attempt(job_id, attempt_number)
+    job = attempt.job
+    if job.status == S.SUCCEEDED:
+        return job
+    with transaction.atomic():
+        job = FineTuningJob.objects.select_for_update().get(pk=job_id)
+        if job.status == S.SUCCEEDED:
+            return job
+        if job.status == S.STARTING:
+            attempt_training_started(attempt=attempt)
+        job_transition(job_id=job_id, to=S.FINALIZING, message="Finalizing: storing the adapter")
+        result = result_file_create(job=job, stream=archive, filename=f"{job_id}-adapter.tar.gz")
+        suffix = f":{job.suffix}" if job.suffix else ""
+        job = job_transition(
+            job_id=job_id,
+            to=S.SUCCEEDED,
+            message="The job has successfully completed",
+            result_file=result,
+            manifest=manifest,
+            fine_tuned_model=f"ft:{job.model}:{job.organization.slug}{suffix}:{job_id.removeprefix('ftjob-')[:8]}",
+            trained_tokens=manifest.get("trained_tokens") or job.trained_tokens,
+        )
+        _job_ended(job)
+    return job
+
+
+def manifest_from_json(text: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"manifest is not valid JSON: {e.msg}", param="manifest") from e
+    if not isinstance(manifest, dict):
+        raise InvalidInput("manifest must be a JSON object", param="manifest")
+    return manifest
