@@ -1,8 +1,9 @@
 """Writes for billing: metering, holds, the ledger, top-ups, invoices, statements and payouts.
 
-The job life cycle calls attempt_meter, job_settle and job_over_budget; the admission pass calls
-hold_place (holds_place for a batch); capacity's booking services call booking_charge and
-booking_refund. The money rules (rounding, VAT, fee split) live in marketplace/billing/money.py.
+The job life cycle calls attempt_meter, job_settle and job_over_budget (usage.py); the admission
+pass calls hold_place (holds_place for a batch; holds.py); capacity's booking services call
+booking_charge and booking_refund. The money rules (rounding, VAT, fee split) live in
+marketplace/billing/money.py.
 """
 
 from marketplace.billing.services.bookings import (
@@ -15,6 +16,7 @@ from marketplace.billing.services.bookings import (
     booking_refunded,
     booking_vat_rate,
 )
+from marketplace.billing.services.holds import HoldRequest, hold_place, holds_place
 from marketplace.billing.services.invoices import (
     invoice_draft,
     invoice_finalize,
@@ -47,10 +49,7 @@ from marketplace.billing.services.statements import (
     statements_build,
 )
 from marketplace.billing.services.usage import (
-    HoldRequest,
     attempt_meter,
-    hold_place,
-    holds_place,
     job_cost_so_far,
     job_over_budget,
     job_settle,
