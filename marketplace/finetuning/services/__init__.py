@@ -24,7 +24,6 @@ from marketplace.finetuning.services.files import (
     file_create,
     file_delete,
     result_file_create,
-    spooled,
 )
 from marketplace.finetuning.services.jobs import (
     ADMISSION_PENDING_KEY,
@@ -42,7 +41,6 @@ from marketplace.finetuning.services.jobs import (
     jobs_admit_apply,
 )
 from marketplace.finetuning.services.options import (
-    DEFAULT_LEARNING_RATE,
     DEFAULT_LORA,
     normalize_hyperparameters,
     normalize_lora,
@@ -54,7 +52,6 @@ from marketplace.finetuning.services.reports import (
     trainer_events_record,
 )
 from marketplace.finetuning.services.transitions import (
-    _job_transition_apply,
     _jobs_transition_apply,
     job_event_add,
     job_transition,
@@ -64,13 +61,11 @@ from marketplace.finetuning.services.transitions import (
 # job with _job_ended); they stay importable from here as they were from the single module.
 __all__ = [
     "ADMISSION_PENDING_KEY",
-    "DEFAULT_LEARNING_RATE",
     "DEFAULT_LORA",
     "MAX_ATTEMPTS",
     "_enqueue",
     "_enqueue_admission",
     "_job_ended",
-    "_job_transition_apply",
     "_jobs_transition_apply",
     "adapter_store",
     "attempt_ended",
@@ -96,6 +91,5 @@ __all__ = [
     "normalize_hyperparameters",
     "normalize_lora",
     "result_file_create",
-    "spooled",
     "trainer_events_record",
 ]

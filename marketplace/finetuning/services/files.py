@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import IO
@@ -146,11 +145,3 @@ def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) 
         content=stored,
         status=File.Status.PROCESSED,
     )
-
-
-def spooled(upload: IO[bytes]) -> IO[bytes]:
-    tmp = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - returned to caller
-    for chunk in _chunks(upload):
-        tmp.write(chunk)
-    tmp.seek(0)
-    return tmp

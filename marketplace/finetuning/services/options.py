@@ -8,7 +8,6 @@ from django.conf import settings
 
 from marketplace.errors import InvalidInput
 
-DEFAULT_LEARNING_RATE = 2e-4
 DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
 
 

@@ -46,30 +46,7 @@ def job_transition(
     only_from: Iterable[str] | None = None,
     **fields: Any,
 ) -> FineTuningJob:
-    """Move a job to `to` if its current state allows it; record the event. Raises otherwise."""
-    _job_transition_apply(
-        job_id=job_id,
-        to=to,
-        message=message,
-        level=level,
-        data=data,
-        only_from=only_from,
-        **fields,
-    )
-    return FineTuningJob.objects.get(pk=job_id)
-
-
-def _job_transition_apply(
-    *,
-    job_id: str,
-    to: str,
-    message: str,
-    level: str = JobEvent.Level.INFO,
-    data: dict[str, Any] | None = None,
-    only_from: Iterable[str] | None = None,
-    **fields: Any,
-) -> None:
-    """job_transition without reading the job back.
+    """Move a job to `to` if its current state allows it; record the event. Raises otherwise.
 
     No savepoint: a refused transition raises only after the block (it wrote nothing), so a
     caller may catch it and go on; a database error inside aborts the caller's transaction
@@ -84,6 +61,7 @@ def _job_transition_apply(
         only_from=only_from,
         **fields,
     )
+    return FineTuningJob.objects.get(pk=job_id)
 
 
 def _jobs_transition_apply(
