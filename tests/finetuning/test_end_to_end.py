@@ -168,3 +168,42 @@ def test_cancel_before_the_trainer_starts_still_ends_the_attempt(
     assert attempt.status == JobAttempt.Status.CANCELLED and attempt.ended_at is not None
     assert attempt.exit_code == 4, attempt.logs[-2000:]
     assert job.result_file_id is None and not job.progress.get("step")
+
+
+def test_a_stop_after_the_adapter_is_stored_is_still_a_success(
+    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any
+) -> None:
+    """An eviction (SIGTERM to the agent alone, as the kubelet sends it) that lands once the
+    adapter is stored, while the trainer shuts down, does not turn the finished attempt into
+    a preemption: it ends succeeded with exit code 0, and the job keeps its adapter."""
+    import os
+    import signal
+
+    file_id = upload(jsonl(chat_lines(16))).json()["id"]
+    job_id = client_a.post(
+        "/v1/fine_tuning/jobs",
+        {"model": "partage/tiny-llama", "training_file": file_id},
+        format="json",
+    ).json()["id"]
+    attempt = wait_for(
+        lambda: JobAttempt.objects.filter(job_id=job_id).exclude(handle="").first(),
+        timeout=60,
+        what="the agent to be launched",
+    )
+    pid = int(attempt.handle.partition(":")[0])
+    wait_for(
+        lambda: FineTuningJob.objects.filter(pk=job_id, result_file__isnull=False).exists(),
+        timeout=180,
+        interval=0.02,
+        what="the adapter to be stored",
+    )
+    os.kill(pid, signal.SIGTERM)  # still running: it reports its exit only after this
+    attempt = wait_for(
+        lambda: (a := JobAttempt.objects.get(pk=attempt.pk)).ended_at is not None and a,
+        timeout=90,
+        what="the attempt to end",
+    )
+    assert attempt.exit_code == 0, attempt.logs[-2000:]
+    assert attempt.status == JobAttempt.Status.SUCCEEDED
+    job = FineTuningJob.objects.get(pk=job_id)
+    assert job.status == "succeeded" and job.result_file_id is not None
