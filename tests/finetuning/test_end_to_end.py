@@ -140,13 +140,10 @@ def _catches_sigterm(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) & (1 << 14))
 
 
-def test_cancel_before_the_trainer_starts_still_ends_the_attempt(
-    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any
-) -> None:
-    """A stop that reaches the agent while it prepares (before any trainer exists) is honoured
-    and reported: the job ends cancelled instead of waiting on an agent that died silently."""
+def _job_launched(client: Any, upload: Any) -> tuple[str, JobAttempt, int]:
+    """Submit a small job; return it once its agent runs: its id, attempt and agent pid."""
     file_id = upload(jsonl(chat_lines(16))).json()["id"]
-    job_id = client_a.post(
+    job_id = client.post(
         "/v1/fine_tuning/jobs",
         {"model": "partage/tiny-llama", "training_file": file_id},
         format="json",
@@ -156,7 +153,15 @@ def test_cancel_before_the_trainer_starts_still_ends_the_attempt(
         timeout=60,
         what="the agent to be launched",
     )
-    pid = int(attempt.handle.partition(":")[0])
+    return job_id, attempt, int(attempt.handle.partition(":")[0])
+
+
+def test_cancel_before_the_trainer_starts_still_ends_the_attempt(
+    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any
+) -> None:
+    """A stop that reaches the agent while it prepares (before any trainer exists) is honoured
+    and reported: the job ends cancelled instead of waiting on an agent that died silently."""
+    job_id, attempt, pid = _job_launched(client_a, upload)
     wait_for(lambda: _catches_sigterm(pid), timeout=60, what="the agent's SIGTERM handler")
     assert client_a.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
     job = wait_for(
@@ -179,18 +184,7 @@ def test_a_stop_after_the_adapter_is_stored_is_still_a_success(
     import os
     import signal
 
-    file_id = upload(jsonl(chat_lines(16))).json()["id"]
-    job_id = client_a.post(
-        "/v1/fine_tuning/jobs",
-        {"model": "partage/tiny-llama", "training_file": file_id},
-        format="json",
-    ).json()["id"]
-    attempt = wait_for(
-        lambda: JobAttempt.objects.filter(job_id=job_id).exclude(handle="").first(),
-        timeout=60,
-        what="the agent to be launched",
-    )
-    pid = int(attempt.handle.partition(":")[0])
+    job_id, attempt, pid = _job_launched(client_a, upload)
     wait_for(
         lambda: FineTuningJob.objects.filter(pk=job_id, result_file__isnull=False).exists(),
         timeout=180,

@@ -29,6 +29,25 @@ def _chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
         yield chunk
 
 
+def stream_digest(stream: IO[bytes], *, limit: int | None = None) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a stream, read from its start; left rewound. Past `limit`
+    bytes: InvalidInput (file_too_large), without reading the rest."""
+    digest = hashlib.sha256()
+    total = 0
+    stream.seek(0)
+    for chunk in _chunks(stream):
+        digest.update(chunk)
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise InvalidInput(
+                f"The file is larger than the {limit}-byte limit. Split it into smaller files.",
+                code="file_too_large",
+                param="file",
+            )
+    stream.seek(0)
+    return digest.hexdigest(), total
+
+
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
     stream.seek(0)
     for raw in stream:
@@ -55,18 +74,7 @@ def file_create(
             code="file_too_large",
             param="file",
         )
-    digest = hashlib.sha256()
-    total = 0
-    stream.seek(0)
-    for chunk in _chunks(stream):
-        digest.update(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise InvalidInput(
-                f"The file is larger than the {limit}-byte limit. Split it into smaller files.",
-                code="file_too_large",
-                param="file",
-            )
+    sha256, total = stream_digest(stream, limit=limit)
     report = validate_lines(_lines(stream), max_lines=settings.PARTAGE_MAX_TRAINING_LINES)
     if not report.ok:
         first = report.errors[0]
@@ -91,7 +99,7 @@ def file_create(
                 filename=filename[:255] or "training.jsonl",
                 purpose=purpose,
                 bytes=total,
-                sha256=digest.hexdigest(),
+                sha256=sha256,
                 content=stored_name,
                 status=File.Status.PROCESSED,
                 status_details=report.as_dict(),
@@ -124,13 +132,7 @@ def file_delete(*, organization: Organization, file_id: str) -> File:
 
 
 def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) -> File:
-    digest = hashlib.sha256()
-    total = 0
-    stream.seek(0)
-    for chunk in _chunks(stream):
-        digest.update(chunk)
-        total += len(chunk)
-    stream.seek(0)
+    sha256, total = stream_digest(stream)
     file_id = _new_id("file")
     stored = default_storage.save(
         f"results/{job.organization_id}/{file_id}.tar.gz", DjangoFile(stream)
@@ -141,7 +143,7 @@ def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) 
         filename=filename,
         purpose=File.Purpose.RESULTS,
         bytes=total,
-        sha256=digest.hexdigest(),
+        sha256=sha256,
         content=stored,
         status=File.Status.PROCESSED,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import IO, Any
 
@@ -14,7 +13,7 @@ from marketplace.errors import InvalidInput, NotFound
 from marketplace.finetuning.models import Checkpoint, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.attempts import attempt_training_started
-from marketplace.finetuning.services.files import _chunks, result_file_create
+from marketplace.finetuning.services.files import result_file_create, stream_digest
 from marketplace.finetuning.services.jobs import _job_ended
 from marketplace.finetuning.services.transitions import job_event_add, job_transition
 
@@ -104,13 +103,7 @@ def checkpoint_store(
     *, job_id: str, attempt_number: int, step: int, metrics: dict[str, Any], archive: IO[bytes]
 ) -> Checkpoint:
     attempt = _current_attempt(job_id, attempt_number)
-    digest = hashlib.sha256()
-    size = 0
-    archive.seek(0)
-    for chunk in _chunks(archive):
-        digest.update(chunk)
-        size += len(chunk)
-    archive.seek(0)
+    sha256, size = stream_digest(archive)
     existing = Checkpoint.objects.filter(job_id=job_id, step=step).first()
     if existing:
         return existing
@@ -124,7 +117,7 @@ def checkpoint_store(
             step=step,
             metrics=metrics,
             archive=stored,
-            sha256=digest.hexdigest(),
+            sha256=sha256,
             bytes=size,
         )
     except IntegrityError:
