@@ -367,7 +367,7 @@ def test_waits_are_told_in_steady_steps() -> None:
 
 def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
     """The pass reads the queue, quotas and capacity in a constant number of queries; only
-    admissions (bounded per pass) add their own short transactions."""
+    admission batches (a fixed number of statements each) add their own short transactions."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
