@@ -365,6 +365,24 @@ def test_waits_are_told_in_steady_steps() -> None:
                     "2 h", "2 days"]  # fmt: skip
 
 
+def test_fair_share_counts_the_gpus_the_job_would_add(h100) -> None:
+    """Weighted fair queuing's finish tag: the next GPUs go to the organization that would be
+    least over its weighted share once the job runs. A weight-2 organization using 6 GPUs and
+    a weight-1 one using 3 are even (3 each); with 2 GPUs left and a 2-GPU job each, the
+    weight-2 one goes first ((6+2)/2 = 4 < (3+2)/1 = 5), although the other's job is older
+    and ranks first on usage before the job."""
+    pool_make(flavor=h100, gpus=11)
+    plan_make(h100, max_gpus=100)
+    heavy, light = org_make(), org_make()
+    quotas.org_plan_set(organization=heavy, plan=None, weight=2)
+    running = [job_submit(heavy, gpus=2) for _ in range(3)] + [job_submit(light, gpus=3)]
+    assert sorted(quotas.admission_pass()) == sorted(job.id for job in running)
+    older = job_submit(light, gpus=2)
+    newer = job_submit(heavy, gpus=2)
+    assert quotas.admission_pass() == [newer.id]
+    assert status(older) == "queued"
+
+
 def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
     """The pass reads the queue, quotas and capacity in a constant number of queries; only
     admission batches (a fixed number of statements each) add their own short transactions."""

@@ -104,7 +104,7 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     # (usually none), not one by one inside the admissions.
     org_quota_rows_ensure({job.org_id for job in pending} - set(book.org_quotas))
     clock.lap("load")
-    unfunded: dict[int, tuple[Decimal, Wait]] = {}  # org → smallest refused cost, and why
+    unfunded: dict[int, _Unfunded] = {}  # org → smallest refused cost, and why
     queue = pending
     for round_number in range(1, MAX_ROUNDS + 1):
         decided = _Round(world, book, report, clock, unfunded, limit - len(report.admitted))
@@ -139,6 +139,16 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     return report
 
 
+@dataclass
+class _Unfunded:
+    """An organization's balance refused a hold in this pass: that job's worst cost (before
+    VAT), the price it was computed at, and the wait its jobs that cost as much are given."""
+
+    cost: Decimal
+    price: Decimal
+    wait: Wait
+
+
 # A pass decides again after an admission was refused on re-check, at most this many times.
 MAX_ROUNDS = 3
 
@@ -153,7 +163,7 @@ class _Round:
         book: QuotaBook,
         report: PassReport,
         clock: _PhaseClock,
-        unfunded: dict[int, tuple[Decimal, Wait]],
+        unfunded: dict[int, _Unfunded],
         limit: int,
     ) -> None:
         self.world, self.book, self.report, self.clock = world, book, report, clock
@@ -172,22 +182,36 @@ class _Round:
         for job in self.decider.order(queue):
             outcome = self.decider.decide(job)
             if not isinstance(outcome, Admit):
-                self.waits[job.id] = outcome
-                self.victims.extend((victim, job) for victim in outcome.preempt)
+                # A wait for GPUs or quota would end in a refusal for funds: say that instead
+                # (and stop no one's work for it).
+                unfunded = self._unfunded_wait(job, outcome)
+                self.waits[job.id] = unfunded or outcome
+                if unfunded is None:
+                    self.victims.extend((victim, job) for victim in outcome.preempt)
                 continue
             if self.admitted + len(self.batch) >= self.limit:
                 self.waits[job.id] = Wait("waiting: admitted in the next admission pass", now)
                 self.retry = True
                 continue
             refused = self.unfunded.get(job.org_id)
-            if refused is not None and _worst_cost(outcome) >= refused[0]:
-                self.waits[job.id] = refused[1]  # costs at least what the balance refused
+            if refused is not None and _worst_cost(outcome) >= refused.cost:
+                self.waits[job.id] = refused.wait  # costs at least what the balance refused
                 continue
             self.decider.apply(outcome)
             self.batch.append(outcome)
             if len(self.batch) >= batch_size():
                 self.flush()
         self.flush()
+
+    def _unfunded_wait(self, job: PendingJob, wait: Wait) -> Wait | None:
+        """The funds refusal of the job's organization, if the job would cost at least as much
+        (priced as the refused one was) and waits only for GPUs or quota to free up."""
+        refused = self.unfunded.get(job.org_id)
+        flavor = self.world.flavor_by_slug.get(job.flavor_slug)
+        if refused is None or flavor is None or wait.estimated_start is None:
+            return None
+        reserve = job.gpus * self.book.quota(job.org_id, flavor.id).max_job_hours
+        return refused.wait if reserve * refused.price >= refused.cost else None
 
     def flush(self) -> None:
         """Write the batch in one short transaction; a refused admission waits."""
@@ -209,7 +233,9 @@ class _Round:
                 self.report.refused_on_recheck += 1
                 self.waits[admit.job.id] = result.wait
                 if result.funds:
-                    self.unfunded[admit.job.org_id] = (_worst_cost(admit), result.wait)
+                    self.unfunded[admit.job.org_id] = _Unfunded(
+                        _worst_cost(admit), admit.pool.price, result.wait
+                    )
         self.batch.clear()
 
 
