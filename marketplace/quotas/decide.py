@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 
@@ -26,6 +26,8 @@ from marketplace.quotas.world import (
     World,
     next_month_start,
 )
+
+T = TypeVar("T")
 
 K = Allocation.Kind
 
@@ -141,13 +143,12 @@ class Decider:
         self.min_run = min_run
         self.grace = grace
         self._bounds: dict[int, tuple[int, int]] = {}
-        self._summaries: dict[int, tuple[int, list[PoolState], _PoolsSummary]] = {}
         self._heaps: dict[
             tuple[int, int], tuple[list[PoolState], list[tuple[datetime, int, int, PoolState]]]
         ] = {}
         self._heaps_version = -1
-        self._picks: dict[tuple[int, int], tuple[int, list[PoolState], PoolState]] = {}
-        self._last_releases: dict[int, tuple[int, list[PoolState], datetime]] = {}
+        # Answers per list of pools (and job size), until the world changes: see _per_pools.
+        self._memo: dict[tuple[str, int, int], tuple[int, list[PoolState], Any]] = {}
 
     # ------------------------------------------------------------- fair-share order
 
@@ -278,15 +279,27 @@ class Decider:
         then the cheapest; ties go to the more reliable, then the best fit (fewest GPUs left
         idle), then the oldest pool. Cached until the world changes: once the pass's limit is
         reached, every job that fits asks the same."""
-        key = (id(pools), gpus)
-        cached = self._picks.get(key)
+
+        def pick() -> PoolState:
+            fitting = [p for p in pools if p.free() >= gpus]
+            top = most_reliable(fitting, reliability=_reliability)
+            return min(top, key=lambda p: (p.price, -p.reliability, p.free() - gpus, p.id))
+
+        return self._per_pools("pick", pools, gpus, pick)
+
+    def _per_pools(
+        self, name: str, pools: list[PoolState], gpus: int, compute: Callable[[], T]
+    ) -> T:
+        """`compute()`'s answer for this list of pools (and job size), kept until the world
+        changes: the pass asks the same of tens of thousands of waiting jobs. A list is
+        known by its identity; the entry keeps it alive, so the identity is not reused."""
+        key = (name, id(pools), gpus)
+        cached = self._memo.get(key)
         if cached is not None and cached[0] == self.world.version and cached[1] is pools:
-            return cached[2]
-        fitting = [p for p in pools if p.free() >= gpus]
-        top = most_reliable(fitting, reliability=_reliability)
-        pool = min(top, key=lambda p: (p.price, -p.reliability, p.free() - gpus, p.id))
-        self._picks[key] = (self.world.version, pools, pool)
-        return pool
+            return cast(T, cached[2])
+        value = compute()
+        self._memo[key] = (self.world.version, pools, value)
+        return value
 
     def _quota_blocks(
         self,
@@ -375,7 +388,7 @@ class Decider:
                 for victim in chosen:
                     victim.preempt_requested = True
                 self._bounds.pop(pool.id, None)
-                self._summaries.clear()
+                self._memo.clear()  # the summaries counted these GPUs as stoppable
                 return Wait(
                     f"waiting: stopping {len(chosen)} borrowed job(s) on pool {pool.public_id} "
                     "to free the GPUs you are entitled to",
@@ -388,17 +401,16 @@ class Decider:
         """Largest pool, most free GPUs, and most GPUs that stopping work could free, over a
         list of pools; cached until the world changes. Most waiting jobs fit nowhere, and
         this answers that without visiting every pool for each of them."""
-        key = id(pools)
-        cached = self._summaries.get(key)
-        if cached is not None and cached[0] == self.world.version and cached[1] is pools:
-            return cached[2]
-        summary = _PoolsSummary(
-            largest=max(p.size for p in pools),
-            most_free=max(p.free() for p in pools),
-            most_stoppable=max(p.free() + sum(self._stoppable(p)) for p in pools),
+        return self._per_pools(
+            "summary",
+            pools,
+            0,
+            lambda: _PoolsSummary(
+                largest=max(p.size for p in pools),
+                most_free=max(p.free() for p in pools),
+                most_stoppable=max(p.free() + sum(self._stoppable(p)) for p in pools),
+            ),
         )
-        self._summaries[key] = (self.world.version, pools, summary)
-        return summary
 
     def _stoppable(self, pool: PoolState) -> tuple[int, int]:
         """GPUs of the pool's work already being stopped, and of borrowed work that some job
@@ -456,14 +468,12 @@ class Decider:
     def _last_release(self, pools: list[PoolState]) -> datetime:
         """When the last expected release on these pools happens (now if none); cached until
         the world changes, since every job that no pool can promise GPUs to asks it."""
-        key = id(pools)
-        cached = self._last_releases.get(key)
-        if cached is not None and cached[0] == self.world.version and cached[1] is pools:
-            return cached[2]
-        ends = [p.releases[-1][0] for p in pools if p.releases]
-        last = max(ends) if ends else self.world.now
-        self._last_releases[key] = (self.world.version, pools, last)
-        return last
+
+        def last() -> datetime:
+            ends = [p.releases[-1][0] for p in pools if p.releases]
+            return max(ends) if ends else self.world.now
+
+        return self._per_pools("last release", pools, 0, last)
 
     def _soonest(self, pools: list[PoolState], gpus: int) -> tuple[datetime, PoolState] | None:
         """The pool where `gpus` GPUs are expected free first, after the GPUs already promised
