@@ -16,28 +16,20 @@ from marketplace.capacity.services.common import CapacityUnavailable
 from marketplace.finetuning.models import FineTuningJob
 
 
-def placement_commit(
-    *, job: FineTuningJob, decision: PlacementDecision, pool_locked: bool = False
-) -> Placement:
+def placement_commit(*, job: FineTuningJob, decision: PlacementDecision) -> Placement:
     """Record a placement after re-checking, under the pool lock, that it still fits.
 
     Call it first in the admission transaction (the pool lock comes before quota and balance
     locks), then `job_admit(placement_reason=decision.reason)` in the same transaction.
     Raises CapacityUnavailable if a concurrent admission took the GPUs meanwhile.
-
-    `pool_locked=True` says the caller already holds the pool lock in this transaction,
-    `decision.pool` was read under it, and any error here rolls the caller's whole
-    transaction back (the admission pass): the pool is then not locked and read again, and
-    no savepoint is taken. The capacity check itself is the same.
+    (The admission pass, which locks its pools itself, calls `placements_commit`.)
     """
-    with transaction.atomic(savepoint=not pool_locked):
-        if not pool_locked:
-            # NO KEY UPDATE: still serializes admissions and bookings on the pool, but does not
-            # block billing rows that merely reference the pool (FK key-share) while they hold a
-            # balance lock, which would deadlock against pool → balance.
-            pool = Pool.objects.select_for_update(no_key=True).get(pk=decision.pool.pk)
-            decision = replace(decision, pool=pool)
-        return placements_commit([(job, decision)])[0]
+    with transaction.atomic():
+        # NO KEY UPDATE: still serializes admissions and bookings on the pool, but does not
+        # block billing rows that merely reference the pool (FK key-share) while they hold a
+        # balance lock, which would deadlock against pool → balance.
+        pool = Pool.objects.select_for_update(no_key=True).get(pk=decision.pool.pk)
+        return placements_commit([(job, replace(decision, pool=pool))])[0]
 
 
 def placements_commit(
