@@ -85,6 +85,12 @@ def const(value: str) -> serializers.Field:
     return field_class()
 
 
+def unix_seconds(*, allow_null: bool = False, help_text: str = "") -> serializers.IntegerField:
+    return serializers.IntegerField(
+        allow_null=allow_null, help_text=help_text or "Unix time in seconds."
+    )
+
+
 def list_of(item: type[serializers.Serializer], name: str) -> type[serializers.Serializer]:
     """A serializer class for `{"object": "list", "data": [...], "has_more", first_id, last_id}`."""
     fields = {

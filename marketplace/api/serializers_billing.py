@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from marketplace.api.schema import const, list_of
+from marketplace.api.schema import const, list_of, unix_seconds
 
 
 def money() -> serializers.DecimalField:
@@ -24,12 +24,6 @@ def gpu_seconds(max_digits: int = 16) -> serializers.DecimalField:
 def price_per_gpu_hour() -> serializers.DecimalField:
     return serializers.DecimalField(
         max_digits=10, decimal_places=4, help_text="EUR per GPU-hour, 4 decimals."
-    )
-
-
-def unix_seconds(*, allow_null: bool = False, help_text: str = "") -> serializers.IntegerField:
-    return serializers.IntegerField(
-        allow_null=allow_null, help_text=help_text or "Unix time in seconds."
     )
 
 

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from marketplace.api.schema import const, shape
+from marketplace.api.schema import const, shape, unix_seconds
 from marketplace.quotas.models import QuotaAuditEntry
 
 MAX_QUOTA_GPUS = 100_000  # services.changes._clean: whole numbers from 0 to 100000
 MAX_QUOTA_HOURS = 1e9
-
-
-def unix_seconds(*, allow_null: bool = False, help_text: str = "") -> serializers.IntegerField:
-    return serializers.IntegerField(
-        allow_null=allow_null, help_text=help_text or "Unix time in seconds."
-    )
 
 
 def _quota_fields() -> dict[str, serializers.Field]:

@@ -38,6 +38,7 @@ from marketplace.billing.money import (
     vat_treatment,
 )
 from marketplace.billing.services.ledger import Leg, account_lock, balance_available, entry_post
+from marketplace.billing.services.usage import metering_lock
 from marketplace.errors import InsufficientFunds, InvalidInput
 
 logger = logging.getLogger("partage.billing")
@@ -121,7 +122,7 @@ def booking_refunded(*, booking: Any) -> Split | None:
     for a zero refund); None while it is not cancelled with a refund amount. Writes nothing."""
     row = _charge_row(booking, BookingCharge.Kind.REFUND)
     if row is not None:
-        return Split(net=-row.net, vat=-row.vat, fee=-row.fee, provider=-row.provider_amount)
+        return NO_SPLIT - _split_of_row(row)
     if booking.refund_amount is None:
         return None
     return booking_refund_quote(booking=booking, refund_amount=booking.refund_amount)
@@ -140,8 +141,6 @@ def _legs(org_id: int, provider_id: int, split: Split) -> list[Leg]:
 def _record(
     booking: Any, kind: str, split: Split, rate: Decimal, seconds: Decimal, memo: str
 ) -> BookingCharge:
-    from marketplace.billing.services.usage import metering_lock
-
     key = f"booking:{booking.public_id}:{kind}"
     existing = BookingCharge.objects.filter(key=key).first()
     if existing is not None:

@@ -23,7 +23,12 @@ from marketplace.billing.services.ledger import (
     entries_write,
     jobs_held,
 )
-from marketplace.billing.services.usage import _streams_charged, _streams_due, _vat_rate
+from marketplace.billing.services.usage import (
+    _streams_charged,
+    _streams_due,
+    _vat_rate,
+    booking_overlap,
+)
 from marketplace.errors import InsufficientFunds, InvalidInput
 from marketplace.finetuning.models import FineTuningJob
 
@@ -103,10 +108,8 @@ def _uncovered_seconds(booking: Any, max_duration_seconds: int, now: datetime) -
     """Of the job's longest run from now, the seconds outside its booking's window."""
     if booking is None:
         return max_duration_seconds
-    begin = max(now, booking.start)
-    end = min(now + timedelta(seconds=max_duration_seconds), booking.end)
-    inside = max(0, int((end - begin).total_seconds()))
-    return max_duration_seconds - inside
+    inside = booking_overlap(booking, now, now + timedelta(seconds=max_duration_seconds))
+    return max_duration_seconds - int(inside.total_seconds())
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -107,17 +108,20 @@ def attempt_meter(*, attempt: JobAttempt) -> UsageRecord:
     return record
 
 
+def booking_overlap(booking: Any, start: datetime, end: datetime) -> timedelta:
+    """How much of [start, end) lies inside the booking's window (zero when none does)."""
+    return max(min(end, booking.end) - max(start, booking.start), timedelta(0))
+
+
 def _covered(attempt: JobAttempt, booking: Any, gpus: int, gpu_seconds: Decimal) -> Decimal:
     """GPU-seconds of the attempt inside its booking's window: paid for by the booking."""
     if booking is None or attempt.training_started_at is None:
         return ZERO
     ended = attempt.ended_at or timezone.now()
-    begin = max(attempt.training_started_at, booking.start)
-    end = min(ended, booking.end)
-    if end <= begin:
+    inside = booking_overlap(booking, attempt.training_started_at, ended)
+    if not inside:
         return ZERO
-    inside = exact_seconds(Decimal(str((end - begin).total_seconds())) * gpus)
-    return min(inside, gpu_seconds)
+    return min(exact_seconds(Decimal(str(inside.total_seconds())) * gpus), gpu_seconds)
 
 
 def _vat_rate(job: FineTuningJob) -> Decimal:
@@ -278,8 +282,7 @@ def job_cost_so_far(*, job: FineTuningJob) -> Decimal:
         wall = Decimal((now - running).total_seconds())
         booking = pricing.booking if pricing else None
         if booking is not None:  # the part inside the booking's window is already paid for
-            inside = (min(now, booking.end) - max(running, booking.start)).total_seconds()
-            wall -= Decimal(max(inside, 0))
+            wall -= Decimal(booking_overlap(booking, running, now).total_seconds())
         seconds = wall * max(job.gpu_count, 1)
         cost += usage_cost(seconds, pricing.price_per_gpu_hour if pricing else ZERO)
     return cost
