@@ -185,7 +185,7 @@ def celery_worker_process(
         app.control.purge()  # messages left by earlier tests refer to rows that are gone
         from django.core.cache import cache
 
-        from marketplace.finetuning.services import ADMISSION_PENDING_KEY
+        from marketplace.quotas.services import ADMISSION_PENDING_KEY
 
         cache.delete(ADMISSION_PENDING_KEY)  # its pass was just purged
     else:
@@ -277,7 +277,8 @@ def private_broker(tmp_path: Path, settings: Any) -> Iterator[None]:
 def wsgi_calls(settings: Any) -> Iterator[None]:
     """Requests through the WSGI app (the schema checks) keep the test's connection open."""
     settings.PARTAGE_API_RATE_LIMIT = 0
-    # As in tests/api/test_schemathesis.py: a request must not close the test's connection.
+    # As Django's test client does: a request must not close the test's connection (inside
+    # the test transaction, PostgreSQL's would be closed as "obsolete" after each request).
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
     try:

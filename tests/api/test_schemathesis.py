@@ -6,23 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import schemathesis
-from django.core.wsgi import get_wsgi_application
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
-schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
+from tests.api.schema_checks import CHECKS, schema
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from tests.billing.conftest import (
     topup,
 )
 from tests.capacity import factories
+from tests.quotas.conftest import plan_make
 
 pytestmark = pytest.mark.django_db
 
@@ -305,18 +306,7 @@ def test_the_admission_pass_holds_nothing_for_work_inside_a_paid_booking(
 
     flavor = factories.flavor()
     pool = factories.pool(provider_org, gpus=8, price="2.00")
-    plan = quotas.plan_create(slug="everyone", name="Everyone", is_default=True)
-    quotas.plan_flavor_quota_set(
-        plan=plan,
-        flavor=flavor,
-        values={
-            "guaranteed_gpus": 0,
-            "max_gpus": 16,
-            "monthly_gpu_hours": None,
-            "max_job_hours": "2",
-            "max_concurrent_jobs": 10,
-        },
-    )
+    plan_make(flavor, max_gpus=16, max_job_hours="2", concurrent=10, slug="everyone")
     topup(org_a, "57.60")  # 6 GPUs x 4 h x €2.00 = €48.00, + €9.60 VAT: all of it
     begin = timezone.now() + timedelta(minutes=2)
     booking = book(org_a, pool, gpus=6, start=begin, hours=4)

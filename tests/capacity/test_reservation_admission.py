@@ -23,6 +23,7 @@ from marketplace.quotas.models import Allocation
 from tests.capacity import factories
 from tests.capacity.databases import EACH_DATABASE, check_database
 from tests.conftest import chat_lines, jsonl
+from tests.quotas.conftest import plan_make
 
 # every test here queues tasks on commit: a private broker folder
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("private_broker")]
@@ -57,18 +58,7 @@ def test_booked_gpus_are_not_taken_by_another_orgs_on_demand_job(database: str) 
     check_database(database)
     flavor = factories.flavor()
     pool = factories.pool(gpus=8, price="2.00")
-    plan = quotas.plan_create(slug="everyone", name="Everyone", is_default=True)
-    quotas.plan_flavor_quota_set(
-        plan=plan,
-        flavor=flavor,
-        values={
-            "guaranteed_gpus": 0,
-            "max_gpus": 16,
-            "monthly_gpu_hours": None,
-            "max_job_hours": "2",
-            "max_concurrent_jobs": 10,
-        },
-    )
+    plan_make(flavor, max_gpus=16, max_job_hours="2", concurrent=10, slug="everyone")
     booker, other = startup("booker"), startup("other")
     start = timezone.now() + timedelta(minutes=2)
     booking = services.booking_create(

@@ -230,7 +230,8 @@ def test_stop_early_signal_writes_the_adapter(tmp_path, tiny_llama_dir):
     done = events[-1]
     assert done["event"] == "completed" and done["stopped_early"] is True
     progress = [e["step"] for e in events if e["event"] == "progress"]
-    assert progress == list(range(1, done["steps"] + 1)) and done["steps"] < 8
+    # it stops after the step in flight (2), or after step 1 if it beat the loop's check
+    assert progress == list(range(1, done["steps"] + 1)) and done["steps"] in (1, 2)
     manifest = json.loads((pathlib.Path(done["adapter_dir"]) / "manifest.json").read_text())
     assert manifest["stopped_early"] is True and manifest["steps"] == done["steps"]
 
@@ -296,9 +297,9 @@ def test_sigterm_mid_step_checkpoints_within_the_grace_period(tmp_path, capsys, 
                 f"SIGTERM during step {stopped + 1}: dropped it, checkpointing step {stopped}"
             ]
             break
-        assert "SIGTERM received" in log
-        if stopped == 1:  # it beat the loop's own check before step 2
-            break
+        # no step dropped: it beat the loop's own check before step 2, the only boundary it can
+        # land on here (a later one means the step in flight was run to its end): try again
+        assert "SIGTERM received" in log and stopped == 1, log[-2000:]
     else:
         raise AssertionError("three SIGTERMs sent inside a step, and no step was dropped")
 
