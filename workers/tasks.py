@@ -11,7 +11,7 @@ from workers.celery import app
 def admission_pass(**kwargs: Any) -> int:
     from django.core.cache import cache
 
-    from marketplace.finetuning.services import ADMISSION_PENDING_KEY
+    from marketplace.quotas.services import ADMISSION_PENDING_KEY
     from marketplace.quotas.services import admission_pass as run_pass
 
     cache.delete(ADMISSION_PENDING_KEY)  # before reading the queue: later creates ask again

@@ -26,7 +26,6 @@ from marketplace.finetuning.services.files import (
     result_file_create,
 )
 from marketplace.finetuning.services.jobs import (
-    ADMISSION_PENDING_KEY,
     _enqueue,
     _enqueue_admission,
     _job_ended,
@@ -60,7 +59,6 @@ from marketplace.finetuning.services.transitions import (
 # The private names are the ones other apps call across the package (finetuning.dispatch ends a
 # job with _job_ended); they stay importable from here as they were from the single module.
 __all__ = [
-    "ADMISSION_PENDING_KEY",
     "DEFAULT_LORA",
     "MAX_ATTEMPTS",
     "_enqueue",

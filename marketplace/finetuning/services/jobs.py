@@ -8,7 +8,6 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -114,23 +113,12 @@ def job_create(
     return job
 
 
-ADMISSION_PENDING_KEY = "admission-pass-pending"
-
-
 def _enqueue_admission() -> None:
-    """Ask for an admission pass; with a shared (Redis) cache, at most one waits in the queue.
+    """Ask quotas for an admission pass (coalesced there); imported late, as quotas' services
+    import finetuning's."""
+    from marketplace.quotas.services import admission_pass_request
 
-    One pass admits every queued job, so a burst of creates needs one, not one each: without
-    this, 20 creates a second queue 20 passes a second, and dispatch waits behind them. The
-    task clears the flag before it reads the queue; the timeout covers a lost message.
-    """
-    from django.core.cache import cache
-
-    from workers import tasks
-
-    if settings.REDIS_URL and not cache.add(ADMISSION_PENDING_KEY, 1, timeout=30):
-        return  # a pass is queued and has not started: it will see this job
-    tasks.admission_pass.delay()
+    admission_pass_request()
 
 
 def _enqueue(task_name: str, job_id: str) -> None:

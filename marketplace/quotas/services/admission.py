@@ -128,7 +128,7 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     report.reasons_updated = _pending_reasons_write(queue, decided.waits)
     clock.lap("explain")
     if decided.retry or decided.refused:
-        transaction.on_commit(_enqueue_admission)
+        transaction.on_commit(admission_pass_request)
     logger.info(
         "admission pass: %d admitted, %d waiting, %d preempted",
         len(report.admitted),
@@ -264,9 +264,23 @@ def _worst_cost(admit: Admit) -> Decimal:
     return admit.reserve_hours * admit.pool.price
 
 
-def _enqueue_admission() -> None:
+ADMISSION_PENDING_KEY = "admission-pass-pending"
+
+
+def admission_pass_request() -> None:
+    """Ask for an admission pass; with a shared (Redis) cache, at most one waits in the queue.
+
+    One pass admits every queued job, so a burst of creates or releases needs one, not one
+    each: without this, 20 creates a second queued 20 passes a second, and dispatch waited
+    behind them. The task clears the flag before it reads the queue; the timeout covers a
+    lost message. Call it on commit.
+    """
+    from django.core.cache import cache
+
     from workers import tasks
 
+    if settings.REDIS_URL and not cache.add(ADMISSION_PENDING_KEY, 1, timeout=30):
+        return  # a pass is queued and has not started: it will see this change
     tasks.admission_pass.delay()
 
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from marketplace.finetuning.models import JobAttempt
 from marketplace.quotas.models import Allocation
+from marketplace.quotas.services.admission import admission_pass_request
 
 
 def quota_release(*, job_id: str, attempt_number: int) -> bool:
@@ -31,7 +32,7 @@ def quota_release(*, job_id: str, attempt_number: int) -> bool:
         release_reason=f"attempt {status}"[:60],
     )
     if released:
-        transaction.on_commit(_enqueue_admission)
+        transaction.on_commit(admission_pass_request)
     return bool(released)
 
 
@@ -48,11 +49,5 @@ def quota_release_for_job(*, job_id: str, reason: str = "job left the queue") ->
         .update(released_at=timezone.now(), used_gpu_hours=Decimal("0"), release_reason=reason[:60])
     )
     if released:
-        transaction.on_commit(_enqueue_admission)
+        transaction.on_commit(admission_pass_request)
     return released
-
-
-def _enqueue_admission() -> None:
-    from workers import tasks
-
-    tasks.admission_pass.delay()
