@@ -6,6 +6,7 @@ training as local processes, files on disk. Production values come in when set.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections.abc import Callable
@@ -152,6 +153,14 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     }
     if _database["NAME"] != ":memory:":
         Path(str(_database["NAME"])).parent.mkdir(parents=True, exist_ok=True)
+    # Tests get a file, not Django's shared in-memory database: with that, the live server
+    # thread borrows the test thread's very connection, and a trainer's callback landing in
+    # the middle of a request's transaction corrupts both (500s, broken flushes).
+    _database["TEST"] = {
+        "NAME": env.get(
+            "PARTAGE_TEST_DB_NAME", str, default=str(DATA_DIR / f"test-{os.getpid()}.sqlite3")
+        )
+    }
 else:
     _database["TEST"] = {"NAME": env.get("PARTAGE_TEST_DB_NAME", str, default=None)}
 DATABASES = {"default": _database}

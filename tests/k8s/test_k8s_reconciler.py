@@ -212,7 +212,9 @@ def test_reconciler_logs_are_json_with_job_and_org(
 # ---------------------------------------------------------------- 410 Gone
 
 
-@pytest.mark.django_db
+# Transactional: run_once closes the thread's connection between rounds, as a long-running
+# watcher must, which would end a test wrapped in a transaction.
+@pytest.mark.django_db(transaction=True)
 def test_a_watch_that_ends_with_410_relists_and_misses_no_transition(
     client_a: Any, upload: Any, cluster: FakeKubeApiServer, settings: Any
 ) -> None:
