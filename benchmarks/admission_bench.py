@@ -209,9 +209,38 @@ def timed_pass() -> tuple[float, int, Any]:
     return elapsed, counter.count, report
 
 
+def timed_outlooks(calls: int, rng: random.Random) -> None:
+    """The check every submission makes (quotas' job_outlook): time and statements per call,
+    against the same pools and running work as the passes."""
+    from marketplace.accounts.models import Organization
+    from marketplace.quotas.selectors import job_outlook
+
+    org_ids = list(Organization.objects.filter(kind="startup").values_list("pk", flat=True))
+    counter = QueryCounter()
+    seconds = []
+    with connection.execute_wrapper(counter):
+        for _ in range(calls):
+            started = time.perf_counter()
+            job_outlook(
+                organization_id=rng.choice(org_ids),
+                gpu_flavor=rng.choice(list(POOLS)),
+                gpu_count=rng.choice([1, 1, 2, 4]),
+            )
+            seconds.append(time.perf_counter() - started)
+    seconds.sort()
+    print(
+        f"submission check (job_outlook), {calls} calls: median {seconds[calls // 2] * 1000:.1f} ms, "
+        f"p95 {seconds[int(calls * 0.95)] * 1000:.1f} ms, {counter.count / calls:.0f} statements per call"
+    )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument(
+        "--outlooks", type=int, default=200, help="submission checks to time (0: none)"
+    )
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("Run it on PostgreSQL: set DATABASE_URL=postgres://…")
@@ -220,6 +249,8 @@ def main() -> None:
     try:
         rng = random.Random(42)
         seed_base(rng)
+        if args.outlooks:
+            timed_outlooks(args.outlooks, random.Random(7))
         print(
             "| pending jobs | pass | wall time (s) | load | decide | admit | explain "
             "| queries | admitted | admission batches | reasons written |"

@@ -92,6 +92,10 @@ class Wait:
     reason: str
     estimated_start: datetime | None
     preempt: list[LiveAllocation] = field(default_factory=list)
+    # Set when nothing but a change to the job itself (another flavor, fewer GPUs, a wider
+    # residency) or to its organization's quota can let it run: (parameter, what to do).
+    # A submission is refused with it; a job already queued keeps waiting, with no estimate.
+    unfit: tuple[str, str] | None = None
 
 
 def humanize(delta: timedelta) -> str:
@@ -196,10 +200,17 @@ class Decider:
         if job.flavor_slug:
             flavor = self.world.flavor_by_slug.get(job.flavor_slug)
             if flavor is None:
+                offered = ", ".join(
+                    sorted(self.world.flavors[fid].slug for fid in self.world.pools_by_flavor)
+                )
                 return Wait(
                     f"waiting: no GPU flavor {job.flavor_slug!r} is offered; "
                     "cancel and resubmit with a flavor from the pool list",
                     None,
+                    unfit=(
+                        "gpu_flavor",
+                        f"No GPU flavor {job.flavor_slug!r} is offered; choose one of: {offered}.",
+                    ),
                 )
             flavors = [flavor]
         else:
@@ -211,7 +222,19 @@ class Decider:
                 return outcome
             waits.append(outcome)
         known = [w for w in waits if w.estimated_start is not None]
-        return min(known, key=lambda w: w.estimated_start or self.world.now) if known else waits[0]
+        if known:
+            return min(known, key=lambda w: w.estimated_start or self.world.now)
+        unfit = [w.unfit for w in waits if w.unfit is not None]
+        if len(flavors) > 1 and len(unfit) == len(waits):
+            return Wait(
+                waits[0].reason,
+                None,
+                unfit=(
+                    unfit[0][0],
+                    "No GPU flavor can run this job: " + " ".join(u[1] for u in unfit),
+                ),
+            )
+        return waits[0]
 
     def decide_on_flavor(
         self, job: PendingJob, flavor: Flavor, *, pool_id: int | None = None
@@ -225,21 +248,36 @@ class Decider:
         pools = world.pools_for(flavor.id, residency)
         if pool_id is not None:
             pools = [pool for pool in pools if pool.id == pool_id]
-        if not pools:
+        if not pools and every:
             return Wait(
                 f"waiting: no {label} pool matches your data residency ({residency.describe()}); "
-                "it starts when one opens, or cancel and resubmit with a wider residency"
-                if every
-                else f"waiting: no {label} pool exists yet; it starts when a provider opens one, "
+                "it starts when one opens, or cancel and resubmit with a wider residency",
+                None,
+                unfit=(
+                    "residency",
+                    f"No {label} pool matches the data residency ({residency.describe()}); "
+                    "widen the residency or choose another flavor.",
+                ),
+            )
+        if not pools:
+            return Wait(
+                f"waiting: no {label} pool exists yet; it starts when a provider opens one, "
                 "or cancel and resubmit with another flavor",
                 None,
+                unfit=("gpu_flavor", f"No {label} pool is open; choose another flavor."),
             )
         summary = self._summary(pools)
         if job.gpus > summary.largest:
+            where = _where(pools, residency)
             return Wait(
-                f"waiting: no {label} pool {_where(pools, residency)} has {job.gpus} GPUs "
+                f"waiting: no {label} pool {where} has {job.gpus} GPUs "
                 f"(the largest has {summary.largest}); resubmit with fewer GPUs",
                 None,
+                unfit=(
+                    "gpu_count",
+                    f"No {label} pool {where} has {job.gpus} GPUs (the largest has "
+                    f"{summary.largest}); ask for {summary.largest} or fewer.",
+                ),
             )
         quota = self.book.quota(job.org_id, flavor.id)
         usage = world.usage[(job.org_id, flavor.id)]
@@ -256,6 +294,16 @@ class Decider:
                     f"waiting: this job needs {job.gpus} {label} GPUs, more than your "
                     f"organization's maximum of {quota.max_gpus}; ask staff to raise it",
                     None,
+                    unfit=(
+                        "gpu_count",
+                        f"This job needs {job.gpus} {label} GPUs, more than your "
+                        f"organization's maximum of {quota.max_gpus}; "
+                        + (
+                            f"ask for {quota.max_gpus} or fewer, or ask staff to raise it."
+                            if quota.max_gpus
+                            else "choose another flavor, or ask staff to raise it."
+                        ),
+                    ),
                 )
             when = _earliest(usage.releases, usage.quota_used + job.gpus - quota.max_gpus, now)
             return Wait(
@@ -316,6 +364,11 @@ class Decider:
                     f"waiting: your organization's plan does not include {label} GPUs; "
                     "ask staff for access or choose another flavor",
                     None,
+                    unfit=(
+                        "gpu_flavor",
+                        f"Your organization's plan does not include {label} GPUs; choose "
+                        "another flavor, or ask staff for access.",
+                    ),
                 )
             when = _earliest(usage.releases, 1, now)
             return Wait(

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 from marketplace.finetuning.models import FineTuningJob, JobStatus
-from marketplace.quotas.decide import Decider, grace, min_run
+from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait, grace, min_run
 from marketplace.quotas.models import QuotaAuditEntry
 from marketplace.quotas.quota_book import QuotaBook
 from marketplace.quotas.world import (
@@ -167,6 +167,45 @@ def pending_queue_by_pool(
                     }
                 )
     return list(rows.values())
+
+
+def job_outlook(
+    *,
+    organization_id: int,
+    gpu_flavor: str,
+    gpu_count: int,
+    residency: dict[str, Any] | None = None,
+    priority: int = 0,
+    now: datetime | None = None,
+) -> Admit | Wait | None:
+    """What an admission pass would say now of a job not yet submitted: that it fits, or why
+    it waits and from when it may start (a `Wait` with `unfit` set: it could never run as
+    asked). The jobs already queued are not counted, so a wait may be longer: the first pass
+    after submission, moments later, says. None when no pool is configured (the local
+    executor admits every job).
+
+    Queries: the pools, then world_load's for those pools and one organization, and the
+    organization's quota."""
+    from marketplace.capacity.selectors import placeable_pools
+
+    now = now or timezone.now()
+    pool_ids = list(placeable_pools().values_list("pk", flat=True))
+    if not pool_ids:
+        return None
+    # Every pool's live work, not only the organization's: free GPUs count everyone's.
+    world = world_load(now=now, pool_ids=pool_ids, org_ids=[organization_id])
+    decider = Decider(world, QuotaBook(org_ids=[organization_id]), min_run=min_run(), grace=grace())
+    return decider.decide(
+        PendingJob(
+            id="",
+            org_id=organization_id,
+            flavor_slug=gpu_flavor,
+            gpus=max(gpu_count, 1),
+            priority=priority,
+            created_at=now,
+            residency=residency or {},
+        )
+    )
 
 
 def quota_audit(*, organization: Organization | None = None) -> QuerySet[QuotaAuditEntry]:

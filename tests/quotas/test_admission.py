@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from marketplace.errors import InvalidInput
 from marketplace.finetuning.models import FineTuningJob
 from marketplace.quotas import services as quotas
 from marketplace.quotas.models import Allocation
@@ -124,15 +125,15 @@ def test_plan_without_flavor_and_residency(h100) -> None:
     pool_make(flavor=a100, gpus=8, country="US", region="us-east")
     plan_make(h100, max_gpus=8)
     org = org_make()
-    job = job_submit(org, flavor="a100-80g")
-    assert quotas.admission_pass() == []
-    assert "does not include A100" in FineTuningJob.objects.get(pk=job.id).pending_reason
+    with pytest.raises(InvalidInput, match="does not include A100"):
+        job_submit(org, flavor="a100-80g")
     quotas.org_quota_override_set(
         organization=org, flavor=a100, values={"max_gpus": 4, "max_concurrent_jobs": 2}
     )
-    eu = job_submit(org, flavor="a100-80g", residency={"eu_only": True})
+    job = job_submit(org, flavor="a100-80g")
+    with pytest.raises(InvalidInput, match="data residency"):
+        job_submit(org, flavor="a100-80g", residency={"eu_only": True})
     assert quotas.admission_pass() == [job.id]
-    assert "data residency" in FineTuningJob.objects.get(pk=eu.id).pending_reason
 
 
 def test_booking_covers_its_owner_even_when_pool_is_full(h100) -> None:
@@ -275,19 +276,30 @@ def test_job_refused_for_funds_does_not_block_funded_jobs_behind_it(h100) -> Non
 
 def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
     """Each kind of wait, side by side: a reason in plain words, and an estimated start
-    whenever the job can start without anyone acting (else the reason says what to do)."""
+    whenever the job can start without anyone acting (else the reason says what to do).
+    The waits that need an action arise after submission: a job that could never run as
+    asked is refused when it is submitted (next test)."""
+    from marketplace.capacity.services import pool_retire, residency_policy_set
     from tests.quotas.conftest import flavor_make
 
     a100 = flavor_make("a100-80g", "NVIDIA A100")
+    b200 = flavor_make("b200-192g", "NVIDIA B200")
     pool_make(flavor=h100, gpus=4)
     pool_make(flavor=a100, gpus=8, country="US", region="us-east")
+    b200_pool = pool_make(flavor=b200, gpus=8)
     plan = plan_make(h100, guaranteed=2, max_gpus=4, concurrent=2, budget="100", max_job_hours="10")
-    quotas.plan_flavor_quota_set(
-        plan=plan,
-        flavor=a100,
-        values={"guaranteed_gpus": 0, "max_gpus": 8, "max_job_hours": 10, "max_concurrent_jobs": 4},
-    )
-    full, other, broke = org_make(), org_make(), org_make(funds="0")
+    for flavor in (a100, b200):
+        quotas.plan_flavor_quota_set(
+            plan=plan,
+            flavor=flavor,
+            values={
+                "guaranteed_gpus": 0,
+                "max_gpus": 8,
+                "max_job_hours": 10,
+                "max_concurrent_jobs": 4,
+            },
+        )
+    full, other, moved, broke = org_make(), org_make(), org_make(), org_make(funds="0")
     running = [job_submit(full, gpus=2) for _ in range(2)]
     assert sorted(quotas.admission_pass()) == sorted(j.id for j in running)
     for job in running:
@@ -295,13 +307,16 @@ def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
     waiting = {
         "concurrency": job_submit(full, gpus=1),
         "capacity": job_submit(other, gpus=2),
-        "too_big": job_submit(other, gpus=16),
         "over_max": job_submit(other, gpus=6, flavor="a100-80g"),  # pool has 8, max is 8: ok
-        "residency": job_submit(other, flavor="a100-80g", residency={"eu_only": True}),
-        "unknown_flavor": job_submit(other, flavor="b200-192g"),
+        "residency": job_submit(moved, flavor="a100-80g"),
+        "pool_retired": job_submit(other, flavor="b200-192g"),
         "funds": job_submit(broke, gpus=1, flavor="a100-80g"),
     }
+    # What changes after submission: staff lower a maximum, an organization restricts its
+    # data residency, a provider retires the only pool of a flavor.
     quotas.org_quota_override_set(organization=other, flavor=a100, values={"max_gpus": 4})
+    residency_policy_set(organization=moved, eu_only=True, countries=[])
+    pool_retire(pool=b200_pool)
     quotas.admission_pass()
     now = timezone.now()
     for kind, job in waiting.items():
@@ -322,14 +337,75 @@ def test_every_waiting_job_says_why_and_when_or_what_to_do(h100) -> None:
     assert waiting["concurrency"].estimated_start <= now + timedelta(hours=10)
     assert waiting["capacity"].pending_reason.startswith("waiting: no free H100")
     assert waiting["capacity"].estimated_start is not None
-    assert "resubmit with fewer GPUs" in waiting["too_big"].pending_reason
     assert "maximum of 4" in waiting["over_max"].pending_reason
     assert "data residency (EU only)" in waiting["residency"].pending_reason
-    assert "b200-192g" in waiting["unknown_flavor"].pending_reason
+    assert "no B200 pool exists yet" in waiting["pool_retired"].pending_reason
     assert waiting["funds"].pending_reason.startswith(
         "waiting: not enough funds: this job needs €24.00 on hold for its longest run and your "
         "organization has €0.00 available; Top up"
     ), waiting["funds"].pending_reason
+
+
+def test_a_job_that_could_never_run_is_refused_at_submission(h100) -> None:
+    """Bad input gets a clear error, not a job queued forever: what is wrong, on which
+    parameter, and what to ask for instead; nothing is written."""
+    from marketplace.finetuning.models import JobEvent
+    from tests.quotas.conftest import flavor_make
+
+    a100 = flavor_make("a100-80g", "NVIDIA A100")
+    l40 = flavor_make("l40s-48g", "NVIDIA L40S")
+    pool_make(flavor=h100, gpus=4)
+    pool_make(flavor=a100, gpus=8, country="US", region="us-east")
+    pool_make(flavor=l40, gpus=8)
+    plan = plan_make(h100, guaranteed=2, max_gpus=4, concurrent=2, budget="100")
+    quotas.plan_flavor_quota_set(plan=plan, flavor=l40, values={"max_concurrent_jobs": 0})
+    org = org_make()
+    quotas.org_quota_override_set(
+        organization=org, flavor=a100, values={"max_gpus": 4, "max_concurrent_jobs": 2}
+    )
+    refused = {
+        ("gpu_count", "No H100 pool in eu-west-paris has 16 GPUs (the largest has 4)"): {
+            "gpus": 16
+        },
+        ("gpu_flavor", "No GPU flavor 'b200-192g' is offered; choose one of: a100-80g"): {
+            "flavor": "b200-192g"
+        },
+        ("residency", "No A100 pool matches the data residency (EU only)"): {
+            "flavor": "a100-80g",
+            "residency": {"eu_only": True},
+        },
+        ("gpu_count", "more than your organization's maximum of 4; ask for 4 or fewer"): {
+            "flavor": "a100-80g",
+            "gpus": 6,
+        },
+        ("gpu_flavor", "plan does not include L40S GPUs"): {"flavor": "l40s-48g"},
+    }
+    for (param, message), options in refused.items():
+        with pytest.raises(InvalidInput) as error:
+            job_submit(org, **options)
+        assert error.value.param == param, (options, error.value.message)
+        assert message in error.value.message, (options, error.value.message)
+    assert not FineTuningJob.objects.exists() and not JobEvent.objects.exists()
+
+
+def test_a_new_job_says_why_and_when_before_the_first_pass(h100) -> None:
+    """REFERENCE §5.7 from the first moment: the queued job carries the same decision rules'
+    reason and estimate as soon as it is created, before any admission pass has run."""
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, guaranteed=4, max_gpus=4, concurrent=4, max_job_hours="10")
+    busy, other = org_make(), org_make()
+    first = job_submit(busy, gpus=4)
+    assert first.pending_reason == (
+        "waiting: in the admission queue; the GPUs it needs are free now"
+    )
+    assert abs(first.estimated_start - timezone.now()) < timedelta(minutes=2)
+    assert quotas.admission_pass() == [first.id]
+    job_start(first.id)
+    second = job_submit(other, gpus=2)
+    assert second.pending_reason.startswith("waiting: no free H100"), second.pending_reason
+    # the running job holds the pool for at most its 10 h limit
+    assert timezone.now() + timedelta(hours=9) < second.estimated_start
+    assert second.estimated_start <= timezone.now() + timedelta(hours=10, minutes=1)
 
 
 def test_places_on_the_cheapest_of_the_most_reliable_pools(h100) -> None:

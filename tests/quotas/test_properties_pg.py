@@ -11,10 +11,12 @@ from django.db import connection, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from marketplace.errors import InvalidInput
 from marketplace.finetuning import services as ft
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.quotas import services as quotas
 from marketplace.quotas.models import Allocation
+from marketplace.quotas.quota_book import QuotaBook
 from tests.quotas.conftest import (
     flavor_make,
     job_cancel,
@@ -64,7 +66,13 @@ def _apply(step: tuple[Any, ...], orgs: list[Any], flavor: Any) -> bool:
     """Run one operation; True when it lowered a quota (then running work may exceed it)."""
     name = step[0]
     if name == "submit":
-        job_submit(orgs[step[1]], gpus=step[2], priority=step[3])
+        org = orgs[step[1]]
+        try:
+            job_submit(org, gpus=step[2], priority=step[3])
+        except InvalidInput as e:
+            # Refused only when it could never run: more GPUs than the organization may use.
+            quota = QuotaBook(org_ids=[org.pk]).quota(org.pk, flavor.pk)
+            assert quota.max_gpus is not None and step[2] > quota.max_gpus, e.message
     elif name == "pass":
         quotas.admission_pass()
     elif name == "quota":

@@ -13,7 +13,12 @@ from django.utils import timezone
 from marketplace.finetuning import states
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
-from marketplace.finetuning.services.jobs import _enqueue_admission, _job_ended, job_fail
+from marketplace.finetuning.services.jobs import (
+    _enqueue_admission,
+    _job_ended,
+    job_fail,
+    queued_estimate,
+)
 from marketplace.finetuning.services.transitions import job_transition
 
 
@@ -199,6 +204,7 @@ def _after_attempt_stopped(
             to=S.QUEUED,
             message="Preempted: queued again; will resume from the latest checkpoint",
             pending_reason="waiting: preempted; will resume from the latest checkpoint",
+            estimated_start=queued_estimate(job),
         )
         transaction.on_commit(_enqueue_admission)
         return requeued
@@ -231,6 +237,7 @@ def _after_attempt_stopped(
             to=S.QUEUED,
             message="Queued again",
             pending_reason="waiting: requeued after an interruption; will resume from the latest checkpoint",
+            estimated_start=queued_estimate(job),
         )
         transaction.on_commit(_enqueue_admission)
         return requeued

@@ -4,9 +4,10 @@ out; and the hooks that enqueue the admission pass and the dispatch and stop tas
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -23,6 +24,9 @@ from marketplace.finetuning.services.transitions import (
     job_event_add,
     job_transition,
 )
+
+if TYPE_CHECKING:
+    from marketplace.quotas.decide import Wait
 
 
 def _training_file(organization: Organization, file_id: str | None, param: str) -> File | None:
@@ -80,6 +84,9 @@ def job_create(
         raise InvalidInput("max_cost must be a positive amount in EUR.", param="max_cost")
     hp = normalize_hyperparameters(hyperparameters)
     lora_options = normalize_lora(lora)
+    pending_reason, estimated_start = _admission_outlook(
+        organization, gpu_flavor, gpu_count, residency, priority
+    )
     job_id = _new_id("ftjob")
     with transaction.atomic():
         job = FineTuningJob.objects.create(
@@ -107,10 +114,66 @@ def job_create(
             job_id=job.id,
             to=S.QUEUED,
             message="Validated training file; job queued",
-            pending_reason="waiting: in the admission queue",
+            pending_reason=pending_reason,
+            estimated_start=estimated_start,
         )
         transaction.on_commit(_enqueue_admission)
     return job
+
+
+def _admission_outlook(
+    organization: Organization,
+    gpu_flavor: str,
+    gpu_count: int,
+    residency: dict[str, Any] | None,
+    priority: int,
+) -> tuple[str, datetime | None]:
+    """A new job's first pending reason and estimated start, by quotas' decision rules.
+    Refuses, writing nothing, a job that could never run as asked: a flavor no pool offers,
+    more GPUs than any pool has or than the organization may use, a residency no pool meets."""
+    wait = _wait_outlook(organization.pk, gpu_flavor, gpu_count, residency, priority)
+    if wait is None:
+        return "waiting: in the admission queue; the GPUs it needs are free now", _minute()
+    if wait.unfit is not None:
+        param, message = wait.unfit
+        raise InvalidInput(message, param=param)
+    return wait.reason, wait.estimated_start
+
+
+def queued_estimate(job: FineTuningJob) -> datetime | None:
+    """When a job going back to the queue (resumed, requeued) may start, until the admission
+    pass it triggers says better; None when it cannot run as it is (the pass says why)."""
+    wait = _wait_outlook(
+        job.organization_id, job.gpu_flavor, job.gpu_count, job.residency, job.priority
+    )
+    return _minute() if wait is None else wait.estimated_start
+
+
+def _wait_outlook(
+    organization_id: int,
+    gpu_flavor: str,
+    gpu_count: int,
+    residency: dict[str, Any] | None,
+    priority: int,
+) -> Wait | None:
+    """Why the job would wait if the admission pass ran now; None if it would be admitted
+    (or no pool is configured, and the local executor takes every job)."""
+    from marketplace.quotas.decide import Wait
+    from marketplace.quotas.selectors import job_outlook
+
+    outlook = job_outlook(
+        organization_id=organization_id,
+        gpu_flavor=gpu_flavor,
+        gpu_count=gpu_count,
+        residency=residency,
+        priority=priority,
+    )
+    return outlook if isinstance(outlook, Wait) else None
+
+
+def _minute() -> datetime:
+    """Now, to the minute, as the admission pass writes estimates."""
+    return timezone.now().replace(second=0, microsecond=0)
 
 
 def _enqueue_admission() -> None:
@@ -228,6 +291,7 @@ def job_resume(*, organization: Organization, job_id: str) -> FineTuningJob:
             message="Resumed: queued again, will continue from the latest checkpoint",
             only_from={S.PAUSED},
             pending_reason="waiting: in the admission queue",
+            estimated_start=queued_estimate(job),
         )
         transaction.on_commit(_enqueue_admission)
     return job
