@@ -180,6 +180,26 @@ def test_review_prices_the_job_on_the_cheapest_pool_that_fits(
     assert "spending cap" in capped.context["estimate"].cost_detail
 
 
+def test_review_refuses_a_job_that_could_never_run_next_to_the_field(
+    alice_web: Client, org_a: Any
+) -> None:
+    from tests.capacity import factories
+
+    factories.pool(gpus=8, name="Paris H100")
+    file = make_file(org_a)
+    form = {**LAUNCH, "training_file": file.id, "gpu_flavor": "h100-80g", "gpu_count": 16}
+    response = alice_web.post("/jobs/new/", {**form, "action": "review"})
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert errors["gpu_count"] == [
+        "No H100 pool in eu-west-paris has 16 GPUs (the largest has 8); ask for 8 or fewer."
+    ], errors
+    assert "ask for 8 or fewer" in response.content.decode()
+    assert not FineTuningJob.objects.exists()
+    review = alice_web.post("/jobs/new/", {**form, "gpu_count": 8, "action": "review"})
+    assert review.status_code == 200 and review.context["estimate"].start_now
+
+
 def test_job_page_shows_state_pending_reason_events_checkpoints_and_logs(
     alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -140,6 +140,19 @@ def _admission_outlook(
     return wait.reason, wait.estimated_start
 
 
+def job_fit_check(
+    *,
+    organization: Organization,
+    gpu_flavor: str,
+    gpu_count: int,
+    residency: dict[str, Any] | None = None,
+    priority: int = 0,
+) -> None:
+    """Raise InvalidInput, as job_create would, when a job could never run as asked: for a
+    form to say so before the user confirms."""
+    _admission_outlook(organization, gpu_flavor, gpu_count, residency, priority)
+
+
 def queued_estimate(job: FineTuningJob) -> datetime | None:
     """When a job going back to the queue (resumed, requeued) may start, until the admission
     pass it triggers says better; None when it cannot run as it is (the pass says why)."""

@@ -42,15 +42,21 @@ def _launch_form(request: HttpRequest, data: Any = None) -> LaunchForm:
     )
 
 
-def _checked(form: LaunchForm) -> bool:
-    """Form shape first, then the finetuning service's own rules for hyperparameters and LoRA."""
+def _checked(form: LaunchForm, org: Any) -> bool:
+    """Form shape first, then the finetuning service's own rules for hyperparameters and LoRA,
+    and whether the job could ever run as asked (flavor, GPUs), before the review."""
     if not form.is_valid():
         return False
     try:
         ft_services.normalize_hyperparameters(form.hyperparameters())
         ft_services.normalize_lora(form.lora())
+        ft_services.job_fit_check(
+            organization=org,
+            gpu_flavor=form.cleaned_data["gpu_flavor"],
+            gpu_count=form.cleaned_data["gpu_count"],
+        )
     except InvalidInput as e:
-        form.add_error(None, e.message)
+        form.add_error(e.param if e.param in form.fields else None, e.message)
     return form.is_valid()
 
 
@@ -67,7 +73,7 @@ def job_launch(request: HttpRequest) -> HttpResponse:
     action = request.POST.get("action", "")
     if action == "edit":  # back from the review, with the settings as they were
         return page(request, "portal/jobs/launch.html", {"form": form})
-    if request.method == "POST" and _checked(form):
+    if request.method == "POST" and _checked(form, org):
         if action == "confirm":
             data = form.cleaned_data
             try:
