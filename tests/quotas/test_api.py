@@ -151,3 +151,30 @@ def test_staff_sees_every_org_and_the_queue(
     assert pool["queue"][0]["pending_reason"].startswith("waiting: your organization is using 4")
     response = staff_client.put("/v1/admin/organizations/org-b/plan", {"weight": 3}, format="json")
     assert response.status_code == 200 and response.json()["weight"] == 3.0
+
+
+def test_a_job_that_could_never_run_is_a_400_that_writes_nothing(
+    setup: Any, client_a: APIClient, upload: Any
+) -> None:
+    from marketplace.finetuning.models import FineTuningJob
+    from tests.conftest import chat_lines, jsonl
+
+    file_id = upload(jsonl(chat_lines(8))).json()["id"]
+    body = {"model": "partage/tiny-llama", "training_file": file_id, "gpu_flavor": "h100-80g"}
+    response = client_a.post("/v1/fine_tuning/jobs", {**body, "gpu_count": 6}, format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["param"] == "gpu_count"
+    assert error["message"] == (
+        "This job needs 6 H100 GPUs, more than your organization's maximum of 4; "
+        "ask for 4 or fewer, or ask staff to raise it."
+    )
+    assert not FineTuningJob.objects.exists()
+    created = client_a.post("/v1/fine_tuning/jobs", {**body, "gpu_count": 4}, format="json")
+    assert created.status_code == 200, created.content
+    job = created.json()
+    assert job["status"] == "queued"
+    assert job["partage"]["pending_reason"] == (
+        "waiting: in the admission queue; the GPUs it needs are free now"
+    )
+    assert job["partage"]["estimated_start"] is not None
