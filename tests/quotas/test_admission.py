@@ -441,12 +441,11 @@ def test_waits_are_told_in_steady_steps() -> None:
                     "2 h", "2 days"]  # fmt: skip
 
 
-def test_fair_share_counts_the_gpus_the_job_would_add(h100) -> None:
-    """Weighted fair queuing's finish tag: the next GPUs go to the organization that would be
-    least over its weighted share once the job runs. A weight-2 organization using 6 GPUs and
-    a weight-1 one using 3 are even (3 each); with 2 GPUs left and a 2-GPU job each, the
-    weight-2 one goes first ((6+2)/2 = 4 < (3+2)/1 = 5), although the other's job is older
-    and ranks first on usage before the job."""
+def test_fair_share_counts_half_the_gpus_the_job_would_add(h100) -> None:
+    """Sainte-Laguë's divisor: an organization ranks by (GPUs used + half the job's) / weight.
+    A weight-2 organization using 6 GPUs and a weight-1 one using 3 are even on usage alone
+    (3 each); with 2 GPUs left and a 2-GPU job each, the weight-2 one goes first
+    ((6+1)/2 = 3.5 < (3+1)/1 = 4), although the other's job is older."""
     pool_make(flavor=h100, gpus=11)
     plan_make(h100, max_gpus=100)
     heavy, light = org_make(), org_make()
@@ -455,6 +454,23 @@ def test_fair_share_counts_the_gpus_the_job_would_add(h100) -> None:
     assert sorted(quotas.admission_pass()) == sorted(job.id for job in running)
     older = job_submit(light, gpus=2)
     newer = job_submit(heavy, gpus=2)
+    assert quotas.admission_pass() == [newer.id]
+    assert status(older) == "queued"
+
+
+def test_fair_share_does_not_favour_the_heavier_weight(h100) -> None:
+    """Counting the whole job (WFQ's finish tag, D'Hondt's divisor) favours large weights:
+    weight-2 at 5 GPUs and weight-1 at 1, 4 GPUs left, a 4-GPU job each: the whole job ranks
+    the weight-2 one first ((5+4)/2 = 4.5 < 1+4 = 5) and ends at 9 GPUs to 1; half the job
+    ranks the weight-1 one first ((5+2)/2 = 3.5 > 1+2 = 3), 5 to 5, nearer to 2:1."""
+    pool_make(flavor=h100, gpus=10)
+    plan_make(h100, max_gpus=100)
+    heavy, light = org_make(), org_make()
+    quotas.org_plan_set(organization=heavy, plan=None, weight=2)
+    running = [job_submit(heavy, gpus=g) for g in (2, 2, 1)] + [job_submit(light, gpus=1)]
+    assert sorted(quotas.admission_pass()) == sorted(job.id for job in running)
+    older = job_submit(heavy, gpus=4)
+    newer = job_submit(light, gpus=4)
     assert quotas.admission_pass() == [newer.id]
     assert status(older) == "queued"
 
