@@ -388,6 +388,16 @@ def test_a_job_that_could_never_run_is_refused_at_submission(h100) -> None:
     assert not FineTuningJob.objects.exists() and not JobEvent.objects.exists()
 
 
+def test_without_pools_a_new_job_is_told_the_local_executor_starts_it(h100) -> None:
+    """Development mode: no pool, so nothing to refuse, and the local executor takes it."""
+    job = job_submit(org_make(), gpus=64, flavor="b200-192g")
+    assert job.pending_reason == (
+        "waiting: in the admission queue; the local executor starts it now"
+    )
+    assert abs(job.estimated_start - timezone.now()) < timedelta(minutes=2)
+    assert quotas.admission_pass() == [job.id]
+
+
 def test_a_new_job_says_why_and_when_before_the_first_pass(h100) -> None:
     """REFERENCE §5.7 from the first moment: the queued job carries the same decision rules'
     reason and estimate as soon as it is created, before any admission pass has run."""

@@ -26,7 +26,7 @@ from marketplace.finetuning.services.transitions import (
 )
 
 if TYPE_CHECKING:
-    from marketplace.quotas.decide import Wait
+    from marketplace.quotas.decide import Admit, Wait
 
 
 def _training_file(organization: Organization, file_id: str | None, param: str) -> File | None:
@@ -131,13 +131,17 @@ def _admission_outlook(
     """A new job's first pending reason and estimated start, by quotas' decision rules.
     Refuses, writing nothing, a job that could never run as asked: a flavor no pool offers,
     more GPUs than any pool has or than the organization may use, a residency no pool meets."""
-    wait = _wait_outlook(organization.pk, gpu_flavor, gpu_count, residency, priority)
-    if wait is None:
+    from marketplace.quotas.decide import Wait
+
+    outlook = _outlook(organization.pk, gpu_flavor, gpu_count, residency, priority)
+    if outlook is None:
+        return "waiting: in the admission queue; the local executor starts it now", _minute()
+    if not isinstance(outlook, Wait):
         return "waiting: in the admission queue; the GPUs it needs are free now", _minute()
-    if wait.unfit is not None:
-        param, message = wait.unfit
+    if outlook.unfit is not None:
+        param, message = outlook.unfit
         raise InvalidInput(message, param=param)
-    return wait.reason, wait.estimated_start
+    return outlook.reason, outlook.estimated_start
 
 
 def job_fit_check(
@@ -156,32 +160,32 @@ def job_fit_check(
 def queued_estimate(job: FineTuningJob) -> datetime | None:
     """When a job going back to the queue (resumed, requeued) may start, until the admission
     pass it triggers says better; None when it cannot run as it is (the pass says why)."""
-    wait = _wait_outlook(
+    from marketplace.quotas.decide import Wait
+
+    outlook = _outlook(
         job.organization_id, job.gpu_flavor, job.gpu_count, job.residency, job.priority
     )
-    return _minute() if wait is None else wait.estimated_start
+    return outlook.estimated_start if isinstance(outlook, Wait) else _minute()
 
 
-def _wait_outlook(
+def _outlook(
     organization_id: int,
     gpu_flavor: str,
     gpu_count: int,
     residency: dict[str, Any] | None,
     priority: int,
-) -> Wait | None:
-    """Why the job would wait if the admission pass ran now; None if it would be admitted
-    (or no pool is configured, and the local executor takes every job)."""
-    from marketplace.quotas.decide import Wait
+) -> Admit | Wait | None:
+    """What the admission pass would decide for the job now: admit it, or why it waits;
+    None when no pool is configured (the local executor takes every job)."""
     from marketplace.quotas.selectors import job_outlook
 
-    outlook = job_outlook(
+    return job_outlook(
         organization_id=organization_id,
         gpu_flavor=gpu_flavor,
         gpu_count=gpu_count,
         residency=residency,
         priority=priority,
     )
-    return outlook if isinstance(outlook, Wait) else None
 
 
 def _minute() -> datetime:
