@@ -98,6 +98,16 @@ class Wait:
     unfit: tuple[str, str] | None = None
 
 
+def _unfit(param: str, problem: str, *, queued: str, submitted: str) -> Wait:
+    """A wait that only a change to the job or to its quota can end: one `problem`, followed
+    by what a queued job's owner can do, or what a submission should ask for instead."""
+    return Wait(
+        f"waiting: {problem}; {queued}",
+        None,
+        unfit=(param, f"{problem[0].upper()}{problem[1:]}; {submitted}."),
+    )
+
+
 def humanize(delta: timedelta) -> str:
     """About how long, in steps that grow with the wait ("7 min", "40 min", "3 h", "2 days").
 
@@ -208,14 +218,11 @@ class Decider:
                 offered = ", ".join(
                     sorted(self.world.flavors[fid].slug for fid in self.world.pools_by_flavor)
                 )
-                return Wait(
-                    f"waiting: no GPU flavor {job.flavor_slug!r} is offered; "
-                    "cancel and resubmit with a flavor from the pool list",
-                    None,
-                    unfit=(
-                        "gpu_flavor",
-                        f"No GPU flavor {job.flavor_slug!r} is offered; choose one of: {offered}.",
-                    ),
+                return _unfit(
+                    "gpu_flavor",
+                    f"no GPU flavor {job.flavor_slug!r} is offered",
+                    queued="cancel and resubmit with a flavor from the pool list",
+                    submitted=f"choose one of: {offered}",
                 )
             flavors = [flavor]
         else:
@@ -254,35 +261,28 @@ class Decider:
         if pool_id is not None:
             pools = [pool for pool in pools if pool.id == pool_id]
         if not pools and every:
-            return Wait(
-                f"waiting: no {label} pool matches your data residency ({residency.describe()}); "
-                "it starts when one opens, or cancel and resubmit with a wider residency",
-                None,
-                unfit=(
-                    "residency",
-                    f"No {label} pool matches the data residency ({residency.describe()}); "
-                    "widen the residency or choose another flavor.",
-                ),
+            return _unfit(
+                "residency",
+                f"no {label} pool matches the data residency ({residency.describe()})",
+                queued="it starts when one opens, or cancel and resubmit with a wider residency",
+                submitted="widen the residency or choose another flavor",
             )
         if not pools:
-            return Wait(
-                f"waiting: no {label} pool exists yet; it starts when a provider opens one, "
-                "or cancel and resubmit with another flavor",
-                None,
-                unfit=("gpu_flavor", f"No {label} pool is open; choose another flavor."),
+            return _unfit(
+                "gpu_flavor",
+                f"no {label} pool exists yet",
+                queued="it starts when a provider opens one, or cancel and resubmit with another "
+                "flavor",
+                submitted="choose another flavor",
             )
         summary = self._summary(pools)
         if job.gpus > summary.largest:
-            where = _where(pools, residency)
-            return Wait(
-                f"waiting: no {label} pool {where} has {job.gpus} GPUs "
-                f"(the largest has {summary.largest}); resubmit with fewer GPUs",
-                None,
-                unfit=(
-                    "gpu_count",
-                    f"No {label} pool {where} has {job.gpus} GPUs (the largest has "
-                    f"{summary.largest}); ask for {summary.largest} or fewer.",
-                ),
+            return _unfit(
+                "gpu_count",
+                f"no {label} pool {_where(pools, residency)} has {job.gpus} GPUs "
+                f"(the largest has {summary.largest})",
+                queued="resubmit with fewer GPUs",
+                submitted=f"ask for {summary.largest} or fewer",
             )
         quota = self.book.quota(job.org_id, flavor.id)
         usage = world.usage[(job.org_id, flavor.id)]
@@ -295,20 +295,17 @@ class Decider:
             return booked
         if quota.max_gpus is not None and usage.quota_used + job.gpus > quota.max_gpus:
             if job.gpus > quota.max_gpus:
-                return Wait(
-                    f"waiting: this job needs {job.gpus} {label} GPUs, more than your "
-                    f"organization's maximum of {quota.max_gpus}; ask staff to raise it",
-                    None,
-                    unfit=(
-                        "gpu_count",
-                        f"This job needs {job.gpus} {label} GPUs, more than your "
-                        f"organization's maximum of {quota.max_gpus}; "
-                        + (
-                            f"ask for {quota.max_gpus} or fewer, or ask staff to raise it."
-                            if quota.max_gpus
-                            else "choose another flavor, or ask staff to raise it."
-                        ),
-                    ),
+                return _unfit(
+                    "gpu_count",
+                    f"this job needs {job.gpus} {label} GPUs, more than your organization's "
+                    f"maximum of {quota.max_gpus}",
+                    queued="ask staff to raise it",
+                    submitted=(
+                        f"ask for {quota.max_gpus} or fewer"
+                        if quota.max_gpus
+                        else "choose another flavor"
+                    )
+                    + ", or ask staff to raise it",
                 )
             when = _earliest(usage.releases, usage.quota_used + job.gpus - quota.max_gpus, now)
             return Wait(
@@ -365,15 +362,11 @@ class Decider:
         now = self.world.now
         if quota.max_concurrent_jobs is not None and usage.jobs >= quota.max_concurrent_jobs:
             if quota.max_concurrent_jobs == 0:
-                return Wait(
-                    f"waiting: your organization's plan does not include {label} GPUs; "
-                    "ask staff for access or choose another flavor",
-                    None,
-                    unfit=(
-                        "gpu_flavor",
-                        f"Your organization's plan does not include {label} GPUs; choose "
-                        "another flavor, or ask staff for access.",
-                    ),
+                return _unfit(
+                    "gpu_flavor",
+                    f"your organization's plan does not include {label} GPUs",
+                    queued="ask staff for access or choose another flavor",
+                    submitted="choose another flavor, or ask staff for access",
                 )
             when = _earliest(usage.releases, 1, now)
             return Wait(
