@@ -14,10 +14,9 @@ from marketplace.finetuning import states
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.jobs import (
-    _enqueue_admission,
     _job_ended,
+    _job_requeue,
     job_fail,
-    queued_estimate,
 )
 from marketplace.finetuning.services.transitions import job_transition
 
@@ -199,15 +198,11 @@ def _after_attempt_stopped(
         _job_ended(ended)
         return ended
     if job.status == S.REQUEUEING and not user_error:  # stopped by job_preempt
-        requeued = job_transition(
-            job_id=job.id,
-            to=S.QUEUED,
+        return _job_requeue(
+            job,
             message="Preempted: queued again; will resume from the latest checkpoint",
             pending_reason="waiting: preempted; will resume from the latest checkpoint",
-            estimated_start=queued_estimate(job),
         )
-        transaction.on_commit(_enqueue_admission)
-        return requeued
     if user_error:
         last_error = (
             JobEvent.objects.filter(job=job, level=JobEvent.Level.ERROR).order_by("-seq").first()
@@ -226,21 +221,17 @@ def _after_attempt_stopped(
     disrupted = phase in {Phase.DISRUPTED, Phase.MISSING} or preempted
     if disrupted and job.attempt_count < MAX_ATTEMPTS:
         why = reason or ("the trainer was preempted" if preempted else "the attempt was lost")
-        requeued = job_transition(
+        job_transition(
             job_id=job.id,
             to=S.REQUEUEING,
             message=f"Attempt {job.attempt_count} interrupted ({why}); requeueing to resume from the latest checkpoint",
             level=JobEvent.Level.WARN,
         )
-        requeued = job_transition(
-            job_id=job.id,
-            to=S.QUEUED,
+        return _job_requeue(
+            job,
             message="Queued again",
             pending_reason="waiting: requeued after an interruption; will resume from the latest checkpoint",
-            estimated_start=queued_estimate(job),
         )
-        transaction.on_commit(_enqueue_admission)
-        return requeued
     failure = FailureClass.PROVIDER_ERROR if disrupted else FailureClass.PLATFORM_ERROR
     return job_fail(
         job_id=job.id,

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -24,9 +24,6 @@ from marketplace.finetuning.services.transitions import (
     job_event_add,
     job_transition,
 )
-
-if TYPE_CHECKING:
-    from marketplace.quotas.decide import Admit, Wait
 
 
 def _training_file(organization: Organization, file_id: str | None, param: str) -> File | None:
@@ -84,8 +81,12 @@ def job_create(
         raise InvalidInput("max_cost must be a positive amount in EUR.", param="max_cost")
     hp = normalize_hyperparameters(hyperparameters)
     lora_options = normalize_lora(lora)
-    pending_reason, estimated_start = _admission_outlook(
-        organization, gpu_flavor, gpu_count, residency, priority
+    pending_reason, estimated_start = job_fit_check(
+        organization=organization,
+        gpu_flavor=gpu_flavor,
+        gpu_count=gpu_count,
+        residency=residency,
+        priority=priority,
     )
     job_id = _new_id("ftjob")
     with transaction.atomic():
@@ -121,19 +122,28 @@ def job_create(
     return job
 
 
-def _admission_outlook(
+def job_fit_check(
+    *,
     organization: Organization,
     gpu_flavor: str,
     gpu_count: int,
-    residency: dict[str, Any] | None,
-    priority: int,
+    residency: dict[str, Any] | None = None,
+    priority: int = 0,
 ) -> tuple[str, datetime | None]:
-    """A new job's first pending reason and estimated start, by quotas' decision rules.
-    Refuses, writing nothing, a job that could never run as asked: a flavor no pool offers,
-    more GPUs than any pool has or than the organization may use, a residency no pool meets."""
+    """A new job's first pending reason and estimated start, by quotas' decision rules, before
+    the first admission pass. Raises InvalidInput, writing nothing, when the job could never
+    run as asked: a flavor no pool offers, more GPUs than any pool has or than the organization
+    may use, a residency no pool meets (job_create; the portal, before the user confirms)."""
     from marketplace.quotas.decide import Wait
+    from marketplace.quotas.selectors import job_outlook
 
-    outlook = _outlook(organization.pk, gpu_flavor, gpu_count, residency, priority)
+    outlook = job_outlook(
+        organization_id=organization.pk,
+        gpu_flavor=gpu_flavor,
+        gpu_count=gpu_count,
+        residency=residency,
+        priority=priority,
+    )
     if outlook is None:
         return "waiting: in the admission queue; the local executor starts it now", _minute()
     if not isinstance(outlook, Wait):
@@ -144,48 +154,36 @@ def _admission_outlook(
     return outlook.reason, outlook.estimated_start
 
 
-def job_fit_check(
+def _job_requeue(
+    job: FineTuningJob,
     *,
-    organization: Organization,
-    gpu_flavor: str,
-    gpu_count: int,
-    residency: dict[str, Any] | None = None,
-    priority: int = 0,
-) -> None:
-    """Raise InvalidInput, as job_create would, when a job could never run as asked: for a
-    form to say so before the user confirms."""
-    _admission_outlook(organization, gpu_flavor, gpu_count, residency, priority)
-
-
-def queued_estimate(job: FineTuningJob) -> datetime | None:
-    """When a job going back to the queue (resumed, requeued) may start, until the admission
-    pass it triggers says better; None when it cannot run as it is (the pass says why)."""
+    message: str,
+    pending_reason: str,
+    only_from: set[str] | None = None,
+) -> FineTuningJob:
+    """→ queued again (resumed, preempted, interrupted), with a first estimated start; the
+    admission pass it asks for on commit says better. The estimate is None when the job can no
+    longer run as it is: that pass says why and what to do."""
     from marketplace.quotas.decide import Wait
-
-    outlook = _outlook(
-        job.organization_id, job.gpu_flavor, job.gpu_count, job.residency, job.priority
-    )
-    return outlook.estimated_start if isinstance(outlook, Wait) else _minute()
-
-
-def _outlook(
-    organization_id: int,
-    gpu_flavor: str,
-    gpu_count: int,
-    residency: dict[str, Any] | None,
-    priority: int,
-) -> Admit | Wait | None:
-    """What the admission pass would decide for the job now: admit it, or why it waits;
-    None when no pool is configured (the local executor takes every job)."""
     from marketplace.quotas.selectors import job_outlook
 
-    return job_outlook(
-        organization_id=organization_id,
-        gpu_flavor=gpu_flavor,
-        gpu_count=gpu_count,
-        residency=residency,
-        priority=priority,
+    outlook = job_outlook(
+        organization_id=job.organization_id,
+        gpu_flavor=job.gpu_flavor,
+        gpu_count=job.gpu_count,
+        residency=job.residency,
+        priority=job.priority,
     )
+    requeued = job_transition(
+        job_id=job.id,
+        to=S.QUEUED,
+        message=message,
+        only_from=only_from,
+        pending_reason=pending_reason,
+        estimated_start=outlook.estimated_start if isinstance(outlook, Wait) else _minute(),
+    )
+    transaction.on_commit(_enqueue_admission)
+    return requeued
 
 
 def _minute() -> datetime:
@@ -240,10 +238,16 @@ def jobs_admit_apply(placements: dict[str, str]) -> None:
         transaction.on_commit(partial(_enqueue, "job_dispatch", job_id))
 
 
-def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:
+def _org_job(organization: Organization, job_id: str) -> FineTuningJob:
+    """The organization's job; NotFound, the same as for an unknown id, for another's."""
     job = FineTuningJob.objects.filter(organization=organization, pk=job_id).first()
     if job is None:
         raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
+    return job
+
+
+def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:
+    job = _org_job(organization, job_id)
     if job.status in states.TERMINAL:
         raise InvalidTransition(
             f"Job {job_id} already {states.public_status(job.status)}; nothing to cancel.",
@@ -263,9 +267,7 @@ def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:
 
 
 def job_pause(*, organization: Organization, job_id: str) -> FineTuningJob:
-    job = FineTuningJob.objects.filter(organization=organization, pk=job_id).first()
-    if job is None:
-        raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
+    job = _org_job(organization, job_id)
     if job.status in {S.QUEUED, S.ADMITTED}:
         with transaction.atomic():
             job = job_transition(job_id=job_id, to=S.PAUSED, message="Job paused before it started")
@@ -298,20 +300,14 @@ def job_preempt(*, job_id: str, reason: str) -> FineTuningJob:
 
 
 def job_resume(*, organization: Organization, job_id: str) -> FineTuningJob:
-    job = FineTuningJob.objects.filter(organization=organization, pk=job_id).first()
-    if job is None:
-        raise NotFound(f"No fine-tuning job {job_id!r}.", param="job_id")
+    job = _org_job(organization, job_id)
     with transaction.atomic():
-        job = job_transition(
-            job_id=job_id,
-            to=S.QUEUED,
+        return _job_requeue(
+            job,
             message="Resumed: queued again, will continue from the latest checkpoint",
-            only_from={S.PAUSED},
             pending_reason="waiting: in the admission queue",
-            estimated_start=queued_estimate(job),
+            only_from={S.PAUSED},
         )
-        transaction.on_commit(_enqueue_admission)
-    return job
 
 
 def job_fail(
