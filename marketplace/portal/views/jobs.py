@@ -42,22 +42,36 @@ def _launch_form(request: HttpRequest, data: Any = None) -> LaunchForm:
     )
 
 
-def _checked(form: LaunchForm, org: Any) -> bool:
-    """Form shape first, then the finetuning service's own rules for hyperparameters and LoRA,
-    and whether the job could ever run as asked (flavor, GPUs), before the review."""
+def _checked(form: LaunchForm) -> bool:
+    """Form shape first, then the finetuning service's own rules for hyperparameters and LoRA."""
     if not form.is_valid():
         return False
     try:
         ft_services.normalize_hyperparameters(form.hyperparameters())
         ft_services.normalize_lora(form.lora())
+    except InvalidInput as e:
+        _error_shown(form, e)
+    return form.is_valid()
+
+
+def _fits(form: LaunchForm, org: Any) -> bool:
+    """Whether the job could ever run as asked (flavor, GPUs), said before the review; on
+    confirm, job_create checks it again itself."""
+    try:
         ft_services.job_fit_check(
             organization=org,
             gpu_flavor=form.cleaned_data["gpu_flavor"],
             gpu_count=form.cleaned_data["gpu_count"],
         )
     except InvalidInput as e:
-        form.add_error(e.param if e.param in form.fields else None, e.message)
-    return form.is_valid()
+        _error_shown(form, e)
+        return False
+    return True
+
+
+def _error_shown(form: LaunchForm, error: PartageError) -> None:
+    """A service's error on the form: next to its field when it names one."""
+    form.add_error(error.param if error.param in form.fields else None, error.message)
 
 
 @org_required
@@ -73,7 +87,7 @@ def job_launch(request: HttpRequest) -> HttpResponse:
     action = request.POST.get("action", "")
     if action == "edit":  # back from the review, with the settings as they were
         return page(request, "portal/jobs/launch.html", {"form": form})
-    if request.method == "POST" and _checked(form, org):
+    if request.method == "POST" and _checked(form):
         if action == "confirm":
             data = form.cleaned_data
             try:
@@ -91,11 +105,11 @@ def job_launch(request: HttpRequest) -> HttpResponse:
                     created_by=request.user,  # type: ignore[arg-type]
                 )
             except PartageError as e:
-                form.add_error(None, e.message)
+                _error_shown(form, e)
             else:
                 messages.success(request, f"Job {job.id} is queued.")
                 return redirect("portal:job", job_id=job.id)
-        else:
+        elif _fits(form, org):
             estimate = estimates.launch_estimate(org=org, form=form)
             return page(request, "portal/jobs/review.html", {"form": form, "estimate": estimate})
     status = 400 if request.method == "POST" else 200
