@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -90,6 +91,11 @@ def vat_treatment(*, country: str, vat_id: str) -> VatTreatment:
     if country and country not in EU_COUNTRIES:
         return VatTreatment(rate=ZERO, reverse_charge=False, note=OUTSIDE_EU_NOTE)
     return VatTreatment(rate=settings.PARTAGE_VAT_RATE, reverse_charge=False, note="")
+
+
+def org_vat_rate(organization: Any) -> Decimal:
+    """The VAT rate an organization is charged at: its vat_treatment's."""
+    return vat_treatment(country=organization.country, vat_id=organization.vat_id).rate
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import BillingAccount, Invoice, ProviderStatement, UsageRecord
-from marketplace.billing.money import cents, fee_percent, usage_cost, vat_treatment
+from marketplace.billing.money import cents, fee_percent, org_vat_rate, usage_cost
 from marketplace.billing.services.ledger import balance_available, balance_held
 from marketplace.errors import InvalidInput, NotFound
 
@@ -138,7 +138,7 @@ def cost_estimate(
         )
     pool = feasible[0]
     amount = cents(usage_cost(Decimal(gpu_count * duration_seconds), pool.price_per_gpu_hour))
-    rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+    rate = org_vat_rate(org)
     return CostEstimate(
         pool_public_id=pool.public_id,
         gpu_flavor=pool.flavor.slug,

@@ -14,7 +14,6 @@ from marketplace.billing.services.bookings import (
     booking_refund,
     booking_refund_quote,
     booking_refunded,
-    booking_vat_rate,
 )
 from marketplace.billing.services.holds import HoldRequest, hold_place, holds_place
 from marketplace.billing.services.invoices import (
@@ -72,7 +71,6 @@ __all__ = [
     "booking_refund",
     "booking_refund_quote",
     "booking_refunded",
-    "booking_vat_rate",
     "credit_limit_set",
     "entry_post",
     "hold_place",

@@ -34,8 +34,8 @@ from marketplace.billing.money import (
     cents,
     exact_seconds,
     fee_percent,
+    org_vat_rate,
     stream_split,
-    vat_treatment,
 )
 from marketplace.billing.services.ledger import Leg, account_lock, balance_available, entry_post
 from marketplace.billing.services.usage import metering_lock
@@ -62,15 +62,6 @@ def _split_of_net(net: Decimal, vat_rate: Decimal) -> Split:
     return Split(net=net, vat=cents(net * vat_rate), fee=fee, provider=net - fee)
 
 
-def booking_vat_rate(*, organization: Any) -> Decimal:
-    """The VAT rate a booking of this organization is charged at (its VAT treatment)."""
-    return vat_treatment(country=organization.country, vat_id=organization.vat_id).rate
-
-
-def _vat_rate(booking: Any) -> Decimal:
-    return booking_vat_rate(organization=booking.organization)
-
-
 def _refund_delta(charged: Split, vat_rate: Decimal, refund_amount: Decimal) -> Split:
     """kept - charged (negative amounts): the cumulative amounts of what the booking keeps
     (amount - refund) less what it was charged, so a full refund reverses the charge exactly."""
@@ -89,7 +80,7 @@ def _split_of_row(row: BookingCharge) -> Split:
 def booking_price(*, organization: Any, amount: Decimal) -> Split:
     """What booking_charge charges for a booking of `amount` (before VAT) confirmed now by this
     organization: `.vat` and `.customer_total` are what a quote shows. Writes nothing."""
-    return _split_of_net(Decimal(amount), booking_vat_rate(organization=organization))
+    return _split_of_net(Decimal(amount), org_vat_rate(organization))
 
 
 def booking_charged(*, booking: Any) -> Split:
@@ -110,7 +101,7 @@ def booking_refund_quote(*, booking: Any, refund_amount: Decimal) -> Split:
     if row is not None:
         charged, rate = _split_of_row(row), row.vat_rate
     else:
-        rate = _vat_rate(booking)
+        rate = org_vat_rate(booking.organization)
         charged = _split_of_net(booking.amount, rate)
     if refund_amount == 0:
         return NO_SPLIT  # booking_refund writes nothing
@@ -194,7 +185,7 @@ def booking_charge(*, booking: Any) -> BookingCharge:
         existing = BookingCharge.objects.filter(key=f"booking:{booking.public_id}:charge").first()
         if existing is not None:
             return existing
-        rate = _vat_rate(booking)
+        rate = org_vat_rate(booking.organization)
         split = _split_of_net(booking.amount, rate)
         available = balance_available(organization=booking.organization_id) + account.credit_limit
         if available < split.customer_total:

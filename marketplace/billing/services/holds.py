@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from marketplace.billing.models import Account, JobPricing, JournalEntry
-from marketplace.billing.money import NO_SPLIT, ZERO, cents_up, usage_cost
+from marketplace.billing.money import NO_SPLIT, ZERO, cents_up, org_vat_rate, usage_cost
 from marketplace.billing.services.ledger import (
     Leg,
     NewEntry,
@@ -23,12 +23,7 @@ from marketplace.billing.services.ledger import (
     entries_write,
     jobs_held,
 )
-from marketplace.billing.services.usage import (
-    _streams_charged,
-    _streams_due,
-    _vat_rate,
-    booking_overlap,
-)
+from marketplace.billing.services.usage import booking_overlap, streams_charged, streams_due
 from marketplace.errors import InsufficientFunds, InvalidInput
 from marketplace.finetuning.models import FineTuningJob
 
@@ -65,8 +60,8 @@ def _pool_terms(pool: Any) -> tuple[int, int, Decimal]:
 
 def _uncaptured(jobs: Iterable[tuple[FineTuningJob, Decimal]]) -> dict[str, Decimal]:
     """Per job (with its VAT rate): the customer charge for usage metered but not yet captured."""
-    due = _streams_due(jobs)
-    charged = _streams_charged(list(due))
+    due = streams_due(jobs)
+    charged = streams_charged(list(due))
     uncaptured = {}
     for job_id, streams in due.items():
         total = ZERO
@@ -139,7 +134,7 @@ def _books_read(requests: Sequence[HoldRequest]) -> _Books:
         now=timezone.now(),
         available={org_id: funds[org_id] + accounts[org_id].credit_limit for org_id in org_ids},
         held=jobs_held(job_ids=list(jobs)),
-        uncaptured=_uncaptured((job, _vat_rate(job)) for job in jobs.values()),
+        uncaptured=_uncaptured((job, org_vat_rate(job.organization)) for job in jobs.values()),
         pricing={row.job_id: row for row in pricing},
     )
 
@@ -152,7 +147,7 @@ def _hold_decide(request: HoldRequest, books: _Books) -> Decimal | InsufficientF
     booking = request.booking if _booking_counts(job, request.booking) else None
     uncovered = _uncovered_seconds(booking, duration, books.now)
     net_max = cents_up(usage_cost(Decimal(gpus * uncovered), price))
-    worst_case = net_max + cents_up(net_max * _vat_rate(job))
+    worst_case = net_max + cents_up(net_max * org_vat_rate(job.organization))
     shortfall = worst_case + books.uncaptured[job.pk] - books.held[job.pk]
     available = books.available[job.organization_id]
     if shortfall > 0 and available < shortfall:

@@ -41,6 +41,7 @@ from marketplace.billing.money import (
     exact_cents,
     exact_seconds,
     fee_percent,
+    org_vat_rate,
     stream_split,
     vat_treatment,
 )
@@ -231,7 +232,7 @@ def _lines_for(
     lines: dict[int, list[_Line]] = {}
     for org_id, streams in streams_by_org.items():
         org = orgs[org_id]
-        rate = vat_treatment(country=org.country, vat_id=org.vat_id).rate
+        rate = org_vat_rate(org)
         lines[org_id] = [
             _line(
                 s,

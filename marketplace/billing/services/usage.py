@@ -28,9 +28,9 @@ from marketplace.billing.money import (
     exact_cents,
     exact_seconds,
     fee_percent,
+    org_vat_rate,
     stream_split,
     usage_cost,
-    vat_treatment,
 )
 from marketplace.billing.services.ledger import Leg, account_lock, entry_post, job_held
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobStatus
@@ -124,12 +124,7 @@ def _covered(attempt: JobAttempt, booking: Any, gpus: int, gpu_seconds: Decimal)
     return min(exact_seconds(Decimal(str(inside.total_seconds())) * gpus), gpu_seconds)
 
 
-def _vat_rate(job: FineTuningJob) -> Decimal:
-    org = job.organization
-    return vat_treatment(country=org.country, vat_id=org.vat_id).rate
-
-
-def _streams_due(
+def streams_due(
     jobs: Iterable[tuple[FineTuningJob, Decimal]],
 ) -> dict[str, dict[StreamKey, tuple[Decimal, Split]]]:
     """Per job (with its VAT rate): each stream's cumulative billable GPU-seconds and amounts due
@@ -158,7 +153,7 @@ def _streams_due(
     return due
 
 
-def _streams_charged(job_ids: Collection[str]) -> dict[str, dict[StreamKey, tuple[int, Split]]]:
+def streams_charged(job_ids: Collection[str]) -> dict[str, dict[StreamKey, tuple[int, Split]]]:
     """Per job: each stream's count of charges and the amounts charged so far. One statement."""
     rows = (
         Charge.objects.filter(job_id__in=job_ids)
@@ -234,8 +229,8 @@ def job_settle(*, job: FineTuningJob) -> None:
     with transaction.atomic():
         account_lock(organization_id=job.organization_id)
         job = FineTuningJob.objects.select_related("organization").get(pk=job.pk)
-        due = _streams_due([(job, _vat_rate(job))])[job.pk]
-        charged = _streams_charged([job.pk])[job.pk]
+        due = streams_due([(job, org_vat_rate(job.organization))])[job.pk]
+        charged = streams_charged([job.pk])[job.pk]
         held = job_held(job_id=job.pk)
         for key in sorted(set(due) | set(charged), key=str):
             billable, owed = due.get(key, (ZERO, NO_SPLIT))
@@ -298,8 +293,10 @@ def job_over_budget(*, job: FineTuningJob) -> bool:
 def streams_for_job(job: FineTuningJob) -> dict[StreamKey, dict[str, Any]]:
     """Explain a job's money: per stream, what is due and what was charged (for admin and tests)."""
     out: dict[StreamKey, dict[str, Any]] = defaultdict(dict)
-    for key, (billable, due) in _streams_due([(job, _vat_rate(job))])[job.pk].items():
+    for key, (billable, due) in streams_due([(job, org_vat_rate(job.organization))])[
+        job.pk
+    ].items():
         out[key].update(billable_gpu_seconds=billable, due=due)
-    for key, (count, charged) in _streams_charged([job.pk])[job.pk].items():
+    for key, (count, charged) in streams_charged([job.pk])[job.pk].items():
         out[key].update(charges=count, charged=charged)
     return dict(out)
