@@ -127,6 +127,16 @@ def upload(client_a: APIClient) -> Callable[..., Any]:
     return do
 
 
+def catches_signal(pid: int, signum: int) -> bool:
+    """The process runs a handler of its own for `signum` (its bit in SigCgt, /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
+
+
 def wait_for(
     predicate: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = ""
 ) -> Any:

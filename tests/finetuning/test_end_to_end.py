@@ -6,6 +6,8 @@ separate local process (the local executor) and reports back over HTTP, as in pr
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
-from tests.conftest import chat_lines, jsonl, wait_for
+from tests.conftest import catches_signal, chat_lines, jsonl, wait_for
 from tests.finetuning.adapters import assert_adapter_changes_logits, extract
 
 pytestmark = pytest.mark.slow
@@ -130,16 +132,6 @@ def test_cancel_stops_the_local_trainer(
     )
 
 
-def _catches_sigterm(pid: int) -> bool:
-    """The process has installed its own SIGTERM handler (bit 15 of SigCgt in /proc)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(caught.split()[1], 16) & (1 << 14))
-
-
 def _job_launched(client: Any, upload: Any) -> tuple[str, JobAttempt, int]:
     """Submit a small job; return it once its agent runs: its id, attempt and agent pid."""
     file_id = upload(jsonl(chat_lines(16))).json()["id"]
@@ -162,7 +154,11 @@ def test_cancel_before_the_trainer_starts_still_ends_the_attempt(
     """A stop that reaches the agent while it prepares (before any trainer exists) is honoured
     and reported: the job ends cancelled instead of waiting on an agent that died silently."""
     job_id, attempt, pid = _job_launched(client_a, upload)
-    wait_for(lambda: _catches_sigterm(pid), timeout=60, what="the agent's SIGTERM handler")
+    wait_for(
+        lambda: catches_signal(pid, signal.SIGTERM),
+        timeout=60,
+        what="the agent's SIGTERM handler",
+    )
     assert client_a.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
     job = wait_for(
         lambda: (j := FineTuningJob.objects.get(pk=job_id)).status == "cancelled" and j,
@@ -181,9 +177,6 @@ def test_a_stop_after_the_adapter_is_stored_is_still_a_success(
     """An eviction (SIGTERM to the agent alone, as the kubelet sends it) that lands once the
     adapter is stored, while the trainer shuts down, does not turn the finished attempt into
     a preemption: it ends succeeded with exit code 0, and the job keeps its adapter."""
-    import os
-    import signal
-
     job_id, attempt, pid = _job_launched(client_a, upload)
     wait_for(
         lambda: FineTuningJob.objects.filter(pk=job_id, result_file__isnull=False).exists(),

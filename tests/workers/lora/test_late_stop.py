@@ -14,21 +14,12 @@ import time
 
 import pytest
 
+from tests.conftest import catches_signal
 from tests.workers.lora.conftest import job_config
 from workers.executors.base import EXIT_OK
 from workers.lora import adapter as adapter_io
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-
-
-def catches(pid: int, signum: int) -> bool:
-    """The process runs a handler of its own for `signum` (SigCgt in /proc)."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
 
 
 @pytest.mark.slow
@@ -52,7 +43,7 @@ def test_stop_after_completion_keeps_exit_0_and_the_adapter(tmp_path, tiny_llama
             break
     # Then the interpreter shuts down: once the run's own handler is gone, stop it again.
     deadline = time.monotonic() + 30
-    while proc.poll() is None and catches(proc.pid, signal.SIGTERM):
+    while proc.poll() is None and catches_signal(proc.pid, signal.SIGTERM):
         assert time.monotonic() < deadline, "the trainer kept its SIGTERM handler"
         time.sleep(0.001)
     assert proc.poll() is None, "the trainer exited before its shutdown could be signalled"
