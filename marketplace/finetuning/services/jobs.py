@@ -254,47 +254,48 @@ def job_cancel(*, organization: Organization, job_id: str) -> FineTuningJob:
             param="job_id",
         )
     if job.status in {S.VALIDATING_FILES, S.QUEUED, S.PAUSED}:
-        with transaction.atomic():
-            job = job_transition(job_id=job_id, to=S.CANCELLED, message="Job cancelled")
-            _job_ended(job)
-        return job
-    with transaction.atomic():
-        job = job_transition(
-            job_id=job_id, to=S.CANCELLING, message="Cancelling: stopping the trainer"
-        )
-        transaction.on_commit(lambda: _enqueue("job_stop", job_id))
-    return job
+        return _job_end_now(job_id=job_id, to=S.CANCELLED, message="Job cancelled")
+    return _trainer_stop(job_id=job_id, to=S.CANCELLING, message="Cancelling: stopping the trainer")
 
 
 def job_pause(*, organization: Organization, job_id: str) -> FineTuningJob:
     job = _org_job(organization, job_id)
     if job.status in {S.QUEUED, S.ADMITTED}:
-        with transaction.atomic():
-            job = job_transition(job_id=job_id, to=S.PAUSED, message="Job paused before it started")
-            _job_ended(job)
-        return job
-    with transaction.atomic():
-        job = job_transition(
-            job_id=job_id,
-            to=S.PAUSING,
-            message="Pausing: writing a checkpoint",
-            only_from={S.STARTING, S.RUNNING},
-        )
-        transaction.on_commit(lambda: _enqueue("job_stop", job_id))
-    return job
+        return _job_end_now(job_id=job_id, to=S.PAUSED, message="Job paused before it started")
+    return _trainer_stop(
+        job_id=job_id,
+        to=S.PAUSING,
+        message="Pausing: writing a checkpoint",
+        only_from={S.STARTING, S.RUNNING},
+    )
 
 
 def job_preempt(*, job_id: str, reason: str) -> FineTuningJob:
     """running → requeueing (quotas' preemption): stop the trainer, which writes a checkpoint
     and exits 4; the ended attempt then requeues the job to resume from that checkpoint."""
+    return _trainer_stop(
+        job_id=job_id,
+        to=S.REQUEUEING,
+        message=f"Preempting: {reason}; a checkpoint is written and the job is requeued",
+        level=JobEvent.Level.WARN,
+        only_from={S.RUNNING},
+    )
+
+
+def _job_end_now(*, job_id: str, to: str, message: str) -> FineTuningJob:
+    """A job with no trainer running (not started yet, or paused) ends at once: money settled,
+    quota freed."""
     with transaction.atomic():
-        job = job_transition(
-            job_id=job_id,
-            to=S.REQUEUEING,
-            message=f"Preempting: {reason}; a checkpoint is written and the job is requeued",
-            level=JobEvent.Level.WARN,
-            only_from={S.RUNNING},
-        )
+        job = job_transition(job_id=job_id, to=to, message=message)
+        _job_ended(job)
+    return job
+
+
+def _trainer_stop(*, job_id: str, to: str, message: str, **options: Any) -> FineTuningJob:
+    """→ a stopping state (cancelling, pausing, requeueing); the trainer is stopped once that is
+    committed, and its attempt's end moves the job on."""
+    with transaction.atomic():
+        job = job_transition(job_id=job_id, to=to, message=message, **options)
         transaction.on_commit(lambda: _enqueue("job_stop", job_id))
     return job
 
