@@ -20,6 +20,7 @@ from marketplace.portal.charts import loss_chart
 from marketplace.portal.context import error_message, org_required, page
 from marketplace.portal.forms import LaunchForm
 from marketplace.portal.job_status import job_progress_label, job_status_message
+from marketplace.portal.logs import log_for_user
 
 METRIC_POINTS_PER_POLL = 2000
 
@@ -142,7 +143,7 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
         "loss_chart": loss_chart(train, valid),
         "finished": job.status in TERMINAL,
         "events": events,
-        "attempts": ft.attempts_for_job(job),
+        "attempts": [(a, log_for_user(a.logs)) for a in ft.attempts_for_job(job)],
         "checkpoints": ft.checkpoints_for_job(job),
         "manifest_json": json.dumps(job.manifest, indent=2) if job.manifest else "",
         "peft_snippet": PEFT_SNIPPET.format(
@@ -242,6 +243,18 @@ def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     else:
         messages.success(request, "Cancelling: the trainer is being stopped.")
     return redirect("portal:job", job_id=job.id)
+
+
+@org_required
+def job_attempt_log(request: HttpRequest, job_id: str, number: int) -> HttpResponse:
+    """The attempt's log exactly as the trainer wrote it (the page shows a cleaned copy)."""
+    job = _job_or_404(request, job_id)
+    attempt = ft.attempts_for_job(job).filter(number=number).first()
+    if attempt is None:
+        raise Http404("This job has no such attempt.")
+    response = HttpResponse(attempt.logs, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'inline; filename="{job.id}-attempt-{number}.log"'
+    return response
 
 
 @org_required
