@@ -95,6 +95,21 @@ def quota_usage_for_org(
     return _usage_rows(world, book, org.pk, queued, include_flavor)
 
 
+def quota_usage_for_orgs(
+    org_ids: list[int], *, now: datetime | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """`quota_usage_for_org` for several organizations, from one load of the world."""
+    if not org_ids:
+        return {}
+    now = now or timezone.now()
+    world = world_load(now=now, pool_ids=None, org_ids=org_ids)
+    book = QuotaBook(org_ids=org_ids)
+    queued = _queued_by_org_flavor(org_ids)
+    return {
+        org_id: _usage_rows(world, book, org_id, queued.get(org_id, {}), None) for org_id in org_ids
+    }
+
+
 def quota_usage_all_orgs(*, now: datetime | None = None) -> list[dict[str, Any]]:
     """Staff: every organization with a quota, usage or queued work, per flavor."""
     now = now or timezone.now()

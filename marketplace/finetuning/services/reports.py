@@ -10,6 +10,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from marketplace.errors import InvalidInput, NotFound
+from marketplace.events.services import event_record
 from marketplace.finetuning.models import Checkpoint, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.attempts import attempt_training_started
@@ -111,26 +112,31 @@ def checkpoint_store(
         f"checkpoints/{job_id}/step-{step:06d}.tar.gz", DjangoFile(archive)
     )
     try:
-        checkpoint = Checkpoint.objects.create(
-            job_id=job_id,
-            attempt=attempt,
-            step=step,
-            metrics=metrics,
-            archive=stored,
-            sha256=sha256,
-            bytes=size,
-        )
+        # The checkpoint, its line in the job's log and its announcement commit together.
+        with transaction.atomic():
+            checkpoint = Checkpoint.objects.create(
+                job_id=job_id,
+                attempt=attempt,
+                step=step,
+                metrics=metrics,
+                archive=stored,
+                sha256=sha256,
+                bytes=size,
+            )
+            job_event_add(
+                job_id=job_id,
+                message=f"Checkpoint written at step {step}",
+                data={"step": step, "metrics": metrics},
+            )
+            event_record(
+                event_type="fine_tuning.job.checkpoint.created",
+                organization_id=attempt.job.organization_id,
+                subject_id=checkpoint.public_id,
+                data={"fine_tuning_job_id": job_id},
+            )
     except IntegrityError:
         default_storage.delete(stored)
         return Checkpoint.objects.get(job_id=job_id, step=step)
-    job_event_add(
-        job_id=job_id,
-        message=f"Checkpoint written at step {step}",
-        data={"step": step, "metrics": metrics},
-    )
-    from marketplace.api.webhooks.hooks import checkpoint_written  # webhooks, on commit
-
-    checkpoint_written(job_id=job_id, checkpoint_id=checkpoint.public_id)
     return checkpoint
 
 
