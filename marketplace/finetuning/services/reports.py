@@ -17,6 +17,7 @@ from marketplace.finetuning.services.attempts import attempt_training_started
 from marketplace.finetuning.services.files import result_file_create, stream_digest
 from marketplace.finetuning.services.jobs import _job_ended
 from marketplace.finetuning.services.transitions import job_event_add, job_transition
+from workers.protocol import TrainerEvent
 
 
 def _current_attempt(job_id: str, attempt_number: int) -> JobAttempt:
@@ -53,7 +54,7 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
     kind = event.get("event")
     job_id = attempt.job_id
     data = {k: v for k, v in event.items() if k != "event"}
-    if kind == "progress":
+    if kind == TrainerEvent.PROGRESS:
         FineTuningJob.objects.filter(pk=job_id).update(
             progress=data, trained_tokens=data.get("trained_tokens")
         )
@@ -64,14 +65,14 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
             else f"Step {data.get('step')}"
         )
         job_event_add(job_id=job_id, message=message, type=JobEvent.Type.METRICS, data=data)
-    elif kind == "validation":
+    elif kind == TrainerEvent.VALIDATION:
         job_event_add(
             job_id=job_id,
             message=f"Step {data.get('step')}: validation loss={data.get('valid_loss')}",
             type=JobEvent.Type.METRICS,
             data=data,
         )
-    elif kind == "data_report":
+    elif kind == TrainerEvent.DATA_REPORT:
         level = (
             JobEvent.Level.WARN
             if data.get("truncated") or data.get("dropped") or data.get("no_loss_tokens")
@@ -87,16 +88,16 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
             level=level,
             data=data,
         )
-    elif kind == "error":
+    elif kind == TrainerEvent.ERROR:
         job_event_add(
             job_id=job_id,
             message=str(data.get("message", "trainer error")),
             level=JobEvent.Level.ERROR,
             data=data,
         )
-    elif kind in {"preempted", "completed", "checkpoint"}:
+    elif kind in {TrainerEvent.PREEMPTED, TrainerEvent.COMPLETED, TrainerEvent.CHECKPOINT}:
         job_event_add(job_id=job_id, message=f"Trainer: {kind}", data=data)
-    elif kind == "log":
+    elif kind == TrainerEvent.LOG:
         job_event_add(job_id=job_id, message=str(data.get("message", ""))[:2000], data=None)
 
 

@@ -281,11 +281,11 @@ def admission_pass_request() -> None:
     """
     from django.core.cache import cache
 
-    from workers import tasks
+    from workers.celery import task_send
 
     if settings.REDIS_URL and not cache.add(ADMISSION_PENDING_KEY, 1, timeout=30):
         return  # a pass is queued and has not started: it will see this change
-    tasks.admission_pass.delay()
+    task_send("partage.admission_pass")
 
 
 def _admit_without_pools(pending: list[PendingJob], limit: int, report: PassReport) -> PassReport:
