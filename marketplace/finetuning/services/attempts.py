@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from marketplace.finetuning import states
 from marketplace.finetuning.admission import admission
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.jobs import (
@@ -110,9 +111,8 @@ def _attempt_close(
         gpu_seconds = seconds * max(attempt.job.gpu_count, 1)
         JobAttempt.objects.filter(pk=attempt.pk).update(gpu_seconds=gpu_seconds)
         attempt.gpu_seconds = gpu_seconds
-    from marketplace.billing.services import attempt_meter
 
-    attempt_meter(attempt=attempt)
+    job_charging().attempt_meter(attempt=attempt)
     admission().release_attempt(job_id=attempt.job_id, attempt_number=attempt.number)
     return True
 

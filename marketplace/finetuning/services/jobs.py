@@ -16,6 +16,7 @@ from marketplace.accounts.models import ApiKey, Organization, User
 from marketplace.errors import InvalidInput, InvalidTransition, NotFound
 from marketplace.finetuning import states
 from marketplace.finetuning.admission import admission
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import File, FineTuningJob, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.files import _new_id
@@ -325,8 +326,7 @@ def job_fail(
 
 def _job_ended(job: FineTuningJob) -> None:
     """The job left the running world (terminal or paused): settle money, free the queue."""
-    from marketplace.billing.services import job_settle
 
-    job_settle(job=job)
+    job_charging().job_settle(job=job)
     admission().release_job(job_id=job.id)  # admitted but never started: nothing else frees it
     transaction.on_commit(_enqueue_admission)

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 
 from marketplace.errors import InvalidInput, NotFound
 from marketplace.events.services import event_record
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import Checkpoint, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.attempts import attempt_training_started
@@ -41,12 +42,11 @@ def trainer_events_record(
     for event in events[:500]:
         _trainer_event_record(attempt, event)
     job = FineTuningJob.objects.get(pk=job_id)
-    from marketplace.billing.services import job_over_budget
 
     return {
         "stop": job.status in {S.CANCELLING, S.PAUSING, S.REQUEUEING}
         or attempt.ended_at is not None,
-        "finish_now": job_over_budget(job=job),
+        "finish_now": job_charging().job_over_budget(job=job),
     }
 
 
