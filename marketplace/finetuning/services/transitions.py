@@ -126,8 +126,11 @@ def _jobs_transition_apply(
                 for job_id in ids
             )
             announced = JOB_STATUS_EVENTS.get(str(to))  # inner steps are not announced
-            for job_id in ids if announced else ():
-                event_record(event_type=announced, organization_id=orgs[job_id], subject_id=job_id)
+            if announced is not None:
+                for job_id in ids:
+                    event_record(
+                        event_type=announced, organization_id=orgs[job_id], subject_id=job_id
+                    )
     if updated != len(ids):
         current = dict(FineTuningJob.objects.filter(pk__in=ids).values_list("pk", "status"))
         for job_id in ids:
