@@ -498,6 +498,8 @@ def _invoice_finalized_record(invoice: Invoice) -> None:
             "period_end": int(invoice.period_end.timestamp()),
         },
         occurred_at=invoice.finalized_at,
+        # Once per invoice, whichever path finalizes it.
+        dedup_key=f"invoice.finalized:{invoice.public_id}",
     )
 
 
