@@ -1,7 +1,8 @@
 """Writes for webhooks: endpoints, events, deliveries, and the delivery of one attempt.
 
-`webhook_event_emit` is what other domains call. It records the event and one delivery per
-subscribed endpoint, and enqueues the deliveries when the transaction commits. A delivery is
+`webhook_event_emit` records a webhook event and one delivery per subscribed endpoint, and
+enqueues the deliveries when the transaction commits; the outbox consumer (`consumer.py`) calls
+it for each domain event. A delivery is
 retried with exponential backoff for 24 hours; each attempt is logged with its response code.
 """
 
