@@ -200,6 +200,42 @@ def test_review_refuses_a_job_that_could_never_run_next_to_the_field(
     assert review.status_code == 200 and review.context["estimate"].start_now
 
 
+def test_live_endpoint_announces_what_the_outbox_holds_after_the_page_s_cursor(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The page renders its cursor in the outbox; the live endpoint then announces the job's
+    new events (a checkpoint, on which the page reloads to list it), and nothing of others."""
+    import re
+
+    from marketplace.events.services import event_record
+
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    other = make_job(org_a, django_capture_on_commit_callbacks)
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    cursor = int(re.search(r'data-announced-after="(\d+)"', body).group(1))
+    assert cursor > 0  # the job was announced as queued when it was created
+
+    event_record(
+        event_type="fine_tuning.job.checkpoint.created",
+        organization_id=org_a.pk,
+        subject_id="ftckpt-1",
+        data={"fine_tuning_job_id": job.id},
+    )
+    event_record(
+        event_type="fine_tuning.job.checkpoint.created",
+        organization_id=org_a.pk,
+        subject_id="ftckpt-2",
+        data={"fine_tuning_job_id": other.id},
+    )
+    data = alice_web.get(f"/jobs/{job.id}/live/?announced_after={cursor}").json()
+    assert [(a["type"], a["id"]) for a in data["announcements"]] == [
+        ("fine_tuning.job.checkpoint.created", "ftckpt-1")
+    ]
+    assert data["announced_after"] > cursor
+    again = alice_web.get(f"/jobs/{job.id}/live/?announced_after={data['announced_after']}")
+    assert again.json()["announcements"] == []
+
+
 def test_job_page_shows_state_pending_reason_events_checkpoints_and_logs(
     alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

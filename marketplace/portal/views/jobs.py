@@ -23,6 +23,7 @@ from marketplace.portal.job_status import job_progress_label, job_status_message
 from marketplace.portal.logs import log_for_user
 
 METRIC_POINTS_PER_POLL = 2000
+ANNOUNCEMENTS_PER_POLL = 20
 
 
 def _job_or_404(request: HttpRequest, job_id: str) -> FineTuningJob:
@@ -151,8 +152,22 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
             base=job.model,
         ),
         "cost": estimates.job_cost(job=job),
+        # The page's cursor in the outbox: what the live endpoint announces after it is new.
+        "announced_after": _last_announcement(job),
     }
     return page(request, "portal/jobs/detail.html", context)
+
+
+def _last_announcement(job: FineTuningJob) -> int:
+    last = ft.job_announcements(job).order_by("-pk").values_list("pk", flat=True).first()
+    return last or 0
+
+
+def _int_param(request: HttpRequest, name: str) -> int:
+    try:
+        return max(0, int(request.GET.get(name, "0")))
+    except ValueError:
+        return 0
 
 
 def _progress(job: FineTuningJob) -> dict[str, Any]:
@@ -204,15 +219,21 @@ def _loss_points(
 def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
     """What the job page polls: state, progress, new loss points after `after`, recent events."""
     job = _job_or_404(request, job_id)
-    try:
-        after = max(0, int(request.GET.get("after", "0")))
-    except ValueError:
-        after = 0
+    after = _int_param(request, "after")
     train, valid, last_seq = _loss_points(job, after=after)
     events = [
         {"seq": e.seq, "at": e.created_at.isoformat(), "level": e.level, "message": e.message}
         for e in ft.events_for_job(job).exclude(type=JobEvent.Type.METRICS)[:15]
     ]
+    # The outbox after the page's cursor: state changes and new checkpoints (the page reloads
+    # on a checkpoint, to list it).
+    announced_after = _int_param(request, "announced_after")
+    announcements = []
+    for event in ft.job_announcements(job, after=announced_after)[:ANNOUNCEMENTS_PER_POLL]:
+        announced_after = event.pk
+        announcements.append(
+            {"type": event.event_type, "at": event.occurred_at.isoformat(), "id": event.subject_id}
+        )
     return JsonResponse(
         {
             "id": job.id,
@@ -228,6 +249,8 @@ def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
             "valid": valid,
             "after": last_seq,
             "events": events,
+            "announcements": announcements,
+            "announced_after": announced_after,
         }
     )
 

@@ -112,6 +112,8 @@
     var svg = document.getElementById("loss-chart");
     var bar = document.getElementById("job-progress");
     var train = [], valid = [], after = 0, delay = 1000;
+    // The page's cursor in the outbox of domain events (what was announced before it rendered).
+    var announcedAfter = root.getAttribute("data-announced-after") || "0";
 
     function apply(data) {
       train = train.concat(data.train); valid = valid.concat(data.valid); after = data.after;
@@ -139,11 +141,15 @@
     }
 
     function poll() {
-      fetch(url + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      fetch(url + "?after=" + after + "&announced_after=" + announcedAfter, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
         .then(function (data) {
           var finished = apply(data);
-          if (finished && !wasFinished) { window.location.reload(); return; }
+          announcedAfter = data.announced_after;
+          var checkpoint = data.announcements.some(function (a) {
+            return a.type === "fine_tuning.job.checkpoint.created";
+          });
+          if ((finished && !wasFinished) || checkpoint) { window.location.reload(); return; }
           if (!finished) { delay = 1000; setTimeout(poll, delay); }
         })
         .catch(function () { delay = Math.min(delay * 2, 15000); setTimeout(poll, delay); });
