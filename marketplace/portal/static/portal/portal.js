@@ -124,15 +124,15 @@
         badge.className = "badge badge-" + (TONES[data.public_status] || "muted");
       }
       setText("job-internal-status", data.status);
-      setText("pending-reason", data.pending_reason || "—");
+      setText("job-status-message", data.status_message);
       var p = data.progress;
       if (bar && p.percent !== null) {
         bar.value = p.percent; bar.textContent = p.percent + "%";
         bar.setAttribute("aria-valuetext", p.percent + "% (step " + p.step + " of " + p.total_steps + ")");
       }
-      if (p.percent !== null) { setText("progress-percent", p.percent + "%"); }
+      setText("progress-percent", p.percent !== null ? p.percent + "%" : data.progress_label);
       if (p.step !== null && p.step !== undefined) { setText("progress-step", "step " + p.step + " / " + p.total_steps); }
-      setText("progress-eta", data.finished ? "done" : "ETA " + formatDuration(p.eta_s));
+      setText("progress-eta", data.finished ? "done" : (p.eta_s === null || p.eta_s === undefined ? "" : "ETA " + formatDuration(p.eta_s)));
       if (typeof p.train_loss === "number") { setText("progress-loss", p.train_loss.toFixed(4)); }
       if (data.valid.length) { setText("progress-valid-loss", data.valid[data.valid.length - 1][1].toFixed(4)); }
       renderEvents(document.getElementById("job-events"), data.events);
