@@ -20,8 +20,9 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 10001 partage && useradd --uid 10001 --gid 10001 --no-create-home partage
 WORKDIR /app
 # Only the pod's code: the agent and the LoRA core (neither imports Django).
-COPY workers/__init__.py workers/agent.py ./workers/
-COPY workers/executors/__init__.py workers/executors/base.py ./workers/executors/
+# workers/protocol.py: exit codes and event names, shared with the marketplace (stdlib only);
+# workers/catalog.py: where base models are cached (the trainer resolves its model there).
+COPY workers/__init__.py workers/agent.py workers/protocol.py workers/catalog.py ./workers/
 COPY workers/lora ./workers/lora
 USER 10001:10001
 # Exit codes: 0 ok, 1 internal error, 3 user error, 4 preempted after a checkpoint.
