@@ -32,6 +32,14 @@ def job_dispatch(job_id: str, **kwargs: Any) -> str | None:
     return dispatch(job_id=job_id)
 
 
+@app.task(name="partage.file_validate", acks_late=True)
+def file_validate(file_id: str, **kwargs: Any) -> str | None:
+    from marketplace.finetuning.services.files import file_validate as validate
+
+    file = validate(file_id=file_id)
+    return file.status if file else None
+
+
 @app.task(name="partage.job_stop", acks_late=True)
 def job_stop(job_id: str, **kwargs: Any) -> None:
     from marketplace.finetuning.dispatch import job_stop as stop
