@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from functools import partial
 from collections.abc import Iterator
+from functools import partial
 from typing import IO
 
 from django.conf import settings
