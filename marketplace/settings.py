@@ -326,6 +326,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "marketplace.api.schema.postprocess_errors_and_idempotency",
+        "marketplace.api.schema_scopes.postprocess_scopes_and_body_limit",
     ],
 }
 # Partner API (marketplace/api): rate limit per key, webhook targets, SSE, benchmark view.
