@@ -169,5 +169,8 @@ class ApiRateCounter(models.Model):
     window_number = models.BigIntegerField()  # unix time // window length
     count = models.PositiveIntegerField(default=0)
 
+    class Meta:
+        db_table = "api_rate_counter"  # named in throttling's UPSERT
+
     def __str__(self) -> str:
         return f"{self.api_key_id}: {self.count} in window {self.window_number}"

@@ -25,7 +25,6 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from marketplace.api.authentication import ApiKeyPrincipal
-from marketplace.api.models import ApiRateCounter
 
 logger = logging.getLogger("partage.api")
 
@@ -50,18 +49,21 @@ def _count_in_redis(key_id: int, window_number: int, window: int) -> int:
     return int(incr(keys=[f"partage:api-rate:{key_id}:{window_number}"], args=[window * 2]))
 
 
+# Both sides of SET read the row as it was: a new window restarts the count at 1. The table is
+# ApiRateCounter's (its Meta.db_table); the values are parameters.
+_UPSERT_COUNT = (
+    "INSERT INTO api_rate_counter (api_key_id, window_number, count) VALUES (%s, %s, 1) "
+    "ON CONFLICT (api_key_id) DO UPDATE SET count = CASE "
+    "WHEN api_rate_counter.window_number = excluded.window_number "
+    "THEN api_rate_counter.count + 1 ELSE 1 END, "
+    "window_number = excluded.window_number "
+    "RETURNING count"
+)
+
+
 def _count_in_database(key_id: int, window_number: int) -> int:
-    table = connection.ops.quote_name(ApiRateCounter._meta.db_table)
-    # Both sides of SET read the row as it was: a new window restarts the count at 1.
-    sql = (
-        f"INSERT INTO {table} (api_key_id, window_number, count) VALUES (%s, %s, 1) "
-        "ON CONFLICT (api_key_id) DO UPDATE SET count = CASE "
-        f"WHEN {table}.window_number = excluded.window_number THEN {table}.count + 1 ELSE 1 END, "
-        "window_number = excluded.window_number "
-        "RETURNING count"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [key_id, window_number])
+        cursor.execute(_UPSERT_COUNT, [key_id, window_number])
         row = cursor.fetchone()
     return int(row[0])
 
