@@ -117,7 +117,7 @@ def join(request: HttpRequest, token: str) -> HttpResponse:
     if request.method != "POST" or not request.user.is_authenticated:
         return page(request, "portal/account/join.html", context)
     try:
-        invitation_accept(token=token, user=request.user)  # type: ignore[arg-type]
+        invitation_accept(token=token, user=request.user)
     except PartageError as e:
         return page(request, "portal/account/join.html", {"problem": e.message}, status=400)
     org_switch(request, invitation.organization)
