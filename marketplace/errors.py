@@ -34,7 +34,7 @@ class InvalidInput(PartageError):
     code = "invalid_request"
 
 
-class PayloadTooLarge(PartageError):
+class PayloadTooLarge(InvalidInput):
     code = "file_too_large"
     http_status = 413
 

@@ -257,3 +257,47 @@ def test_a_chunked_body_is_counted_as_it_streams(gunicorn_server: Any, key_a: st
     answer, _ = _raw_request(base_url, head, _chunked(good) + b"0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert File.objects.filter(status="processed", line_count=3).count() == 1
+
+
+def test_an_upload_whose_validation_task_was_lost_is_swept(
+    upload: Any, async_validation: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketplace.finetuning.services.files import files_validation_sweep
+    from workers.celery import app
+
+    with django_capture_on_commit_callbacks(execute=False):  # the task never reaches a worker
+        file_id = upload(jsonl(chat_lines(10))).json()["id"]
+    assert files_validation_sweep() == 0  # too recent: its task may still be on its way
+    File.objects.filter(pk=file_id).update(created_at=timezone.now() - timedelta(minutes=11))
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        assert files_validation_sweep() == 1
+    finally:
+        app.conf.task_always_eager = previous
+    assert File.objects.get(pk=file_id).status == "processed"
+
+
+def test_the_portal_shows_a_file_being_validated_then_its_report(
+    alice: Any, org_a: Any, async_validation: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.test import Client
+
+    from workers.tasks import file_validate
+
+    web = Client()
+    web.force_login(alice)
+    content = jsonl(chat_lines(3)) + b'{"text": "stray"}\n'
+    with django_capture_on_commit_callbacks(execute=False):
+        response = web.post(
+            "/data/", {"file": SimpleUploadedFile("big.jsonl", content)}, follow=True
+        )
+    assert "being checked in the background" in response.content.decode()
+    file_id = File.objects.get().id
+    assert file_validate(file_id) == "error"
+    page = web.get(f"/data/{file_id}/").content.decode()
+    assert "mixed_formats" in page and "<td>4</td>" in page and "line 4" in page

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from functools import partial
 from typing import IO
 
@@ -155,6 +156,22 @@ def file_validate(*, file_id: str) -> File | None:
     )
     file.refresh_from_db()
     return file
+
+
+def files_validation_sweep(*, older_than: timedelta = timedelta(minutes=10)) -> int:
+    """Enqueue validation again for uploads still `uploaded` after `older_than` (their task was
+    lost: a broker outage, a worker killed mid-task). Validation is idempotent."""
+    stale = list(
+        File.objects.filter(
+            status=File.Status.UPLOADED,
+            purpose=File.Purpose.FINE_TUNE,
+            deleted_at__isnull=True,
+            created_at__lt=timezone.now() - older_than,
+        ).values_list("pk", flat=True)[:500]
+    )
+    for file_id in stale:
+        _enqueue_validation(file_id)
+    return len(stale)
 
 
 def file_delete(*, organization: Organization, file_id: str) -> File:
