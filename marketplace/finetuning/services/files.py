@@ -132,9 +132,9 @@ def file_create(
 
 
 def _enqueue_validation(file_id: str) -> None:
-    from workers import tasks
+    from workers.celery import task_send
 
-    tasks.file_validate.delay(file_id)
+    task_send("partage.file_validate", file_id)
 
 
 def file_validate(*, file_id: str) -> File | None:
