@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 
@@ -13,6 +15,7 @@ from marketplace.accounts.models import (
     RoleChange,
     User,
 )
+from marketplace.accounts.services import membership_remove, membership_set
 
 
 class MembershipInline(admin.TabularInline):
@@ -33,6 +36,28 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name", "legal_name", "vat_id"]
     readonly_fields = ["public_id", "created_at"]
     inlines = [MembershipInline]
+
+    def save_formset(self, request: Any, form: Any, formset: Any, change: bool) -> None:
+        """Memberships change through the services, so that every role change is audited."""
+        if formset.model is not Membership:
+            super().save_formset(request, form, formset, change)
+            return
+        changed = formset.save(commit=False)
+        for membership in formset.deleted_objects:
+            membership_remove(
+                organization=form.instance,
+                user=membership.user,
+                changed_by=request.user,
+                via="django_admin",
+            )
+        for membership in changed:
+            membership_set(
+                organization=form.instance,
+                user=membership.user,
+                role=membership.role,
+                changed_by=request.user,
+                via="django_admin",
+            )
 
 
 @admin.register(ApiKey)

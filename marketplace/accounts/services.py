@@ -111,6 +111,30 @@ def membership_set(
     return membership
 
 
+def membership_remove(
+    *, organization: Organization, user: User, changed_by: User | None = None, via: str = "system"
+) -> None:
+    """Take `user` out of the organization; audited like any role change (new role: none)."""
+    with transaction.atomic():
+        membership = (
+            Membership.objects.select_for_update()
+            .filter(organization=organization, user=user)
+            .first()
+        )
+        if membership is None:
+            return
+        membership.delete()
+        RoleChange.objects.create(
+            organization=organization,
+            user=user,
+            username=user.username,
+            old_role=membership.role,
+            new_role="",
+            changed_by=changed_by,
+            via=via,
+        )
+
+
 def role_scopes(*, organization: Organization, user: User) -> tuple[str, ...]:
     """The widest scopes this person may give a key in this organization (none if not in it)."""
     membership = Membership.objects.filter(organization=organization, user=user).first()
@@ -152,7 +176,8 @@ def invitation_create(
 
 
 def invitation_revoke(*, organization: Organization, invitation_id: int, by: User) -> Invitation:
-    if role_scopes(organization=organization, user=by) != (key_scopes.ADMIN,):
+    revoker = Membership.objects.filter(organization=organization, user=by).first()
+    if revoker is None or revoker.role not in {Membership.Role.OWNER, Membership.Role.ADMIN}:
         raise Forbidden(f"Only an owner or admin of {organization.name} can revoke invitations.")
     invitation = Invitation.objects.filter(organization=organization, pk=invitation_id).first()
     if invitation is None:

@@ -322,3 +322,53 @@ def test_setting_the_same_role_again_is_not_a_change(alice: User, org_a: Any) ->
     before = RoleChange.objects.count()
     membership_set(organization=org_a, user=alice, role="owner")
     assert RoleChange.objects.count() == before
+
+
+def test_a_role_changed_in_the_django_admin_is_audited(
+    carol: User, alice: User, dave: User, org_a: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    carol.user_permissions.set(Permission.objects.filter(content_type__app_label="accounts"))
+    staff = _web(carol)
+    membership = Membership.objects.get(organization=org_a, user=dave)
+    owner = Membership.objects.get(organization=org_a, user=alice)
+    form = {
+        "slug": org_a.slug,
+        "name": org_a.name,
+        "kind": org_a.kind,
+        "country": org_a.country,
+        "legal_name": "",
+        "vat_id": "",
+        "memberships-TOTAL_FORMS": "2",
+        "memberships-INITIAL_FORMS": "2",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "memberships-0-id": str(owner.pk),
+        "memberships-0-organization": str(org_a.pk),
+        "memberships-0-user": str(alice.pk),
+        "memberships-0-role": "owner",
+        "memberships-0-created_at_0": "2026-01-01",
+        "memberships-0-created_at_1": "00:00:00",
+        "memberships-1-id": str(membership.pk),
+        "memberships-1-organization": str(org_a.pk),
+        "memberships-1-user": str(dave.pk),
+        "memberships-1-role": "admin",
+        "memberships-1-created_at_0": "2026-01-01",
+        "memberships-1-created_at_1": "00:00:00",
+    }
+    response = staff.post(f"/admin/accounts/organization/{org_a.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    change = RoleChange.objects.filter(organization=org_a, username="dave").first()
+    assert change is not None
+    assert (change.old_role, change.new_role, change.changed_by, change.via) == (
+        "member",
+        "admin",
+        carol,
+        "django_admin",
+    )
+    form["memberships-1-DELETE"] = "on"
+    assert staff.post(f"/admin/accounts/organization/{org_a.pk}/change/", form).status_code == 302
+    removed = RoleChange.objects.filter(organization=org_a, username="dave").first()
+    assert removed is not None and (removed.old_role, removed.new_role) == ("admin", "")
+    assert not Membership.objects.filter(organization=org_a, user=dave).exists()
