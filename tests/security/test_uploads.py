@@ -301,3 +301,48 @@ def test_the_portal_shows_a_file_being_validated_then_its_report(
     assert file_validate(file_id) == "error"
     page = web.get(f"/data/{file_id}/").content.decode()
     assert "mixed_formats" in page and "<td>4</td>" in page and "line 4" in page
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_worker_validates_a_large_upload_off_the_request(
+    celery_worker_process: Any, client_a: Any, settings: Any
+) -> None:
+    _worker_validates(celery_worker_process, client_a, settings)
+
+
+@pytest.mark.pg
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_worker_validates_a_large_upload_on_postgresql_and_redis(
+    celery_worker_process: Any, client_a: Any, settings: Any
+) -> None:
+    _worker_validates(celery_worker_process, client_a, settings)
+
+
+def _worker_validates(celery_worker_process: Any, client_a: Any, settings: Any) -> None:
+    from tests.conftest import wait_for
+
+    settings.PARTAGE_UPLOAD_INLINE_VALIDATION_BYTES = 64
+    celery_worker_process()
+    good = jsonl(chat_lines(50))
+    bad = jsonl(chat_lines(5)) + b"[" * 100_000 + b"\n"
+    ids = []
+    for content in (good, bad):
+        response = client_a.post(
+            "/v1/files",
+            {"file": SimpleUploadedFile("big.jsonl", content), "purpose": "fine-tune"},
+            format="multipart",
+        )
+        assert response.status_code == 200 and response.json()["status"] == "uploaded"
+        ids.append(response.json()["id"])
+
+    def decided() -> bool:
+        return not File.objects.filter(pk__in=ids, status="uploaded").exists()
+
+    wait_for(decided, timeout=240, interval=1, what="the worker to validate both uploads")
+    assert File.objects.get(pk=ids[0]).status == "processed"
+    failed = client_a.get(f"/v1/files/{ids[1]}").json()
+    assert failed["status"] == "error"
+    errors = failed["status_details"]["errors"]
+    assert [(e["line"], e["code"]) for e in errors] == [(6, "too_deeply_nested")]
