@@ -34,6 +34,11 @@ class InvalidInput(PartageError):
     code = "invalid_request"
 
 
+class PayloadTooLarge(InvalidInput):
+    code = "file_too_large"
+    http_status = 413
+
+
 class NotFound(PartageError):
     code = "not_found"
     http_status = 404

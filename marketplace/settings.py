@@ -223,6 +223,13 @@ PARTAGE_JOB_TOKEN_TTL_SECONDS = env.get(
 PARTAGE_MAX_UPLOAD_BYTES = env.get(
     "PARTAGE_MAX_UPLOAD_BYTES", env.as_int, default=100 * 1024 * 1024
 )
+# One example (line) of a training file at most: a longer line is reported, never parsed.
+PARTAGE_MAX_LINE_BYTES = env.get("PARTAGE_MAX_LINE_BYTES", env.as_int, default=2 * 1024 * 1024)
+# Uploads up to this size are validated in the request (errors answered at once); larger ones are
+# stored as `uploaded` and validated by the worker, so no web thread waits on them.
+PARTAGE_UPLOAD_INLINE_VALIDATION_BYTES = env.get(
+    "PARTAGE_UPLOAD_INLINE_VALIDATION_BYTES", env.as_int, default=1024 * 1024
+)
 PARTAGE_MAX_TRAINING_LINES = env.get("PARTAGE_MAX_TRAINING_LINES", env.as_int, default=200_000)
 PARTAGE_MAX_ADAPTER_RANK = env.get("PARTAGE_MAX_ADAPTER_RANK", env.as_int, default=64)
 # Quotas and admission (marketplace.quotas): borrowed work is preemptible only after running this
@@ -322,6 +329,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "marketplace.api.schema.postprocess_errors_and_idempotency",
+        "marketplace.api.schema_scopes.postprocess_scopes_and_body_limit",
     ],
 }
 # Partner API (marketplace/api): rate limit per key, webhook targets, SSE, benchmark view.

@@ -6,6 +6,11 @@ from typing import Any
 
 from workers.celery import app
 
+app.conf.beat_schedule.setdefault(
+    "partage-file-validation-sweep",
+    {"task": "partage.file_validation_sweep", "schedule": 300.0},
+)
+
 
 @app.task(name="partage.admission_pass", acks_late=True)
 def admission_pass(**kwargs: Any) -> int:
@@ -30,6 +35,21 @@ def job_dispatch(job_id: str, **kwargs: Any) -> str | None:
     from workers.dispatch import job_dispatch as dispatch
 
     return dispatch(job_id=job_id)
+
+
+@app.task(name="partage.file_validate", acks_late=True)
+def file_validate(file_id: str, **kwargs: Any) -> str | None:
+    from marketplace.finetuning.services.files import file_validate as validate
+
+    file = validate(file_id=file_id)
+    return file.status if file else None
+
+
+@app.task(name="partage.file_validation_sweep", acks_late=True)
+def file_validation_sweep(**kwargs: Any) -> int:
+    from marketplace.finetuning.services.files import files_validation_sweep as sweep
+
+    return sweep()
 
 
 @app.task(name="partage.job_stop", acks_late=True)

@@ -1,4 +1,5 @@
-"""Users, organizations (startups and providers), memberships with roles, and API keys."""
+"""Users, organizations (startups and providers), memberships with roles and their audited
+changes, single-use invitations, and API keys with scopes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
+
+from marketplace.accounts.scopes import READ, granted
 
 
 class User(AbstractUser):
@@ -81,7 +84,8 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    read_only = models.BooleanField(default=False)
+    # What the key may do (marketplace.accounts.scopes): e.g. ["jobs"] or ["read"].
+    scopes = models.JSONField(default=list, blank=True)
     # Empty means every resource; otherwise a list such as ["files", "fine_tuning"].
     resources = models.JSONField(default=list, blank=True)
 
@@ -95,6 +99,79 @@ class ApiKey(models.Model):
     def is_active(self) -> bool:
         return self.revoked_at is None
 
+    @property
+    def read_only(self) -> bool:
+        """The key can only read (what `read_only=True` meant before scopes)."""
+        return granted(self.scopes) <= {READ}
+
     @staticmethod
     def hash_secret(secret: str) -> str:
         return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Invitation(models.Model):
+    """A link that lets one person join an organization with a role: used once, revocable, and
+    valid until `expires_at`. Only a SHA-256 of its token is stored."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="invitations"
+    )
+    role = models.CharField(max_length=10, choices=Membership.Role.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"invitation {self.pk} to {self.organization_id} as {self.role}"
+
+    @property
+    def is_pending(self) -> bool:
+        return (
+            self.accepted_at is None
+            and self.revoked_at is None
+            and self.expires_at > timezone.now()
+        )
+
+
+class RoleChange(models.Model):
+    """Audit of every change to someone's role in an organization (append-only): who changed
+    whose role, when, from what to what, and how (invitation, portal, sign-up)."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="role_changes"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150)  # kept if the user is deleted
+    old_role = models.CharField(max_length=10, blank=True)  # "" when they were not a member
+    new_role = models.CharField(max_length=10, blank=True)  # "" when they were removed
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    via = models.CharField(max_length=30)
+    invitation = models.ForeignKey(
+        Invitation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.username}: {self.old_role or '-'} → {self.new_role or '-'}"

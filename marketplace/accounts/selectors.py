@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from marketplace.accounts.models import ApiKey, Membership, Organization, User
+from marketplace.accounts.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    RoleChange,
+    User,
+)
 
 
 def api_key_by_secret(secret: str) -> ApiKey | None:
@@ -27,3 +35,16 @@ def organizations_for_user(user: User) -> QuerySet[Organization]:
 
 def membership_for(user: User, org: Organization) -> Membership | None:
     return Membership.objects.filter(user=user, organization=org).first()
+
+
+def invitations_pending(org: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(
+        organization=org,
+        accepted_at__isnull=True,
+        revoked_at__isnull=True,
+        expires_at__gt=timezone.now(),
+    ).select_related("created_by")
+
+
+def role_changes_for_org(org: Organization) -> QuerySet[RoleChange]:
+    return RoleChange.objects.filter(organization=org).select_related("changed_by")

@@ -1,5 +1,6 @@
-"""Tables of the partner API: webhook endpoints, events, deliveries and their attempts, and
-idempotency records (one per organization and Idempotency-Key, enforced by a UNIQUE constraint).
+"""Tables of the partner API: webhook endpoints, events, deliveries and their attempts,
+idempotency records (one per organization and Idempotency-Key, enforced by a UNIQUE constraint),
+and the per-key rate-limit counters of the embedded default (Redis counts them when configured).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from marketplace.accounts.models import Organization
+from marketplace.accounts.models import ApiKey, Organization
 
 
 class WebhookEndpoint(models.Model):
@@ -156,3 +157,20 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id}:{self.key}"
+
+
+class ApiRateCounter(models.Model):
+    """Requests an API key made in its current fixed window; one row per key, counted by one
+    atomic UPSERT (marketplace.api.throttling), so concurrent web processes never lose a count."""
+
+    api_key = models.OneToOneField(
+        ApiKey, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    window_number = models.BigIntegerField()  # unix time // window length
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "api_rate_counter"  # named in throttling's UPSERT
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id}: {self.count} in window {self.window_number}"

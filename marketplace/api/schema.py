@@ -12,6 +12,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from marketplace.accounts import scopes as key_scopes
+
 ERROR_STATUSES = {
     "400": "The request is invalid: error.param names the field, error.message says how to fix it.",
     "401": "Missing or invalid API key.",
@@ -302,7 +304,11 @@ def _api_key_fields() -> dict[str, serializers.Field]:
         "created_at": serializers.IntegerField(),
         "last_used_at": serializers.IntegerField(allow_null=True),
         "revoked_at": serializers.IntegerField(allow_null=True),
-        "read_only": serializers.BooleanField(),
+        "read_only": serializers.BooleanField(help_text="The key can only read (scopes ['read'])."),
+        "scopes": serializers.ListField(
+            child=serializers.ChoiceField(choices=list(key_scopes.SCOPES)),
+            help_text=key_scopes.SCOPES_HELP,
+        ),
         "resources": serializers.ListField(child=serializers.CharField()),
     }
 

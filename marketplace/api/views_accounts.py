@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.accounts import scopes as key_scopes
 from marketplace.accounts import selectors as account_selectors
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import ApiKey, Membership
@@ -57,6 +58,7 @@ def api_key_object(key: ApiKey, *, secret: str | None = None) -> dict[str, Any]:
         "last_used_at": unix(key.last_used_at),
         "revoked_at": unix(key.revoked_at),
         "read_only": key.read_only,
+        "scopes": list(key.scopes),
         "resources": list(key.resources or []),
     }
     if secret is not None:
@@ -118,7 +120,16 @@ ApiKeyCreateSerializer = schema.shape(
     "ApiKeyCreateSerializer",
     {
         "name": serializers.CharField(max_length=100),
-        "read_only": serializers.BooleanField(required=False, default=False),
+        "read_only": serializers.BooleanField(
+            required=False, default=False, help_text="Shorthand for scopes ['read']."
+        ),
+        "scopes": serializers.ListField(
+            child=serializers.ChoiceField(choices=list(key_scopes.SCOPES)),
+            required=False,
+            min_length=1,
+            help_text=f"{key_scopes.SCOPES_HELP}. Default: the calling key's own scopes (or "
+            "['read'] with read_only). A key can never create a key that does more than itself.",
+        ),
         "resources": serializers.ListField(
             child=serializers.CharField(max_length=40),
             required=False,
@@ -130,10 +141,9 @@ ApiKeyCreateSerializer = schema.shape(
 )
 
 
-def _no_wider_than_caller(caller: ApiKey, *, read_only: bool, resources: list[str]) -> None:
-    """A key cannot mint a key with more rights than its own."""
-    if caller.read_only and not read_only:
-        raise Forbidden("A read-only key can only create read-only keys.", param="read_only")
+def _no_wider_resources(caller: ApiKey, *, resources: list[str]) -> None:
+    """A key limited to resources cannot mint a key that reaches others (its scopes are bounded
+    by api_key_create)."""
     if caller.resources:
         wider = sorted(set(resources or ["(all)"]) - set(caller.resources))
         if wider:
@@ -177,13 +187,17 @@ class ApiKeyListView(APIView):
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        _no_wider_than_caller(
-            api_key_of(request), read_only=data["read_only"], resources=data["resources"]
-        )
+        caller = api_key_of(request)
+        _no_wider_resources(caller, resources=data["resources"])
+        scopes = data.get("scopes")
+        if scopes is None and not data["read_only"]:
+            scopes = list(caller.scopes)
         issued = account_services.api_key_create(
             organization=org_of(request),
             name=data["name"],
             read_only=data["read_only"],
+            scopes=scopes,
+            allowed_scopes=list(caller.scopes),
             resources=sorted(set(data["resources"])),
         )
         return Response(api_key_object(issued.api_key, secret=issued.secret))

@@ -1,18 +1,27 @@
 """Checks a JSONL training file before any GPU time is spent.
 
 Every bad line is reported with its 1-based number and a reason code (REFERENCE §1), the way
-OpenAI's checker does. The checker streams the file, so large uploads don't sit in memory.
+OpenAI's checker does. The checker streams the file and bounds every line (its size, its nesting)
+before parsing it, so neither a huge line nor a deeply nested one can exhaust memory or the stack.
+The file's format is the majority's: only the lines in another format are flagged as mixed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
-from typing import Any
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 VALID_ROLES = {"system", "user", "assistant", "tool", "developer"}
 MAX_REPORTED_ERRORS = 100
+# Real examples nest a handful of levels (messages → message → content parts); json's parser
+# recurses once per level, so an unbounded nesting is a RecursionError, not a bad line.
+MAX_JSON_DEPTH = 64
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 @dataclasses.dataclass
@@ -112,10 +121,122 @@ def _check_text(obj: dict[str, Any], line: int, report: Report) -> None:
 CHECKS = {"chat": _check_chat, "prompt_completion": _check_prompt_completion, "text": _check_text}
 
 
-def validate_lines(lines: Iterable[bytes], *, max_lines: int) -> Report:
-    """Validate raw JSONL lines (bytes, newline included or not)."""
+@dataclasses.dataclass(frozen=True)
+class OversizedLine:
+    """A line longer than the per-line limit: skipped unread, reported with its size."""
+
+    size: int
+
+
+def read_lines(stream: IO[bytes], *, max_line_bytes: int) -> Iterator[bytes | OversizedLine]:
+    """The stream's lines without their line ending, each read at most `max_line_bytes` (+1)
+    at a time: a longer line is yielded as OversizedLine, the rest of it skipped in chunks."""
+    stream.seek(0)
+    while raw := stream.readline(max_line_bytes + 1):
+        if len(raw) <= max_line_bytes or raw.endswith(b"\n"):
+            yield raw.rstrip(b"\r\n")
+            continue
+        size = len(raw)
+        while rest := stream.readline(1 << 20):
+            size += len(rest)
+            if rest.endswith(b"\n"):
+                break
+        yield OversizedLine(size=size - (1 if rest.endswith(b"\n") else 0))
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Nesting beyond MAX_JSON_DEPTH, counted outside strings (cheap: most lines have few
+    brackets, and those are counted in C before any scan)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b'""', raw)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
+def _parse(number: int, raw: bytes, report: Report) -> Any:
+    """The line's JSON value, or None after reporting why it has none."""
+    if b"\x00" in raw:
+        report.add(number, "binary_content", "The line contains NUL bytes: this is not text.")
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        report.add(
+            number,
+            "invalid_encoding",
+            f"The line is not valid UTF-8 (byte {e.start}); save the file as UTF-8.",
+        )
+        return None
+    if not text.strip():
+        report.add(number, "empty_example", "The line is empty; remove blank lines.")
+        return None
+    if _too_deep(raw):
+        report.add(
+            number,
+            "too_deeply_nested",
+            f"The line nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; an "
+            "example is an object of messages, a few levels at most.",
+        )
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        report.add(number, "invalid_json", f"Invalid JSON: {e.msg} at column {e.colno}.")
+    except RecursionError:  # belt and braces: the depth check above should have caught it
+        report.add(number, "too_deeply_nested", "The line nests too deeply to be parsed.")
+    return None
+
+
+@dataclasses.dataclass
+class _FormatTally:
+    """Per format: how many lines use it, the first of them, and their own check errors (kept
+    apart until the majority format is known, so a minority line is only flagged once)."""
+
+    lines: int = 0
+    first_lines: list[int] = dataclasses.field(default_factory=list)
+    report: Report = dataclasses.field(default_factory=Report)
+
+
+def _merge_formats(report: Report, tallies: dict[str, _FormatTally]) -> None:
+    if not tallies:
+        return
+    order = list(tallies)  # first seen first: it wins a tie
+    counts = Counter({name: tallies[name].lines for name in order})
+    majority = max(order, key=lambda name: counts[name])
+    report.data_format = majority
+    own = tallies[majority].report
+    report.error_count += own.error_count
+    merged = list(own.errors)
+    for name in order:
+        if name == majority:
+            continue
+        tally = tallies[name]
+        report.error_count += tally.lines
+        merged += [
+            LineError(
+                line,
+                "mixed_formats",
+                f"This line is {name} but the file is {majority} ({counts[majority]} of "
+                f"{sum(counts.values())} examples); use one format per file.",
+            )
+            for line in tally.first_lines
+        ]
+    merged += report.errors
+    merged.sort(key=lambda e: e.line)
+    report.errors = merged[:MAX_REPORTED_ERRORS]
+
+
+def validate_lines(
+    lines: Iterable[bytes | OversizedLine], *, max_lines: int, max_line_bytes: int | None = None
+) -> Report:
+    """Validate JSONL lines (bytes without their line ending, or OversizedLine markers)."""
     report = Report()
-    formats_seen: set[str] = set()
+    tallies: dict[str, _FormatTally] = {}
+    line_limit = max_line_bytes or 0
     number = 0
     for number, raw in enumerate(lines, start=1):
         if number > max_lines:
@@ -125,25 +246,17 @@ def validate_lines(lines: Iterable[bytes], *, max_lines: int) -> Report:
                 f"The file has more than {max_lines} lines; split it into smaller files.",
             )
             break
-        if b"\x00" in raw:
-            report.add(number, "binary_content", "The line contains NUL bytes: this is not text.")
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
+        if isinstance(raw, OversizedLine) or (line_limit and len(raw) > line_limit):
+            size = raw.size if isinstance(raw, OversizedLine) else len(raw)
             report.add(
                 number,
-                "invalid_encoding",
-                f"The line is not valid UTF-8 (byte {e.start}); save the file as UTF-8.",
+                "line_too_large",
+                f"The line is {size} bytes; the limit is {line_limit} bytes per example. "
+                "Shorten or split it.",
             )
             continue
-        if not text.strip():
-            report.add(number, "empty_example", "The line is empty; remove blank lines.")
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            report.add(number, "invalid_json", f"Invalid JSON: {e.msg} at column {e.colno}.")
+        obj = _parse(number, raw, report)
+        if obj is None:
             continue
         if not isinstance(obj, dict):
             report.add(number, "not_an_object", "Each line must be a JSON object.")
@@ -156,18 +269,13 @@ def validate_lines(lines: Iterable[bytes], *, max_lines: int) -> Report:
                 "The object has none of 'messages', 'prompt'/'completion' or 'text'.",
             )
             continue
-        formats_seen.add(example_format)
-        if len(formats_seen) > 1:
-            report.add(
-                number,
-                "mixed_formats",
-                f"This line is {example_format} but earlier lines use another format; "
-                "use one format per file.",
-            )
-            continue
-        CHECKS[example_format](obj, number, report)
+        tally = tallies.setdefault(example_format, _FormatTally())
+        tally.lines += 1
+        if len(tally.first_lines) < MAX_REPORTED_ERRORS:
+            tally.first_lines.append(number)
+        CHECKS[example_format](obj, number, tally.report)
     report.line_count = min(number, max_lines)
     if report.line_count == 0:
         report.add(0, "empty_file", "The file is empty: upload at least one example.")
-    report.data_format = next(iter(formats_seen)) if len(formats_seen) == 1 else ""
+    _merge_formats(report, tallies)
     return report

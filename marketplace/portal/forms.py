@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
+from marketplace.accounts import scopes as key_scopes
 from marketplace.accounts.models import Membership, User
 from marketplace.portal import throttle
 
@@ -87,8 +88,26 @@ class InviteForm(forms.Form):
 
 
 class ApiKeyForm(forms.Form):
+    """A key's name and scopes; only the scopes the signed-in person may give are offered."""
+
     name = forms.CharField(max_length=100, help_text="What uses it, e.g. ci-pipeline.")
-    read_only = forms.BooleanField(required=False, help_text="Can read, but not create or cancel.")
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, f"{s}: {key_scopes.DESCRIPTIONS[s]}") for s in key_scopes.SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="What the key may do (none ticked: jobs). It can never do more than you may.",
+    )
+
+    def __init__(self, *args: Any, allowed_scopes: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        rights = key_scopes.granted(allowed_scopes)
+        field = self.fields["scopes"]
+        field.choices = [(s, label) for s, label in field.choices if s in rights]  # type: ignore[attr-defined]
+        self.default_scopes = [key_scopes.JOBS if key_scopes.JOBS in rights else key_scopes.READ]
+        field.initial = self.default_scopes
+
+    def clean_scopes(self) -> list[str]:
+        return list(self.cleaned_data.get("scopes") or self.default_scopes)
 
 
 class UploadForm(forms.Form):

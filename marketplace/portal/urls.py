@@ -50,6 +50,11 @@ urlpatterns = [
     path("organization/switch/", account.switch_org, name="switch-org"),
     path("join/<str:token>/", account.join, name="join"),
     path("team/", account.members, name="members"),
+    path(
+        "team/invitations/<int:invitation_id>/revoke/",
+        account.invitation_revoke_view,
+        name="invitation-revoke",
+    ),
     path("api-keys/", account.api_keys, name="api-keys"),
     path("api-keys/<int:key_id>/revoke/", account.api_key_revoke_view, name="api-key-revoke"),
     # Training data

@@ -51,3 +51,12 @@ def test_create_api_key_command_creates_org_and_prints_key_last(db: None, capsys
     assert key.hashed_secret == ApiKey.hash_secret(secret)
     call_command("create_api_key", "fresh-startup")
     assert ApiKey.objects.filter(organization__slug="fresh-startup").count() == 2
+
+
+def test_create_api_key_command_gives_the_scopes_asked(db: None, capsys: Any) -> None:
+    from marketplace.accounts.models import ApiKey
+
+    call_command("create_api_key", "fresh-startup", "--name", "ci", "--scope", "jobs")
+    call_command("create_api_key", "fresh-startup", "--name", "everything")
+    assert ApiKey.objects.get(name="ci").scopes == ["jobs"]
+    assert ApiKey.objects.get(name="everything").scopes == ["admin"]

@@ -19,8 +19,8 @@ def _stored_files() -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-def _assert_rejected(response: Any, *codes: str) -> dict[str, Any]:
-    assert response.status_code == 400, response.content
+def _assert_rejected(response: Any, *codes: str, status: int = 400) -> dict[str, Any]:
+    assert response.status_code == status, response.content
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert error["param"] == "file"
@@ -114,7 +114,7 @@ def test_over_limit_file(upload: Any, settings: Any) -> None:
     settings.PARTAGE_MAX_UPLOAD_BYTES = 1000
     content = jsonl(chat_lines(40))
     assert len(content) > 1000
-    error = _assert_rejected(upload(content))
+    error = _assert_rejected(upload(content), status=413)
     assert error["code"] == "file_too_large"
 
 

@@ -10,7 +10,7 @@ from django.core import mail
 from django.test import Client
 
 from marketplace.accounts.models import ApiKey, Membership, User
-from marketplace.portal.invites import invite_token
+from marketplace.accounts.services import invitation_create
 
 pytestmark = pytest.mark.django_db
 
@@ -94,13 +94,15 @@ def test_a_member_cannot_create_invitations(org_a: Any, bob: Any) -> None:
 
 
 def test_joining_never_downgrades_an_owner(alice_web: Client, alice: Any, org_a: Any) -> None:
-    token = invite_token(organization=org_a, role="member")
+    token = invitation_create(organization=org_a, role="member", created_by=alice).token
     alice_web.post(f"/join/{token}/")
     assert Membership.objects.get(user=alice, organization=org_a).role == "owner"
 
 
-def test_a_tampered_invitation_is_refused(bob_web: Client, org_a: Any, bob: Any) -> None:
-    token = invite_token(organization=org_a, role="member")
+def test_a_tampered_invitation_is_refused(
+    bob_web: Client, org_a: Any, bob: Any, alice: Any
+) -> None:
+    token = invitation_create(organization=org_a, role="member", created_by=alice).token
     response = bob_web.post(f"/join/{token[:-2]}xx/")
     assert response.status_code == 400
     assert "not valid" in response.content.decode()

@@ -16,14 +16,13 @@ from django.test import Client
 from django.urls import URLPattern, reverse
 from django.utils import timezone
 
-from marketplace.accounts.models import ApiKey
-from marketplace.accounts.services import api_key_create
+from marketplace.accounts.models import ApiKey, Invitation
+from marketplace.accounts.services import api_key_create, invitation_create
 from marketplace.billing.services import invoice_draft, invoice_finalize, month_bounds
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.portal import urls as portal_urls
-from marketplace.portal.invites import invite_token
 from tests.capacity import factories
 from tests.portal.conftest import make_file, make_job
 
@@ -63,6 +62,7 @@ ROUTES: dict[str, Route] = {
     "offer-book": Route(ORG),
     "usage": Route(ORG),
     "api-key-revoke": Route(OWNED, ("key_id",)),
+    "invitation-revoke": Route(OWNED, ("invitation_id",)),
     "file": Route(OWNED, ("file_id",)),
     "file-download": Route(OWNED, ("file_id",)),
     "job": Route(OWNED, ("job_id",)),
@@ -100,6 +100,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         pool_id=pool.public_id,
     )
     key = api_key_create(organization=org_a, name="ci").api_key
+    invitation = invitation_create(organization=org_a, role="member", created_by=alice)
     period = month_bounds(2026, 1)
     invoice = invoice_finalize(
         invoice=invoice_draft(organization=org_a, period_start=period[0], period_end=period[1])
@@ -119,7 +120,8 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         "attempt": 1,
         "pool_id": pool.public_id,
         "org_id": provider.public_id,
-        "invite": invite_token(organization=org_a, role="member"),
+        "invite": invitation.token,
+        "invitation_id": invitation.invitation.pk,
         "uidb64": "MQ",
         "token": "set-password",
     }
@@ -181,6 +183,7 @@ def test_bob_sees_none_of_alice_s_data_on_any_route(bob_web: Client, world: dict
     assert world["job"].status == "queued"
     assert Booking.objects.get(pk=world["booking"].pk).status == Booking.Status.CONFIRMED
     assert ApiKey.objects.get(pk=world["key"].pk).revoked_at is None
+    assert Invitation.objects.get(pk=world["invitation_id"]).revoked_at is None
     assert (
         Pool.objects.get(pk=world["pool"].pk).price_per_gpu_hour == world["pool"].price_per_gpu_hour
     )
@@ -189,7 +192,11 @@ def test_bob_sees_none_of_alice_s_data_on_any_route(bob_web: Client, world: dict
 def test_alice_reaches_her_own_objects(alice_web: Client, world: dict[str, Any]) -> None:
     """The same URLs do answer for their owner, so the 404s above mean something."""
     for name, route in ROUTES.items():
-        if route.kind == OWNED and name not in {"api-key-revoke", "job-cancel"}:
+        if route.kind == OWNED and name not in {
+            "api-key-revoke",
+            "invitation-revoke",
+            "job-cancel",
+        }:
             if name == "offer-booking-cancel":
                 continue
             assert alice_web.get(url_of(name, world)).status_code == 200, name

@@ -1,10 +1,18 @@
-"""Files: training uploads validated then stored, deleted, and the result files jobs deliver."""
+"""Files: training uploads validated then stored, deleted, and the result files jobs deliver.
+
+A small upload is validated in the request and refused whole when bad. A larger one is stored
+at once as `uploaded` (OpenAI's status for a file still being processed) and validated by a
+Celery task, which moves it to `processed` or `error` with the line report: no web thread waits
+on it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
+from functools import partial
 from typing import IO
 
 from django.conf import settings
@@ -14,10 +22,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
-from marketplace.errors import Conflict, InvalidInput, NotFound
+from marketplace.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from marketplace.finetuning import states
 from marketplace.finetuning.models import File, FineTuningJob
-from marketplace.finetuning.validation import validate_lines
+from marketplace.finetuning.validation import Report, read_lines, validate_lines
 
 
 def _new_id(prefix: str) -> str:
@@ -31,7 +39,7 @@ def _chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
 
 def stream_digest(stream: IO[bytes], *, limit: int | None = None) -> tuple[str, int]:
     """SHA-256 (hex) and size of a stream, read from its start; left rewound. Past `limit`
-    bytes: InvalidInput (file_too_large), without reading the rest."""
+    bytes: PayloadTooLarge (413, file_too_large), without reading the rest."""
     digest = hashlib.sha256()
     total = 0
     stream.seek(0)
@@ -39,19 +47,29 @@ def stream_digest(stream: IO[bytes], *, limit: int | None = None) -> tuple[str, 
         digest.update(chunk)
         total += len(chunk)
         if limit is not None and total > limit:
-            raise InvalidInput(
+            raise PayloadTooLarge(
                 f"The file is larger than the {limit}-byte limit. Split it into smaller files.",
-                code="file_too_large",
                 param="file",
             )
     stream.seek(0)
     return digest.hexdigest(), total
 
 
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
-    stream.seek(0)
-    for raw in stream:
-        yield raw.rstrip(b"\r\n")
+def _validate(stream: IO[bytes]) -> Report:
+    return validate_lines(
+        read_lines(stream, max_line_bytes=settings.PARTAGE_MAX_LINE_BYTES),
+        max_lines=settings.PARTAGE_MAX_TRAINING_LINES,
+        max_line_bytes=settings.PARTAGE_MAX_LINE_BYTES,
+    )
+
+
+def _report_summary(report: Report) -> str:
+    first = report.errors[0]
+    where = f"line {first.line}: " if first.line else ""
+    return (
+        f"The training file has {report.error_count} invalid line(s); first, {where}"
+        f"{first.message} See error.details for every line."
+    )
 
 
 def file_create(
@@ -62,30 +80,29 @@ def file_create(
     purpose: str = File.Purpose.FINE_TUNE,
     size: int | None = None,
 ) -> File:
-    """Validate, then store. Bad input raises InvalidInput and leaves nothing behind."""
+    """Validate (inline when small), then store. Bad input raises and leaves nothing behind;
+    a large file is stored as `uploaded` and validated off the request (file_validate)."""
     if purpose != File.Purpose.FINE_TUNE:
         raise InvalidInput(
             f"purpose {purpose!r} is not accepted for uploads; use 'fine-tune'.", param="purpose"
         )
     limit = settings.PARTAGE_MAX_UPLOAD_BYTES
     if size is not None and size > limit:
-        raise InvalidInput(
+        raise PayloadTooLarge(
             f"The file is {size} bytes; the limit is {limit} bytes. Split it into smaller files.",
-            code="file_too_large",
             param="file",
         )
     sha256, total = stream_digest(stream, limit=limit)
-    report = validate_lines(_lines(stream), max_lines=settings.PARTAGE_MAX_TRAINING_LINES)
-    if not report.ok:
-        first = report.errors[0]
-        where = f"line {first.line}: " if first.line else ""
-        raise InvalidInput(
-            f"The training file has {report.error_count} invalid line(s); first, {where}"
-            f"{first.message} See error.details for every line.",
-            code="invalid_training_file",
-            param="file",
-            details=report.as_dict(),
-        )
+    report: Report | None = None
+    if total <= settings.PARTAGE_UPLOAD_INLINE_VALIDATION_BYTES:
+        report = _validate(stream)
+        if not report.ok:
+            raise InvalidInput(
+                _report_summary(report),
+                code="invalid_training_file",
+                param="file",
+                details=report.as_dict(),
+            )
     stream.seek(0)
     file_id = _new_id("file")
     stored_name = default_storage.save(
@@ -93,7 +110,7 @@ def file_create(
     )
     try:
         with transaction.atomic():
-            return File.objects.create(
+            file = File.objects.create(
                 id=file_id,
                 organization=organization,
                 filename=filename[:255] or "training.jsonl",
@@ -101,14 +118,60 @@ def file_create(
                 bytes=total,
                 sha256=sha256,
                 content=stored_name,
-                status=File.Status.PROCESSED,
-                status_details=report.as_dict(),
-                data_format=report.data_format,
-                line_count=report.line_count,
+                status=File.Status.PROCESSED if report else File.Status.UPLOADED,
+                status_details=report.as_dict() if report else None,
+                data_format=report.data_format if report else "",
+                line_count=report.line_count if report else 0,
             )
+            if report is None:
+                transaction.on_commit(partial(_enqueue_validation, file_id))
+            return file
     except Exception:
         default_storage.delete(stored_name)
         raise
+
+
+def _enqueue_validation(file_id: str) -> None:
+    from workers.celery import task_send
+
+    task_send("partage.file_validate", file_id)
+
+
+def file_validate(*, file_id: str) -> File | None:
+    """Validate a stored upload still `uploaded`: `processed`, or `error` with the line report
+    in status_details. Safe to run twice (a file already decided is left as it is)."""
+    file = File.objects.filter(pk=file_id, status=File.Status.UPLOADED).first()
+    if file is None:
+        return None
+    with file.content.open("rb") as stream:
+        report = _validate(stream)
+    details = report.as_dict()
+    if not report.ok:
+        details["message"] = _report_summary(report)
+    File.objects.filter(pk=file_id, status=File.Status.UPLOADED).update(
+        status=File.Status.PROCESSED if report.ok else File.Status.ERROR,
+        status_details=details,
+        data_format=report.data_format,
+        line_count=report.line_count,
+    )
+    file.refresh_from_db()
+    return file
+
+
+def files_validation_sweep(*, older_than: timedelta = timedelta(minutes=10)) -> int:
+    """Enqueue validation again for uploads still `uploaded` after `older_than` (their task was
+    lost: a broker outage, a worker killed mid-task). Validation is idempotent."""
+    stale = list(
+        File.objects.filter(
+            status=File.Status.UPLOADED,
+            purpose=File.Purpose.FINE_TUNE,
+            deleted_at__isnull=True,
+            created_at__lt=timezone.now() - older_than,
+        ).values_list("pk", flat=True)[:500]
+    )
+    for file_id in stale:
+        _enqueue_validation(file_id)
+    return len(stale)
 
 
 def file_delete(*, organization: Organization, file_id: str) -> File:

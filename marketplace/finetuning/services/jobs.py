@@ -39,6 +39,12 @@ def _training_file(organization: Organization, file_id: str | None, param: str) 
     ).first()
     if file is None:
         raise InvalidInput(f"No training file {file_id!r} in your organization.", param=param)
+    if file.status == File.Status.UPLOADED:
+        raise InvalidInput(
+            f"File {file_id} is still being validated; retry once its status is 'processed'.",
+            code="file_not_ready",
+            param=param,
+        )
     if file.status != File.Status.PROCESSED:
         raise InvalidInput(
             f"File {file_id} failed validation; fix it and upload again.", param=param

@@ -11,16 +11,24 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from marketplace.accounts.models import Membership, Organization
-from marketplace.accounts.selectors import api_keys_for_org, membership_for, organizations_for_user
+from marketplace.accounts.selectors import (
+    api_keys_for_org,
+    invitations_pending,
+    organizations_for_user,
+    role_changes_for_org,
+)
 from marketplace.accounts.services import (
     api_key_create,
     api_key_revoke,
-    membership_set,
+    invitation_accept,
+    invitation_by_token,
+    invitation_create,
+    invitation_revoke,
     organization_create,
+    role_scopes,
 )
 from marketplace.errors import PartageError
 from marketplace.finetuning import selectors as ft
-from marketplace.portal import invites
 from marketplace.portal.context import (
     error_message,
     org_admin_required,
@@ -99,25 +107,22 @@ def onboarding(request: HttpRequest) -> HttpResponse:
 
 
 def join(request: HttpRequest, token: str) -> HttpResponse:
-    """Show an invitation; accepting it (POST) adds the signed-in user to the organization."""
+    """Show an invitation; accepting it (POST) adds the signed-in user to the organization.
+    The link works once; someone already in the organization keeps their role."""
     try:
-        invitation = invites.invitation_from_token(token)
+        invitation = invitation_by_token(token)
     except PartageError as e:
         return page(request, "portal/account/join.html", {"problem": e.message}, status=400)
-    if not request.user.is_authenticated:
-        return page(request, "portal/account/join.html", {"invitation": invitation, "token": token})
-    if request.method == "POST":
-        existing = membership_for(request.user, invitation.organization)
-        if existing is None:  # never downgrade someone who is already a member
-            membership_set(
-                organization=invitation.organization,
-                user=request.user,
-                role=invitation.role,
-            )
-        org_switch(request, invitation.organization)
-        messages.success(request, f"You joined {invitation.organization.name}.")
-        return redirect("portal:dashboard")
-    return page(request, "portal/account/join.html", {"invitation": invitation, "token": token})
+    context = {"invitation": invitation, "token": token}
+    if request.method != "POST" or not request.user.is_authenticated:
+        return page(request, "portal/account/join.html", context)
+    try:
+        invitation_accept(token=token, user=request.user)
+    except PartageError as e:
+        return page(request, "portal/account/join.html", {"problem": e.message}, status=400)
+    org_switch(request, invitation.organization)
+    messages.success(request, f"You joined {invitation.organization.name}.")
+    return redirect("portal:dashboard")
 
 
 @require_POST
@@ -135,10 +140,19 @@ def members(request: HttpRequest) -> HttpResponse:
     org: Organization = request.org  # type: ignore[attr-defined]
     form = InviteForm(request.POST or None)
     invite_link = None
-    can_invite = request.membership and request.membership.role in {"owner", "admin"}  # type: ignore[attr-defined]
+    role = request.membership.role if request.membership else ""  # type: ignore[attr-defined]
+    can_invite = role in {"owner", "admin"}
     if request.method == "POST" and can_invite and form.is_valid():
-        token = invites.invite_token(organization=org, role=form.cleaned_data["role"])
-        invite_link = request.build_absolute_uri(reverse("portal:join", args=[token]))
+        try:
+            issued = invitation_create(
+                organization=org,
+                role=form.cleaned_data["role"],
+                created_by=request.user,  # type: ignore[arg-type]
+            )
+        except PartageError as e:
+            form.add_error("role", e.message)
+        else:
+            invite_link = request.build_absolute_uri(reverse("portal:join", args=[issued.token]))
     people = (
         Membership.objects.filter(organization=org)
         .select_related("user")
@@ -147,14 +161,39 @@ def members(request: HttpRequest) -> HttpResponse:
     return page(
         request,
         "portal/account/members.html",
-        {"form": form, "people": people, "invite_link": invite_link, "can_invite": can_invite},
+        {
+            "form": form,
+            "people": people,
+            "invite_link": invite_link,
+            "can_invite": can_invite,
+            "invitations": invitations_pending(org) if can_invite else [],
+            # The audit of role changes is the owner's to read.
+            "role_changes": role_changes_for_org(org)[:50] if role == "owner" else None,
+        },
     )
+
+
+@require_POST
+@org_admin_required
+def invitation_revoke_view(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    try:
+        invitation_revoke(
+            organization=request.org,  # type: ignore[attr-defined]
+            invitation_id=invitation_id,
+            by=request.user,  # type: ignore[arg-type]
+        )
+    except PartageError as e:
+        error_message(request, e)
+    else:
+        messages.success(request, "The invitation is revoked: its link no longer works.")
+    return redirect("portal:members")
 
 
 @org_required
 def api_keys(request: HttpRequest) -> HttpResponse:
     org: Organization = request.org  # type: ignore[attr-defined]
-    form = ApiKeyForm(request.POST or None)
+    allowed = role_scopes(organization=org, user=request.user)  # type: ignore[arg-type]
+    form = ApiKeyForm(request.POST or None, allowed_scopes=allowed)
     issued = None
     if request.method == "POST" and form.is_valid():
         try:
@@ -162,12 +201,13 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 organization=org,
                 name=form.cleaned_data["name"],
                 created_by=request.user,  # type: ignore[arg-type]
-                read_only=form.cleaned_data["read_only"],
+                scopes=form.cleaned_data["scopes"],
+                allowed_scopes=allowed,
             )
         except PartageError as e:
-            form.add_error("name", e.message)
+            form.add_error("scopes" if e.param == "scopes" else "name", e.message)
         else:
-            form = ApiKeyForm()
+            form = ApiKeyForm(allowed_scopes=allowed)
     return page(
         request,
         "portal/account/api_keys.html",

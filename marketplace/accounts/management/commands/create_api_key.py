@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from marketplace.accounts.scopes import SCOPES
 from marketplace.accounts.services import api_key_create, organization_get_or_create
 from marketplace.errors import PartageError
 
@@ -16,13 +17,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("org_slug")
         parser.add_argument("--name", default="cli", help="A name for the key (default: cli)")
-        parser.add_argument("--read-only", action="store_true")
+        parser.add_argument("--read-only", action="store_true", help="Same as --scope read")
+        parser.add_argument(
+            "--scope",
+            action="append",
+            choices=SCOPES,
+            help="What the key may do (repeat for several; default: admin, full access)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             org, created = organization_get_or_create(slug=options["org_slug"])
             issued = api_key_create(
-                organization=org, name=options["name"], read_only=options["read_only"]
+                organization=org,
+                name=options["name"],
+                read_only=options["read_only"],
+                scopes=options["scope"],
             )
         except PartageError as e:
             raise CommandError(e.message) from e
