@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -172,13 +173,28 @@ REDIS_URL = env.get("REDIS_URL", env.redis_url, default=None)
 BROKER_DIR = DATA_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+    # kombu's Redis transport, fixed to survive an outage with countdown tasks held
+    # (workers/broker.py says why).
+    CELERY_BROKER_TRANSPORT = "workers.broker:Transport"
+    if REDIS_URL.startswith("rediss://"):
+        CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        # A message the worker holds (an eta/countdown task) is redelivered after this long.
+        "visibility_timeout": 3600,
+        # Notice a dead broker within seconds instead of waiting on a silent socket.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        "retry_on_timeout": True,
+    }
 elif TESTING:
     # Tests that need a worker point it at a private broker folder (tests/conftest.py).
     CELERY_BROKER_URL = "memory://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 else:
-    CELERY_BROKER_URL = "filesystem://"
+    # A host name, though the filesystem transport needs none: kombu warns without one.
+    CELERY_BROKER_URL = "filesystem://localhost//"
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
