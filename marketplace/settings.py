@@ -204,6 +204,20 @@ else:
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
+# Liveness (workers/heartbeat.py): each worker marks itself alive this often; a worker or a
+# periodic pass silent for longer than the max age counts as dead (/readyz, /metrics, probes).
+PARTAGE_HEARTBEAT_SECONDS = env.get("PARTAGE_HEARTBEAT_SECONDS", env.as_int, default=15)
+PARTAGE_HEARTBEAT_MAX_AGE_SECONDS = env.get(
+    "PARTAGE_HEARTBEAT_MAX_AGE_SECONDS", env.as_int, default=120
+)
+if not 0 < PARTAGE_HEARTBEAT_SECONDS < PARTAGE_HEARTBEAT_MAX_AGE_SECONDS:
+    raise ImproperlyConfigured(
+        "PARTAGE_HEARTBEAT_SECONDS must be positive and below PARTAGE_HEARTBEAT_MAX_AGE_SECONDS "
+        f"({PARTAGE_HEARTBEAT_SECONDS} and {PARTAGE_HEARTBEAT_MAX_AGE_SECONDS} given)."
+    )
+PARTAGE_WORKER_HEARTBEAT_FILE = env.get(
+    "PARTAGE_WORKER_HEARTBEAT_FILE", Path, default=DATA_DIR / "worker-heartbeat"
+)
 CELERY_TASK_ALWAYS_EAGER = env.get("PARTAGE_CELERY_EAGER", env.as_bool, default=False)
 
 if REDIS_URL:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, bootsteps
 from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
@@ -31,3 +33,42 @@ def _metrics_exporter(**kwargs: object) -> None:
     from workers.metrics import exporter_start
 
     exporter_start()
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Marks this worker alive from its consumer loop (workers/heartbeat.py), every
+    PARTAGE_HEARTBEAT_SECONDS while it is connected; restarted with the consumer after a
+    broker outage."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)  # alive means consuming
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self.timer_entry: Any = None
+        super().__init__(parent, **kwargs)
+
+    def start(self, parent: Any) -> None:
+        from django.conf import settings
+
+        self.beat(parent.hostname)
+        self.timer_entry = parent.timer.call_repeatedly(
+            settings.PARTAGE_HEARTBEAT_SECONDS, self.beat, (parent.hostname,), priority=10
+        )
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    shutdown = stop
+
+    @staticmethod
+    def beat(hostname: str) -> None:
+        from django.conf import settings
+
+        from workers.heartbeat import WORKER_PREFIX, heartbeat_file_touch, heartbeat_record
+
+        heartbeat_file_touch(settings.PARTAGE_WORKER_HEARTBEAT_FILE)
+        heartbeat_record(WORKER_PREFIX + hostname)
+
+
+app.steps["consumer"].add(Heartbeat)
