@@ -13,7 +13,6 @@ def admission_pass(**kwargs: Any) -> int:
 
     from marketplace.quotas.services import ADMISSION_PENDING_KEY
     from marketplace.quotas.services import admission_pass as run_pass
-
     from workers.heartbeat import heartbeat_record
 
     cache.delete(ADMISSION_PENDING_KEY)  # before reading the queue: later creates ask again
