@@ -90,7 +90,7 @@ class Channel(redis.Channel):
             except redis.Empty:
                 pass
             except (redis.redis.ConnectionError, redis.redis.TimeoutError, OSError):
-                self._in_poll = None
+                self._in_poll = False
         super().close()
 
 
