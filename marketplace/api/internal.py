@@ -189,30 +189,16 @@ class AdapterUploadView(InternalView):
 
 class ExitView(InternalView):
     def post(self, request: Request, job_id: str) -> Response:
-        from workers.executors.base import EXIT_OK, EXIT_PREEMPTED, Phase
-
         job = self.job(request, job_id)
-        number = self.principal(request).attempt
         fields = body_of(request)
-        attempt = job.attempts.filter(number=number).first()
-        if attempt is None:
-            raise NotFound("No such attempt.")
         try:
             code = int(fields.get("exit_code", ""))
         except (TypeError, ValueError):
             raise InvalidInput("exit_code must be an integer.", param="exit_code") from None
-        phase = (
-            Phase.SUCCEEDED
-            if code == EXIT_OK
-            else Phase.DISRUPTED
-            if code == EXIT_PREEMPTED
-            else Phase.FAILED
-        )
-        job = services.attempt_ended(
-            attempt_id=attempt.pk,
-            phase=phase,
+        job = services.attempt_exit_report(
+            job_id=job.id,
+            attempt_number=self.principal(request).attempt,
             exit_code=code,
-            reason="" if code == EXIT_OK else f"trainer exited with code {code}",
             logs=str(fields.get("logs") or ""),
         )
         return Response({"status": job.status})

@@ -218,3 +218,14 @@ def quota_audit(*, organization: Organization | None = None) -> QuerySet[QuotaAu
 def month_period(now: datetime | None = None) -> tuple[datetime, datetime]:
     now = now or timezone.now()
     return month_start(now), next_month_start(now)
+
+
+def job_deadline(*, job_id: str) -> datetime | None:
+    """When the job's live admission runs out (admitted at + the quota's max job hours)."""
+    from marketplace.quotas.models import Allocation
+
+    return (
+        Allocation.objects.filter(job_id=job_id, released_at__isnull=True)
+        .values_list("expected_end", flat=True)
+        .first()
+    )

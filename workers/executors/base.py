@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -75,4 +76,9 @@ class Executor(Protocol):
 
     def logs(self, spec: LaunchSpec) -> str:
         """The attempt's captured output so far (stdout/stderr of the trainer)."""
+        ...
+
+    def spool_dir(self, spec: LaunchSpec) -> Path | None:
+        """Where the attempt's agent keeps undelivered reports (workers/spool.py), if that
+        outlives the attempt and the worker can read it; else None."""
         ...

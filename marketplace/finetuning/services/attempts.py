@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.errors import NotFound
 from marketplace.finetuning import states
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
@@ -169,6 +170,31 @@ def attempt_ended(
             user_error=exit_code == EXIT_USER_ERROR,
             preempted=exit_code == EXIT_PREEMPTED,
         )
+
+
+def attempt_exit_report(
+    *, job_id: str, attempt_number: int, exit_code: int, logs: str
+) -> FineTuningJob:
+    """The agent's report of how its attempt ended (over HTTP, or replayed from its spool)."""
+    from workers.executors.base import EXIT_OK, EXIT_PREEMPTED, Phase
+
+    attempt = JobAttempt.objects.filter(job_id=job_id, number=attempt_number).first()
+    if attempt is None:
+        raise NotFound("No such attempt.")
+    phase = (
+        Phase.SUCCEEDED
+        if exit_code == EXIT_OK
+        else Phase.DISRUPTED
+        if exit_code == EXIT_PREEMPTED
+        else Phase.FAILED
+    )
+    return attempt_ended(
+        attempt_id=attempt.pk,
+        phase=phase,
+        exit_code=exit_code,
+        reason="" if exit_code == EXIT_OK else f"trainer exited with code {exit_code}",
+        logs=logs,
+    )
 
 
 MAX_ATTEMPTS = 5
