@@ -38,7 +38,7 @@ from typing import Any
 
 import requests
 
-from workers.executors.base import EXIT_OK, EXIT_PREEMPTED
+from workers.executors.base import EXIT_KILLED, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED
 from workers.spool import Spool
 
 log = logging.getLogger("partage.agent")
@@ -330,6 +330,38 @@ class StopRequest:
             relay.send(signal.SIGTERM)
 
 
+CGROUP_MEMORY_EVENTS = (
+    Path("/sys/fs/cgroup/memory.events"),  # cgroup v2: this container's (or session's) group
+    Path("/sys/fs/cgroup/memory/memory.oom_control"),  # cgroup v1
+)
+
+
+def oom_kill_count(paths: tuple[Path, ...] = CGROUP_MEMORY_EVENTS) -> int | None:
+    """How many processes the OOM killer has killed in this cgroup, if the kernel says."""
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+def trainer_death(code: int, oom_kills_before: int | None, **kwargs: Any) -> int:
+    """Classify a trainer that a signal ended when nobody asked it to stop: out of memory when
+    the cgroup's OOM kill count rose meanwhile, else killed. Either way it did not fail on its
+    own: the attempt is retried from the latest checkpoint (marketplace attempt_exit_report)."""
+    after = oom_kill_count(**kwargs)
+    if oom_kills_before is not None and after is not None and after > oom_kills_before:
+        log.error("the trainer was killed by the OOM killer (signal %d)", -code)
+        return EXIT_OUT_OF_MEMORY
+    log.error("the trainer was killed by signal %d", -code)
+    return EXIT_KILLED
+
+
 def main() -> int:
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
@@ -359,6 +391,7 @@ def main() -> int:
         command = [sys.executable, "-m", "workers.lora", "--config", str(config_path)]
         if resume:
             command.append("--resume")
+        oom_kills_before = oom_kill_count()
         with open(stderr_tail, "ab") as err:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
         relay = Relay(spool, callback.attempt, process)
@@ -373,6 +406,8 @@ def main() -> int:
             # before its own handler was in place: it saved nothing new, so the attempt
             # resumes from its last checkpoint.
             code = EXIT_OK if relay.completed else EXIT_PREEMPTED
+        elif code < 0 and not relay.completed:
+            code = trainer_death(code, oom_kills_before)
     except _Stopped:
         code = EXIT_PREEMPTED  # nothing new to save: the attempt resumes from its last checkpoint
     except Exception as e:  # report anything, then fail the attempt as an internal error

@@ -29,6 +29,9 @@ EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 3
 EXIT_PREEMPTED = 4  # stopped on SIGTERM after writing a checkpoint
+# Set by the agent (workers/agent.py) for a trainer that died of a signal nobody asked for.
+EXIT_KILLED = 5  # SIGKILL or the like, with no sign of memory exhaustion
+EXIT_OUT_OF_MEMORY = 6  # the OOM killer (cgroup's oom_kill count rose), or the GPU's memory ran out
 
 
 @dataclasses.dataclass(frozen=True)
