@@ -7,9 +7,11 @@ restart keeps the queue, as the production broker does (k8s/README: Redis with A
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,3 +109,149 @@ def celery_worker_process(
 ) -> Callable[..., Any]:
     """The worker of tests/conftest.py, on this test's private Redis."""
     return celery_worker_process
+
+
+class WebGate:
+    """The web tier as the trainers reach it: a TCP forwarder to the live server on a port of
+    its own. `down()` is the web tier going away (new connections refused, open ones cut, as
+    when gunicorn stops); `up()` brings it back on the same address."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.listener: socket.socket | None = None
+        self.connections: set[socket.socket] = set()
+        self.lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            connections, self.connections = self.connections, set()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed: the web tier is down
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.connections |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for conn in (source, sink):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def web_gate(live_server: Any) -> Iterator[WebGate]:
+    gate = WebGate(int(live_server.url.rsplit(":", 1)[1]))
+    gate.up()
+    try:
+        yield gate
+    finally:
+        gate.down()
+
+
+@pytest.fixture
+def live_callbacks(live_server: Any, settings: Any, web_gate: WebGate) -> str:
+    """Trainers call back into the live server through the gate, which a test may close."""
+    settings.PARTAGE_INTERNAL_URL = web_gate.url
+    return web_gate.url
+
+
+def submit(client: Any, upload: Any, *, lines: int = 64, epochs: int = 6) -> str:
+    from tests.conftest import chat_lines, jsonl
+
+    file_id = upload(jsonl(chat_lines(lines))).json()["id"]
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "partage/tiny-llama",
+            "training_file": file_id,
+            "hyperparameters": {"n_epochs": epochs, "batch_size": 2},
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    return str(response.json()["id"])
+
+
+def finished(job_id: str, *, timeout: float) -> Any:
+    from marketplace.finetuning.models import FineTuningJob
+    from tests.conftest import wait_for
+
+    return wait_for(
+        lambda: (
+            (j := FineTuningJob.objects.get(pk=job_id)).status
+            in {"succeeded", "failed", "cancelled"}
+            and j
+        ),
+        timeout=timeout,
+        interval=1,
+        what=f"job {job_id} to finish",
+    )
+
+
+def explain(job: Any) -> list[str]:
+    return [
+        f"{a.number} {a.status} {a.exit_code} {a.reason}: {a.logs[-1500:]}"
+        for a in job.attempts.all()
+    ]
+
+
+def assert_succeeded_once_charged_nothing_lost(job: Any, work_dir: Path) -> None:
+    """Succeeded with its adapter; each attempt billed exactly once (replaying the settlement
+    changes nothing); no report of any attempt left undelivered or refused."""
+    from marketplace.billing.models import Charge, JournalEntry, UsageRecord
+    from marketplace.billing.services import job_settle
+
+    assert job.status == "succeeded", explain(job)
+    assert job.result_file_id and job.manifest, explain(job)
+    attempts = list(job.attempts.all())
+    records = list(UsageRecord.objects.filter(job_id=job.pk))
+    assert sorted(r.attempt_id for r in records) == sorted(a.pk for a in attempts)
+    for record in records:
+        attempt = next(a for a in attempts if a.pk == record.attempt_id)
+        assert record.gpu_seconds == attempt.gpu_seconds
+    before = (
+        Charge.objects.filter(job=job).count(),
+        JournalEntry.objects.filter(job_id=job.pk).count(),
+    )
+    job_settle(job=job)
+    assert (
+        Charge.objects.filter(job=job).count(),
+        JournalEntry.objects.filter(job_id=job.pk).count(),
+    ) == before
+    for attempt in attempts:
+        spool = work_dir / attempt.name / "spool"
+        assert not list(spool.glob("[0-9]*.json")), f"undelivered reports in {spool}"
+        assert not (spool / "rejected").exists(), f"refused reports in {spool}"
