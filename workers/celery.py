@@ -18,6 +18,9 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
+    # Ride out broker outages of any length (the default gives up after 100 tries, ~50 min).
+    broker_connection_retry=True,
+    broker_connection_max_retries=None,
     beat_schedule={
         "partage-resync": {"task": "partage.resync", "schedule": 15.0},
         "partage-admission": {"task": "partage.admission_pass", "schedule": 10.0},

@@ -93,14 +93,22 @@ def private_redis(tmp_path: Path, settings: Any) -> Iterator[PrivateRedis]:
             "KEY_PREFIX": "partage",
         }
     }
-    app.conf.broker_url = server.url
-    app.close()  # drop pooled connections to the shared Redis
+    _broker_switch(server.url)
     try:
         yield server
     finally:
-        app.conf.broker_url = saved
-        app.close()
+        _broker_switch(saved)
         server.stop()
+
+
+def _broker_switch(url: str) -> None:
+    """Publish to `url` from now on, dropping the pooled connections and producers of the
+    previous broker (app.close() keeps the producer pool, bound to the old connection)."""
+    from workers.celery import app
+
+    app.conf.broker_url = url
+    app.close()
+    app.amqp._producer_pool = None
 
 
 @pytest.fixture
@@ -206,19 +214,18 @@ def submit(client: Any, upload: Any, *, lines: int = 64, epochs: int = 6) -> str
 
 
 def finished(job_id: str, *, timeout: float) -> Any:
+    """The job once it ended and every attempt of it too (the usage record comes with the
+    attempt's end, which the agent reports after the adapter)."""
     from marketplace.finetuning.models import FineTuningJob
     from tests.conftest import wait_for
 
-    return wait_for(
-        lambda: (
-            (j := FineTuningJob.objects.get(pk=job_id)).status
-            in {"succeeded", "failed", "cancelled"}
-            and j
-        ),
-        timeout=timeout,
-        interval=1,
-        what=f"job {job_id} to finish",
-    )
+    def ended() -> Any:
+        job = FineTuningJob.objects.get(pk=job_id)
+        if job.status not in {"succeeded", "failed", "cancelled"}:
+            return None
+        return None if job.attempts.filter(ended_at__isnull=True).exists() else job
+
+    return wait_for(ended, timeout=timeout, interval=1, what=f"job {job_id} to finish")
 
 
 def explain(job: Any) -> list[str]:
