@@ -62,7 +62,7 @@ def test_trainer_sigkilled_alone_resumes_from_its_checkpoint(
     client_a: Any, upload: Any, celery_worker_process: Any, settings: Any
 ) -> None:
     celery_worker_process()
-    job_id = submit(client_a, upload)
+    job_id = submit(client_a, upload, lines=40, epochs=4)  # 80 steps, a checkpoint at 50
     wait_for(
         lambda: Checkpoint.objects.filter(job_id=job_id).exists(),
         timeout=420,
