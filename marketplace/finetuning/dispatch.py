@@ -139,6 +139,11 @@ def spool_replay(*, attempt: JobAttempt, directory: Path) -> int:
     if not directory.is_dir():
         return 0
     spool = Spool(directory)
+    stale = FineTuningJob.objects.filter(pk=attempt.job_id).values_list("attempt_count", flat=True)
+    if stale.first() != attempt.number:  # as the internal API refuses a superseded attempt
+        for entry in spool.pending():
+            spool.reject(entry, f"attempt {attempt.number} was superseded")
+        return 0
     delivered = 0
     for entry in spool.pending():
         kind, body, archive = spool.read(entry)
