@@ -143,6 +143,10 @@ class WebGate:
     def down(self) -> None:
         listener, self.listener = self.listener, None
         if listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+            # port accepting until then.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self.lock:
             connections, self.connections = self.connections, set()
