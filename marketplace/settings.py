@@ -56,7 +56,8 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-DEBUG = env.get("DJANGO_DEBUG", env.as_bool, default=not PRODUCTION)
+# Off unless asked for: Django's debug pages list every URL and setting to whoever hits an error.
+DEBUG = env.get("DJANGO_DEBUG", env.as_bool, default=False)
 ALLOWED_HOSTS = env.get(
     "DJANGO_ALLOWED_HOSTS",
     env.as_list,
@@ -77,6 +78,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "marketplace.events",
     "marketplace.accounts",
     "marketplace.capacity",
     "marketplace.quotas",
@@ -84,6 +86,7 @@ INSTALLED_APPS = [
     "marketplace.finetuning",
     "marketplace.api",
     "marketplace.portal",
+    "marketplace.notifications",
 ]
 
 MIDDLEWARE = [

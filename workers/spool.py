@@ -4,7 +4,7 @@ Every report that must not be lost (event batches, checkpoints, the adapter, the
 written here first, atomically (temporary file, fsync, rename), then sent; it is removed only
 once Partage has acknowledged it. If Partage cannot be reached until the job's deadline, or the
 agent dies, what was produced stays on disk: the worker's resync delivers it
-(marketplace/finetuning/dispatch.py, `spool_replay`) instead of failing the job. Django-free: the
+(workers/dispatch.py, `spool_replay`) instead of failing the job. Django-free: the
 agent runs alone in a pod.
 """
 

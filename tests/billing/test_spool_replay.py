@@ -10,10 +10,10 @@ from typing import Any
 
 from marketplace.billing.models import UsageRecord
 from marketplace.finetuning import services as jobs
-from marketplace.finetuning.dispatch import spool_replay
 from marketplace.finetuning.models import JobEvent
 from tests.billing.conftest import admit, job_new, start, topup
 from workers.agent import backoff_delay
+from workers.dispatch import spool_replay
 from workers.spool import Spool
 
 

@@ -13,7 +13,7 @@ from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import JobEvent
 from tests.billing.conftest import admit, job_new, start, succeed, topup
 from workers import agent
-from workers.executors.base import EXIT_KILLED, EXIT_OUT_OF_MEMORY
+from workers.protocol import EXIT_KILLED, EXIT_OUT_OF_MEMORY
 
 
 def test_a_trainer_killed_alone_is_requeued_then_succeeds(

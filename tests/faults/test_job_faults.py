@@ -25,7 +25,7 @@ from tests.faults.conftest import (
     finished,
     submit,
 )
-from workers.executors.base import EXIT_KILLED
+from workers.protocol import EXIT_KILLED
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 

@@ -8,30 +8,25 @@ truth and calls these methods from idempotent Celery tasks and the reconciler.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from pathlib import Path
 from typing import Any, Protocol
 
+# The trainer protocol lives in workers/protocol.py; re-exported for the executors.
+from workers.protocol import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    Phase,
+)
 
-class Phase(enum.StrEnum):
-    """Where an attempt stands, as seen by the executor."""
-
-    PENDING = "pending"  # accepted, not yet running the trainer (pod scheduling, image pull)
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # see AttemptStatus.reason / exit_code
-    DISRUPTED = "disrupted"  # preempted / evicted / node drained: requeue and resume
-    MISSING = "missing"  # the executor has no trace of it (vanished Job, dead process)
-
-
-# Exit codes of `python -m workers.lora` (see workers/lora/README.md).
-EXIT_OK = 0
-EXIT_INTERNAL_ERROR = 1
-EXIT_USER_ERROR = 3
-EXIT_PREEMPTED = 4  # stopped on SIGTERM after writing a checkpoint
-# Set by the agent (workers/agent.py) for a trainer that died of a signal nobody asked for.
-EXIT_KILLED = 5  # SIGKILL or the like, with no sign of memory exhaustion
-EXIT_OUT_OF_MEMORY = 6  # the OOM killer (cgroup's oom_kill count rose), or the GPU's memory ran out
+__all__ = [
+    "EXIT_INTERNAL_ERROR",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+    "EXIT_USER_ERROR",
+    "Phase",
+]
 
 
 @dataclasses.dataclass(frozen=True)

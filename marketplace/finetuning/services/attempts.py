@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from marketplace.errors import NotFound
 from marketplace.finetuning import states
+from marketplace.finetuning.admission import admission
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.jobs import (
@@ -110,11 +112,9 @@ def _attempt_close(
         gpu_seconds = seconds * max(attempt.job.gpu_count, 1)
         JobAttempt.objects.filter(pk=attempt.pk).update(gpu_seconds=gpu_seconds)
         attempt.gpu_seconds = gpu_seconds
-    from marketplace.billing.services import attempt_meter
-    from marketplace.quotas.services import quota_release
 
-    attempt_meter(attempt=attempt)
-    quota_release(job_id=attempt.job_id, attempt_number=attempt.number)
+    job_charging().attempt_meter(attempt=attempt)
+    admission().release_attempt(job_id=attempt.job_id, attempt_number=attempt.number)
     return True
 
 
@@ -127,7 +127,7 @@ def attempt_ended(
     logs: str | None = None,
 ) -> FineTuningJob:
     """Apply the end of an attempt, seen by the executor, the reconciler or the agent. Idempotent."""
-    from workers.executors.base import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
+    from workers.protocol import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
 
     with transaction.atomic():
         attempt = JobAttempt.objects.select_for_update().select_related("job").get(pk=attempt_id)
@@ -176,25 +176,19 @@ def attempt_exit_report(
     *, job_id: str, attempt_number: int, exit_code: int, logs: str
 ) -> FineTuningJob:
     """The agent's report of how its attempt ended (over HTTP, or replayed from its spool)."""
-    from workers.executors.base import (
-        EXIT_KILLED,
-        EXIT_OK,
-        EXIT_OUT_OF_MEMORY,
-        EXIT_PREEMPTED,
-        Phase,
-    )
+    from workers.protocol import EXIT_KILLED, EXIT_OK, EXIT_OUT_OF_MEMORY, exit_phase
 
     attempt = JobAttempt.objects.filter(job_id=job_id, number=attempt_number).first()
     if attempt is None:
         raise NotFound("No such attempt.")
     # A trainer killed on its own (the OOM killer, a stray SIGKILL) is interrupted like one
     # killed with its whole process group or pod: retried from the latest checkpoint.
-    phase, reason = {
-        EXIT_OK: (Phase.SUCCEEDED, ""),
-        EXIT_PREEMPTED: (Phase.DISRUPTED, f"trainer exited with code {exit_code}"),
-        EXIT_KILLED: (Phase.DISRUPTED, "the trainer was killed"),
-        EXIT_OUT_OF_MEMORY: (Phase.DISRUPTED, "the trainer ran out of memory"),
-    }.get(exit_code, (Phase.FAILED, f"trainer exited with code {exit_code}"))
+    phase = exit_phase(exit_code)
+    reason = {
+        EXIT_OK: "",
+        EXIT_KILLED: "the trainer was killed",
+        EXIT_OUT_OF_MEMORY: "the trainer ran out of memory",
+    }.get(exit_code, f"trainer exited with code {exit_code}")
     return attempt_ended(
         attempt_id=attempt.pk, phase=phase, exit_code=exit_code, reason=reason, logs=logs
     )
@@ -226,7 +220,7 @@ def _after_attempt_stopped(
     user_error: bool,
     preempted: bool,
 ) -> FineTuningJob:
-    from workers.executors.base import Phase
+    from workers.protocol import Phase
 
     if job.status == S.CANCELLING:
         ended = job_transition(job_id=job.id, to=S.CANCELLED, message="Job cancelled")
@@ -261,7 +255,7 @@ def _after_attempt_stopped(
             code="invalid_training_data",
             message=detail,
         )
-    from workers.executors.base import EXIT_OUT_OF_MEMORY
+    from workers.protocol import EXIT_OUT_OF_MEMORY
 
     disrupted = phase in {Phase.DISRUPTED, Phase.MISSING} or preempted
     out_of_memory = exit_code == EXIT_OUT_OF_MEMORY
