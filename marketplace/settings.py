@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -175,13 +176,28 @@ REDIS_URL = env.get("REDIS_URL", env.redis_url, default=None)
 BROKER_DIR = DATA_DIR / "broker"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+    # kombu's Redis transport, fixed to survive an outage with countdown tasks held
+    # (workers/broker.py says why).
+    CELERY_BROKER_TRANSPORT = "workers.broker:Transport"
+    if REDIS_URL.startswith("rediss://"):
+        CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        # A message the worker holds (an eta/countdown task) is redelivered after this long.
+        "visibility_timeout": 3600,
+        # Notice a dead broker within seconds instead of waiting on a silent socket.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        "retry_on_timeout": True,
+    }
 elif TESTING:
     # Tests that need a worker point it at a private broker folder (tests/conftest.py).
     CELERY_BROKER_URL = "memory://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 else:
-    CELERY_BROKER_URL = "filesystem://"
+    # A host name, though the filesystem transport needs none: kombu warns without one.
+    CELERY_BROKER_URL = "filesystem://localhost//"
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -191,6 +207,20 @@ else:
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
+# Liveness (workers/heartbeat.py): each worker marks itself alive this often; a worker or a
+# periodic pass silent for longer than the max age counts as dead (/readyz, /metrics, probes).
+PARTAGE_HEARTBEAT_SECONDS = env.get("PARTAGE_HEARTBEAT_SECONDS", env.as_int, default=15)
+PARTAGE_HEARTBEAT_MAX_AGE_SECONDS = env.get(
+    "PARTAGE_HEARTBEAT_MAX_AGE_SECONDS", env.as_int, default=120
+)
+if not 0 < PARTAGE_HEARTBEAT_SECONDS < PARTAGE_HEARTBEAT_MAX_AGE_SECONDS:
+    raise ImproperlyConfigured(
+        "PARTAGE_HEARTBEAT_SECONDS must be positive and below PARTAGE_HEARTBEAT_MAX_AGE_SECONDS "
+        f"({PARTAGE_HEARTBEAT_SECONDS} and {PARTAGE_HEARTBEAT_MAX_AGE_SECONDS} given)."
+    )
+PARTAGE_WORKER_HEARTBEAT_FILE = env.get(
+    "PARTAGE_WORKER_HEARTBEAT_FILE", Path, default=DATA_DIR / "worker-heartbeat"
+)
 CELERY_TASK_ALWAYS_EAGER = env.get("PARTAGE_CELERY_EAGER", env.as_bool, default=False)
 
 if REDIS_URL:

@@ -175,7 +175,8 @@ def celery_worker_process(
     """Start real `celery worker` processes on the test database; stops them afterwards.
 
     Uses REDIS_URL when the test run has one (PostgreSQL pass), else the filesystem broker in a
-    private folder. Call the returned function to start (or restart) a worker.
+    private folder. Call the returned function to start (or restart) a worker; its arguments are
+    extra `celery worker` options (e.g. "--beat").
     """
     extra = {
         "PARTAGE_INTERNAL_URL": live_callbacks,
@@ -217,7 +218,7 @@ def celery_worker_process(
     processes: list[subprocess.Popen[bytes]] = []
     log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 - closed at teardown
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(*options: str) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -233,6 +234,7 @@ def celery_worker_process(
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *options,
             ],
             cwd=REPO,
             env=_worker_env(extra),

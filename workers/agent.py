@@ -9,7 +9,14 @@ It is the container command of every training pod and of every local-executor pr
 
 It needs only a callback URL and a short-lived token scoped to this one job. It knows nothing
 about Django. Environment: PARTAGE_CALLBACK_URL, PARTAGE_JOB_TOKEN, PARTAGE_JOB_ID,
-PARTAGE_ATTEMPT, PARTAGE_MODEL_CACHE, and PARTAGE_RUN_DIR (a scratch directory).
+PARTAGE_ATTEMPT, PARTAGE_MODEL_CACHE, PARTAGE_RUN_DIR (a scratch directory) and
+PARTAGE_JOB_DEADLINE (Unix seconds).
+
+Partage may be unreachable for a while (a deploy, an outage): every call is retried with
+exponential backoff and jitter until the job's deadline, and the reports go through a durable
+spool (workers/spool.py) sent by a thread of their own, so the trainer never waits on the
+network and nothing it produced is lost: what is still unsent at the deadline stays on disk
+for the worker's resync to deliver.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import io
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -30,11 +38,21 @@ from typing import Any
 
 import requests
 
-from workers.protocol import EXIT_OK, EXIT_PREEMPTED, TrainerEvent
+from workers.protocol import (
+    EXIT_KILLED,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_PREEMPTED,
+    TrainerEvent,
+)
+from workers.spool import Spool
 
 log = logging.getLogger("partage.agent")
 
-RETRY_FOR_SECONDS = 300
+# Without PARTAGE_JOB_DEADLINE (an older dispatcher), retry this long.
+DEFAULT_DEADLINE_SECONDS = 24 * 3600
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
 
 
 class _Stopped(Exception):
@@ -45,17 +63,20 @@ FLUSH_EVERY_SECONDS = 1.0
 
 
 class Callback:
-    """Partage's internal API for one job, with retries on connection errors and 5xx/429."""
+    """Partage's internal API for one job, with retries on connection errors and 5xx/429 until
+    the job's deadline (wall clock, Unix seconds)."""
 
-    def __init__(self, base_url: str, token: str, job_id: str, attempt: int) -> None:
+    def __init__(
+        self, base_url: str, token: str, job_id: str, attempt: int, *, deadline: float
+    ) -> None:
         self.base = f"{base_url.rstrip('/')}/jobs/{job_id}"
         self.attempt = attempt
+        self.deadline = deadline
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        deadline = time.monotonic() + RETRY_FOR_SECONDS
-        delay = 0.5
+        failures = 0
         files = kwargs.get("files")
         while True:
             if files:
@@ -63,17 +84,23 @@ class Callback:
                     value[1].seek(0)
             try:
                 response = self.session.request(method, self.base + path, timeout=60, **kwargs)
-            except requests.ConnectionError as e:
-                if time.monotonic() > deadline:
+            except requests.RequestException as e:
+                if time.time() >= self.deadline:
                     raise RuntimeError(f"Partage unreachable at {self.base}: {e}") from e
+                why = str(e)
             else:
                 if response.status_code < 500 and response.status_code != 429:
                     response.raise_for_status()
                     return response
-                if time.monotonic() > deadline:
+                if time.time() >= self.deadline:
                     response.raise_for_status()
+                why = f"HTTP {response.status_code}"
+            failures += 1
+            delay = min(backoff_delay(failures), max(self.deadline - time.time(), 0))
+            if failures == 1 or failures % 10 == 0:
+                log.warning("%s %s failed (%s); retry %d in %.1f s", method, path, why,
+                            failures, delay)  # fmt: skip
             time.sleep(delay)
-            delay = min(delay * 2, 10)
 
     def spec(self) -> dict[str, Any]:
         return self.request("GET", "/spec").json()
@@ -84,23 +111,80 @@ class Callback:
             for chunk in response.iter_content(1 << 20):
                 out.write(chunk)
 
-    def events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.request(
-            "POST", "/events", json={"attempt": self.attempt, "events": events}
-        ).json()
+    def send(self, kind: str, body: dict[str, Any], archive: Path | None) -> dict[str, Any]:
+        """Deliver one spooled report; returns Partage's answer (flags for event batches)."""
+        if kind == "events":
+            return self.request("POST", "/events", json=body).json()
+        if kind == "exit":
+            self.request("POST", "/exit", json=body)
+            return {}
+        assert archive is not None, kind
+        with open(archive, "rb") as handle:
+            self.request(
+                "POST",
+                f"/{'checkpoints' if kind == 'checkpoint' else 'adapter'}",
+                data=body,
+                files={"archive": ("archive.tar.gz", handle, "application/gzip")},
+            )
+        return {}
 
-    def upload(self, path: str, archive: io.BytesIO, fields: dict[str, str]) -> None:
-        self.request(
-            "POST",
-            path,
-            data={"attempt": str(self.attempt), **fields},
-            files={"archive": ("archive.tar.gz", archive, "application/gzip")},
-        )
 
-    def exit(self, code: int, logs: str) -> None:
-        self.request(
-            "POST", "/exit", json={"attempt": self.attempt, "exit_code": code, "logs": logs}
-        )
+def backoff_delay(failures: int) -> float:
+    """Exponential backoff with equal jitter: agents that lost Partage together spread out."""
+    ceiling = min(BACKOFF_FIRST_SECONDS * 2 ** (failures - 1), BACKOFF_MAX_SECONDS)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not for security
+
+
+class Sender(threading.Thread):
+    """Sends the spool's reports in order; each is removed once Partage acknowledged it.
+
+    A refusal (4xx: a stale attempt, a bad report) sets that report aside; an unreachable
+    Partage past the deadline stops the sender with the rest left on disk."""
+
+    def __init__(self, spool: Spool, callback: Callback) -> None:
+        super().__init__(name="partage-spool-sender", daemon=True)
+        self.spool = spool
+        self.callback = callback
+        self.on_flags: Any = None
+        self.gave_up = False
+
+    def run(self) -> None:
+        while True:
+            entries = self.spool.pending()
+            if not entries:
+                self.spool.added.wait(0.5)
+                self.spool.added.clear()
+                continue
+            entry = entries[0]
+            kind, body, archive = self.spool.read(entry)
+            try:
+                answer = self.callback.send(kind, body, archive)
+            except requests.HTTPError as e:
+                status = e.response.status_code if e.response is not None else 0
+                if 400 <= status < 500:
+                    log.error("Partage refused %s (%s): set aside", entry.name, e)
+                    self.spool.reject(entry, str(e))
+                    continue
+                self.gave_up = True
+                log.error("Partage unavailable until the deadline; %d report(s) left in %s",
+                          len(entries), self.spool.directory)  # fmt: skip
+                return
+            except Exception as e:
+                self.gave_up = True
+                log.error("cannot deliver %s: %s; %d report(s) left in %s", entry.name, e,
+                          len(entries), self.spool.directory)  # fmt: skip
+                return
+            self.spool.remove(entry)
+            if self.on_flags is not None and answer:
+                self.on_flags(answer)
+
+    def drain(self) -> bool:
+        """Wait until every report is delivered (True) or the sender gave up (False)."""
+        while self.spool.pending():
+            if not self.is_alive():
+                return False
+            time.sleep(0.2)
+        return True
 
 
 def tar_dir(directory: Path) -> io.BytesIO:
@@ -120,14 +204,16 @@ def untar(archive: Path, target: Path) -> None:
 
 
 class Relay:
-    """Reads the trainer's stdout and forwards events in small batches.
+    """Reads the trainer's stdout and spools its events in small batches, never waiting on the
+    network (a blocked relay would stall the trainer on a full pipe).
 
     Once the trainer reports `completed` (its adapter is written), it sends it no more signals:
     a stop or an early finish asked for after that has nothing left to do, and the trainer is
     only shutting down."""
 
-    def __init__(self, callback: Callback, process: subprocess.Popen[bytes]) -> None:
-        self.callback = callback
+    def __init__(self, spool: Spool, attempt: int, process: subprocess.Popen[bytes]) -> None:
+        self.spool = spool
+        self.attempt = attempt
         self.process = process
         self.pending: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -152,12 +238,12 @@ class Relay:
                 self.completed = True
             if kind == TrainerEvent.CHECKPOINT:
                 self.flush()
-                self.upload_checkpoint(event)
+                self.spool_checkpoint(event)
             with self.lock:
                 self.pending.append(event)
             if kind == TrainerEvent.COMPLETED:
                 self.flush()
-                self.upload_adapter(event)
+                self.spool_adapter(event)
                 continue
             if kind in {TrainerEvent.ERROR, TrainerEvent.PREEMPTED, TrainerEvent.DATA_REPORT} or (
                 time.monotonic() - last_flush > FLUSH_EVERY_SECONDS
@@ -169,9 +255,11 @@ class Relay:
     def flush(self) -> None:
         with self.lock:
             batch, self.pending = self.pending, []
-        if not batch:
-            return
-        flags = self.callback.events(batch)
+        if batch:
+            self.spool.put("events", {"attempt": self.attempt, "events": batch})
+
+    def on_flags(self, flags: dict[str, Any]) -> None:
+        """Partage's answer to an event batch (from the sender's thread)."""
         if flags.get("stop"):
             self.send(signal.SIGTERM)
         elif flags.get("finish_now"):
@@ -183,18 +271,19 @@ class Relay:
         self.signalled.add(signum)
         self.process.send_signal(signum)
 
-    def upload_checkpoint(self, event: dict[str, Any]) -> None:
-        path = Path(event["path"])
-        self.callback.upload(
-            "/checkpoints",
-            tar_dir(path),
-            {"step": str(event["step"]), "metrics": json.dumps(event.get("metrics") or {})},
+    def spool_checkpoint(self, event: dict[str, Any]) -> None:
+        # Archived now: the trainer may rotate the directory away before it is sent.
+        fields = {"step": str(event["step"]), "metrics": json.dumps(event.get("metrics") or {})}
+        self.spool.put(
+            "checkpoint", {"attempt": str(self.attempt), **fields}, tar_dir(Path(event["path"]))
         )
 
-    def upload_adapter(self, event: dict[str, Any]) -> None:
+    def spool_adapter(self, event: dict[str, Any]) -> None:
         adapter_dir = Path(event["adapter_dir"])
         manifest = (adapter_dir / "manifest.json").read_text(encoding="utf-8")
-        self.callback.upload("/adapter", tar_dir(adapter_dir), {"manifest": manifest})
+        self.spool.put(
+            "adapter", {"attempt": str(self.attempt), "manifest": manifest}, tar_dir(adapter_dir)
+        )
 
 
 def prepare(callback: Callback, run_dir: Path) -> tuple[Path, bool]:
@@ -250,6 +339,38 @@ class StopRequest:
             relay.send(signal.SIGTERM)
 
 
+CGROUP_MEMORY_EVENTS = (
+    Path("/sys/fs/cgroup/memory.events"),  # cgroup v2: this container's (or session's) group
+    Path("/sys/fs/cgroup/memory/memory.oom_control"),  # cgroup v1
+)
+
+
+def oom_kill_count(paths: tuple[Path, ...] = CGROUP_MEMORY_EVENTS) -> int | None:
+    """How many processes the OOM killer has killed in this cgroup, if the kernel says."""
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+def trainer_death(code: int, oom_kills_before: int | None, **kwargs: Any) -> int:
+    """Classify a trainer that a signal ended when nobody asked it to stop: out of memory when
+    the cgroup's OOM kill count rose meanwhile, else killed. Either way it did not fail on its
+    own: the attempt is retried from the latest checkpoint (marketplace attempt_exit_report)."""
+    after = oom_kill_count(**kwargs)
+    if oom_kills_before is not None and after is not None and after > oom_kills_before:
+        log.error("the trainer was killed by the OOM killer (signal %d)", -code)
+        return EXIT_OUT_OF_MEMORY
+    log.error("the trainer was killed by signal %d", -code)
+    return EXIT_KILLED
+
+
 def main() -> int:
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
@@ -262,10 +383,14 @@ def main() -> int:
         env["PARTAGE_JOB_TOKEN"],
         env["PARTAGE_JOB_ID"],
         int(env["PARTAGE_ATTEMPT"]),
+        deadline=float(env.get("PARTAGE_JOB_DEADLINE") or time.time() + DEFAULT_DEADLINE_SECONDS),
     )
     run_dir = Path(env.get("PARTAGE_RUN_DIR") or tempfile.mkdtemp(prefix="partage-"))
     exit_file = run_dir / "exit_code"
     stderr_tail = run_dir / "trainer.stderr"
+    spool = Spool(run_dir / "spool")
+    sender = Sender(spool, callback)
+    sender.start()
     code = 1
     try:
         config_path, resume = prepare(callback, run_dir)
@@ -275,19 +400,23 @@ def main() -> int:
         command = [sys.executable, "-m", "workers.lora", "--config", str(config_path)]
         if resume:
             command.append("--resume")
+        oom_kills_before = oom_kill_count()
         with open(stderr_tail, "ab") as err:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
-        relay = Relay(callback, process)
+        relay = Relay(spool, callback.attempt, process)
+        sender.on_flags = relay.on_flags
         stop.attach(relay)
         relay.run()
         code = process.wait()
         if code == -signal.SIGTERM and stop.requested:
-            # After `completed` (the adapter is uploaded by now) the stop only cut the trainer's
+            # After `completed` (the adapter is spooled by now) the stop only cut the trainer's
             # shutdown short, which it guards against (workers.lora.__main__.exit_with): the
             # attempt completed. Before it, the stop reached the trainer (same process group)
             # before its own handler was in place: it saved nothing new, so the attempt
             # resumes from its last checkpoint.
             code = EXIT_OK if relay.completed else EXIT_PREEMPTED
+        elif code < 0 and not relay.completed:
+            code = trainer_death(code, oom_kills_before)
     except _Stopped:
         code = EXIT_PREEMPTED  # nothing new to save: the attempt resumes from its last checkpoint
     except Exception as e:  # report anything, then fail the attempt as an internal error
@@ -299,10 +428,9 @@ def main() -> int:
         else ""
     )
     sys.stderr.write(logs)
-    try:
-        callback.exit(code, logs)
-    except Exception as e:
-        log.error("could not report exit code %s: %s", code, e)
+    spool.put("exit", {"attempt": callback.attempt, "exit_code": code, "logs": logs})
+    if not sender.drain():
+        log.error("reports left undelivered in %s: the resync delivers them", spool.directory)
     exit_file.write_text(str(code))
     return code
 

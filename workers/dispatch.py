@@ -6,14 +6,17 @@ starting a second trainer or double-counting anything.
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from marketplace.errors import InvalidTransition
+from marketplace.errors import InvalidTransition, PartageError
 from marketplace.finetuning import services, states
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.finetuning.models import JobStatus as S
@@ -21,6 +24,7 @@ from marketplace.finetuning.tokens import job_token_issue
 from workers.executors import get_executor
 from workers.executors.base import Executor, LaunchSpec
 from workers.protocol import Phase
+from workers.spool import Spool
 
 logger = logging.getLogger("partage.dispatch")
 
@@ -41,7 +45,20 @@ def launch_spec(attempt: JobAttempt) -> LaunchSpec:
         gpu_count=job.gpu_count,
         gpu_flavor=job.gpu_flavor,
         pool=pool,
-        env={"PARTAGE_MODEL_CACHE": str(settings.PARTAGE_MODEL_CACHE)},
+        env={
+            "PARTAGE_MODEL_CACHE": str(settings.PARTAGE_MODEL_CACHE),
+            # The agent retries its reports to Partage until then (workers/agent.py).
+            "PARTAGE_JOB_DEADLINE": str(int(job_deadline(attempt).timestamp())),
+        },
+    )
+
+
+def job_deadline(attempt: JobAttempt) -> datetime:
+    """The end of the job's admission, else the default longest run from the attempt's start."""
+    from marketplace.quotas.selectors import job_deadline as admission_end
+
+    return admission_end(job_id=attempt.job_id) or attempt.created_at + timedelta(
+        hours=settings.PARTAGE_DEFAULT_MAX_JOB_HOURS
     )
 
 
@@ -99,6 +116,13 @@ def attempt_observe(*, attempt: JobAttempt) -> Phase:
     seen = executor.status(spec)
     if seen.phase in {Phase.PENDING, Phase.RUNNING}:
         return seen.phase
+    # What the agent produced but could not deliver (Partage was down until it gave up, or it
+    # died) is delivered now, in order, before the end is judged: an adapter is not lost.
+    spool_dir = executor.spool_dir(spec)
+    if spool_dir is not None and spool_replay(attempt=attempt, directory=spool_dir):
+        attempt.refresh_from_db()
+        if attempt.ended_at is not None:  # the spool held the agent's own exit report
+            return seen.phase
     logs = executor.logs(spec)
     services.attempt_ended(
         attempt_id=attempt.pk,
@@ -108,6 +132,64 @@ def attempt_observe(*, attempt: JobAttempt) -> Phase:
         logs=logs or None,  # a vanished pod's empty log must not erase a captured one
     )
     return seen.phase
+
+
+def spool_replay(*, attempt: JobAttempt, directory: Path) -> int:
+    """Deliver an ended agent's spooled reports through the services its HTTP calls reach.
+    Returns how many were delivered; a refused one (a stale attempt) is set aside."""
+    if not directory.is_dir():
+        return 0
+    spool = Spool(directory)
+    stale = FineTuningJob.objects.filter(pk=attempt.job_id).values_list("attempt_count", flat=True)
+    if stale.first() != attempt.number:  # as the internal API refuses a superseded attempt
+        for entry in spool.pending():
+            spool.reject(entry, f"attempt {attempt.number} was superseded")
+        return 0
+    delivered = 0
+    for entry in spool.pending():
+        kind, body, archive = spool.read(entry)
+        try:
+            _report_apply(attempt, kind, body, archive)
+        except PartageError as e:
+            logger.warning(
+                "spooled %s refused: %s", entry.name, e, extra={"job_id": attempt.job_id}
+            )
+            spool.reject(entry, str(e))
+            continue
+        spool.remove(entry)
+        delivered += 1
+    if delivered:
+        logger.warning(
+            "delivered %d spooled report(s) of %s", delivered, attempt.name,
+            extra={"job_id": attempt.job_id},
+        )  # fmt: skip
+    return delivered
+
+
+def _report_apply(
+    attempt: JobAttempt, kind: str, body: dict[str, Any], archive: Path | None
+) -> None:
+    job_id, number = attempt.job_id, attempt.number
+    if kind == "events":
+        services.trainer_events_record(job_id=job_id, attempt_number=number, events=body["events"])
+    elif kind == "exit":
+        services.attempt_exit_report(
+            job_id=job_id, attempt_number=number, exit_code=int(body["exit_code"]),
+            logs=str(body.get("logs") or ""),
+        )  # fmt: skip
+    else:
+        assert archive is not None, kind
+        with open(archive, "rb") as stream:
+            if kind == "checkpoint":
+                services.checkpoint_store(
+                    job_id=job_id, attempt_number=number, step=int(body["step"]),
+                    metrics=json.loads(body.get("metrics") or "{}"), archive=stream,
+                )  # fmt: skip
+            else:
+                services.adapter_store(
+                    job_id=job_id, attempt_number=number, archive=stream,
+                    manifest=services.manifest_from_json(body["manifest"]),
+                )  # fmt: skip
 
 
 STUCK_AFTER = timedelta(seconds=60)

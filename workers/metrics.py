@@ -96,6 +96,7 @@ class DatabaseCollector(Collector):
         for flavor, total in rows:
             gpu.add_metric([flavor or "unspecified"], float(total or 0))
         yield gpu
+        yield from heartbeat_metrics()
         depth = queue_depth()
         if depth is not None:
             queue = GaugeMetricFamily(
@@ -103,6 +104,36 @@ class DatabaseCollector(Collector):
             )
             queue.add_metric([], depth)
             yield queue
+
+
+def heartbeat_metrics() -> Iterator[Any]:
+    """Seconds since each worker and periodic pass last showed life, and live workers."""
+    from django.conf import settings
+
+    from workers import heartbeat
+
+    try:
+        ages = heartbeat.ages()
+    except Exception:  # the store is down: the broker check and its alert say so
+        return
+    age = GaugeMetricFamily(
+        "partage_heartbeat_age_seconds",
+        "Seconds since the last heartbeat, by source (worker:<host>, task:<periodic task>).",
+        labels=["source"],
+    )
+    for source, seconds in sorted(ages.items()):
+        age.add_metric([source], seconds)
+    yield age
+    alive = GaugeMetricFamily(
+        "partage_workers_alive",
+        "Celery workers whose last heartbeat is within PARTAGE_HEARTBEAT_MAX_AGE_SECONDS.",
+    )
+    max_age = settings.PARTAGE_HEARTBEAT_MAX_AGE_SECONDS
+    alive.add_metric(
+        [],
+        sum(1 for s, a in ages.items() if s.startswith(heartbeat.WORKER_PREFIX) and a <= max_age),
+    )
+    yield alive
 
 
 def queue_depth(queue: str = "celery") -> int | None:

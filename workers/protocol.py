@@ -28,6 +28,10 @@ EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 3
 EXIT_PREEMPTED = 4  # stopped on SIGTERM after writing a checkpoint
+# Set by the agent (workers/agent.py) for a trainer that died of a signal nobody asked for;
+# the trainer itself exits 6 on a host or GPU out-of-memory error.
+EXIT_KILLED = 5  # SIGKILL or the like, with no sign of memory exhaustion
+EXIT_OUT_OF_MEMORY = 6  # the OOM killer (the cgroup's oom_kill count rose), or torch's OOM
 
 
 class TrainerEvent(enum.StrEnum):
@@ -47,6 +51,8 @@ def exit_phase(exit_code: int) -> Phase:
     """The phase an attempt ends in when the trainer exits with `exit_code`."""
     if exit_code == EXIT_OK:
         return Phase.SUCCEEDED
-    if exit_code == EXIT_PREEMPTED:
+    if exit_code in {EXIT_PREEMPTED, EXIT_KILLED, EXIT_OUT_OF_MEMORY}:
+        # A trainer killed on its own is interrupted like one killed with its pod or process
+        # group: the attempt is retried from the latest checkpoint.
         return Phase.DISRUPTED
     return Phase.FAILED

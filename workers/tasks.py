@@ -18,9 +18,12 @@ def admission_pass(**kwargs: Any) -> int:
 
     from marketplace.quotas.services import ADMISSION_PENDING_KEY
     from marketplace.quotas.services import admission_pass as run_pass
+    from workers.heartbeat import heartbeat_record
 
     cache.delete(ADMISSION_PENDING_KEY)  # before reading the queue: later creates ask again
-    return len(run_pass())
+    admitted = len(run_pass())
+    heartbeat_record("task:partage.admission_pass")
+    return admitted
 
 
 @app.task(
@@ -62,5 +65,8 @@ def job_stop(job_id: str, **kwargs: Any) -> None:
 @app.task(name="partage.resync", acks_late=True)
 def resync(**kwargs: Any) -> dict[str, int]:
     from workers.dispatch import resync as run_resync
+    from workers.heartbeat import heartbeat_record
 
-    return run_resync()
+    counts = run_resync()
+    heartbeat_record("task:partage.resync")
+    return counts

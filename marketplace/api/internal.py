@@ -24,7 +24,6 @@ from marketplace.errors import Conflict, InvalidInput, NotFound
 from marketplace.finetuning import selectors, services
 from marketplace.finetuning.models import FineTuningJob
 from marketplace.finetuning.tokens import job_token_verify
-from workers.protocol import EXIT_OK, exit_phase
 
 
 class JobPrincipal:
@@ -191,21 +190,15 @@ class AdapterUploadView(InternalView):
 class ExitView(InternalView):
     def post(self, request: Request, job_id: str) -> Response:
         job = self.job(request, job_id)
-        number = self.principal(request).attempt
         fields = body_of(request)
-        attempt = job.attempts.filter(number=number).first()
-        if attempt is None:
-            raise NotFound("No such attempt.")
         try:
             code = int(fields.get("exit_code", ""))
         except (TypeError, ValueError):
             raise InvalidInput("exit_code must be an integer.", param="exit_code") from None
-        phase = exit_phase(code)
-        job = services.attempt_ended(
-            attempt_id=attempt.pk,
-            phase=phase,
+        job = services.attempt_exit_report(
+            job_id=job.id,
+            attempt_number=self.principal(request).attempt,
             exit_code=code,
-            reason="" if code == EXIT_OK else f"trainer exited with code {code}",
             logs=str(fields.get("logs") or ""),
         )
         return Response({"status": job.status})
@@ -241,9 +234,18 @@ def metrics(request: HttpRequest) -> Any:
 
 
 def health_ready(request: HttpRequest) -> Any:
+    """Database, broker, a live worker and a running scheduler; 503 when one fails.
+
+    `?exclude=workers&exclude=scheduler` leaves checks out, as kube-apiserver's /readyz does:
+    the web pods' readiness probe excludes the workers, so that a dead worker pool is reported
+    (and alerted on) without taking the API out of its Service.
+    """
     from django.db import connection
     from django.http import JsonResponse
 
+    from workers import heartbeat
+
+    excluded = set(request.GET.getlist("exclude"))
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -259,7 +261,27 @@ def health_ready(request: HttpRequest) -> Any:
         checks["broker"] = "ok"
     except Exception as e:
         checks["broker"] = f"error: {e.__class__.__name__}"
-    ok = all(v == "ok" for v in checks.values())
+    max_age = settings.PARTAGE_HEARTBEAT_MAX_AGE_SECONDS
+    try:
+        ages = heartbeat.ages()
+        checks["workers"] = _heartbeat_check(
+            [a for s, a in ages.items() if s.startswith(heartbeat.WORKER_PREFIX)], max_age
+        )
+        checks["scheduler"] = _heartbeat_check(
+            [ages[s] for s in ("task:partage.admission_pass",) if s in ages], max_age
+        )
+    except Exception as e:
+        checks["workers"] = checks["scheduler"] = f"error: {e.__class__.__name__}"
+    ok = all(v == "ok" for name, v in checks.items() if name not in excluded)
     return JsonResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
     )
+
+
+def _heartbeat_check(ages: list[float], max_age: int) -> str:
+    if not ages:
+        return "error: no heartbeat yet"
+    newest = min(ages)
+    if newest > max_age:
+        return f"error: last heartbeat {newest:.0f} s ago (limit {max_age} s)"
+    return "ok"

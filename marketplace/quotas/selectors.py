@@ -244,3 +244,14 @@ def live_allocations_on_pools(pool_ids: list[int]) -> list[CapacityLiveAllocatio
             pool_id__in=pool_ids, released_at__isnull=True
         ).values_list("job_id", "pool_id", "booking_id", "gpus", "expected_end")
     ]
+
+
+def job_deadline(*, job_id: str) -> datetime | None:
+    """When the job's live admission runs out (admitted at + the quota's max job hours)."""
+    from marketplace.quotas.models import Allocation
+
+    return (
+        Allocation.objects.filter(job_id=job_id, released_at__isnull=True)
+        .values_list("expected_end", flat=True)
+        .first()
+    )

@@ -8,6 +8,7 @@ truth and calls these methods from idempotent Celery tasks and the reconciler.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Protocol
 
 # The trainer protocol lives in workers/protocol.py; re-exported for the executors.
@@ -73,4 +74,9 @@ class Executor(Protocol):
 
     def logs(self, spec: LaunchSpec) -> str:
         """The attempt's captured output so far (stdout/stderr of the trainer)."""
+        ...
+
+    def spool_dir(self, spec: LaunchSpec) -> Path | None:
+        """Where the attempt's agent keeps undelivered reports (workers/spool.py), if that
+        outlives the attempt and the worker can read it; else None."""
         ...

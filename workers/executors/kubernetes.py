@@ -581,6 +581,9 @@ class KubernetesExecutor:
             "deleted Job %s", spec.name, extra={"job_id": spec.job_id, "org_id": spec.org_id}
         )
 
+    def spool_dir(self, spec: LaunchSpec) -> Path | None:
+        return None  # the pod's scratch volume goes with it: its agent retries to the deadline
+
     def logs(self, spec: LaunchSpec) -> str:
         """Every pod's log, oldest pod first; read while the Job and its pods still exist."""
         namespace = _namespace(spec, self.config())

@@ -137,6 +137,9 @@ class LocalExecutor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
 
+    def spool_dir(self, spec: LaunchSpec) -> Path | None:
+        return self.run_dir(spec) / "spool"
+
     def logs(self, spec: LaunchSpec) -> str:
         path = self.run_dir(spec) / "agent.log"
         if not path.exists():

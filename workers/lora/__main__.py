@@ -1,7 +1,7 @@
 """`python -m workers.lora --config job.json [--resume]`: one LoRA fine-tuning run.
 
 Exit codes: 0 ok, 3 user error (incl. NaN/inf loss, zero LoRA gradient), 4 preempted after a
-checkpoint, 1 internal error. Events go to stdout as JSON lines; logs go to stderr. Once the run
+checkpoint, 6 out of memory (host or GPU), 1 internal error. Events go to stdout as JSON lines; logs go to stderr. Once the run
 has returned its code, a stop signal no longer changes it (see `exit_with`).
 """
 
@@ -15,7 +15,7 @@ import traceback
 
 from workers.lora.config import UserError, load_config
 from workers.lora.events import emit, log
-from workers.protocol import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
+from workers.protocol import EXIT_INTERNAL_ERROR, EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except Exception as e:
         log(traceback.format_exc())
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch's
+            emit("error", code="out_of_memory", message=f"{type(e).__name__}: {e}")
+            return EXIT_OUT_OF_MEMORY
         emit("error", code="internal_error", message=f"{type(e).__name__}: {e}")
         return EXIT_INTERNAL_ERROR
 

@@ -15,6 +15,7 @@ reports      - what the trainer reports: events, checkpoints, the adapter.
 from marketplace.finetuning.services.attempts import (
     MAX_ATTEMPTS,
     attempt_ended,
+    attempt_exit_report,
     attempt_for_dispatch,
     attempt_launched,
     attempt_logs_capture,
@@ -68,6 +69,7 @@ __all__ = [
     "_jobs_transition_apply",
     "adapter_store",
     "attempt_ended",
+    "attempt_exit_report",
     "attempt_for_dispatch",
     "attempt_launched",
     "attempt_logs_capture",

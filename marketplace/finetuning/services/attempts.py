@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.errors import NotFound
 from marketplace.finetuning import states
 from marketplace.finetuning.admission import admission
 from marketplace.finetuning.charging import job_charging
@@ -20,7 +21,7 @@ from marketplace.finetuning.services.jobs import (
     _job_requeue,
     job_fail,
 )
-from marketplace.finetuning.services.transitions import job_transition
+from marketplace.finetuning.services.transitions import job_event_add, job_transition
 
 
 def attempt_for_dispatch(*, job_id: str) -> JobAttempt | None:
@@ -171,6 +172,42 @@ def attempt_ended(
         )
 
 
+def attempt_exit_report(
+    *, job_id: str, attempt_number: int, exit_code: int, logs: str
+) -> FineTuningJob:
+    """The agent's report of how its attempt ended (over HTTP, or replayed from its spool)."""
+    from workers.protocol import EXIT_KILLED, EXIT_OK, EXIT_OUT_OF_MEMORY, exit_phase
+
+    attempt = JobAttempt.objects.filter(job_id=job_id, number=attempt_number).first()
+    if attempt is None:
+        raise NotFound("No such attempt.")
+    # A trainer killed on its own (the OOM killer, a stray SIGKILL) is interrupted like one
+    # killed with its whole process group or pod: retried from the latest checkpoint.
+    phase = exit_phase(exit_code)
+    reason = {
+        EXIT_OK: "",
+        EXIT_KILLED: "the trainer was killed",
+        EXIT_OUT_OF_MEMORY: "the trainer ran out of memory",
+    }.get(exit_code, f"trainer exited with code {exit_code}")
+    return attempt_ended(
+        attempt_id=attempt.pk, phase=phase, exit_code=exit_code, reason=reason, logs=logs
+    )
+
+
+def out_of_memory_advice(job: FineTuningJob) -> str:
+    """What the user can change when training runs out of memory."""
+    hp = job.hyperparameters or {}
+    batch = hp.get("batch_size")
+    length = hp.get("max_seq_length")
+    return (
+        "Training ran out of memory. Lower hyperparameters.batch_size"
+        + (f" (now {batch})" if batch else "")
+        + " or the sequence length (max_seq_length"
+        + (f", now {length}" if length else "")
+        + "), use shorter examples, or choose a GPU flavor with more memory."
+    )
+
+
 MAX_ATTEMPTS = 5
 
 
@@ -218,7 +255,12 @@ def _after_attempt_stopped(
             code="invalid_training_data",
             message=detail,
         )
+    from workers.protocol import EXIT_OUT_OF_MEMORY
+
     disrupted = phase in {Phase.DISRUPTED, Phase.MISSING} or preempted
+    out_of_memory = exit_code == EXIT_OUT_OF_MEMORY
+    if out_of_memory:
+        job_event_add(job_id=job.id, level=JobEvent.Level.WARN, message=out_of_memory_advice(job))
     if disrupted and job.attempt_count < MAX_ATTEMPTS:
         why = reason or ("the trainer was preempted" if preempted else "the attempt was lost")
         job_transition(
@@ -231,6 +273,15 @@ def _after_attempt_stopped(
             job,
             message="Queued again",
             pending_reason="waiting: requeued after an interruption; will resume from the latest checkpoint",
+        )
+    if out_of_memory:
+        # Admitted as fitting (job_fit_check): the platform's estimate was wrong, so the
+        # customer is not charged (REFERENCE §6); the message says what to change.
+        return job_fail(
+            job_id=job.id,
+            failure_class=FailureClass.PLATFORM_ERROR,
+            code="out_of_memory",
+            message=out_of_memory_advice(job),
         )
     failure = FailureClass.PROVIDER_ERROR if disrupted else FailureClass.PLATFORM_ERROR
     return job_fail(
