@@ -150,13 +150,16 @@ def test_our_rendering_matches_kubectl_kustomize(overlay: Path) -> None:
             assert doc["spec"]["replicas"] == ours[key(doc)]["spec"]["replicas"]
 
 
-def test_rbac_is_limited_to_jobs_pods_and_logs_in_the_training_namespace() -> None:
+def test_rbac_is_limited_to_jobs_pods_logs_and_token_secrets_in_the_training_namespace() -> None:
     (role,) = [d for d in _documents(K8S / "base" / "rbac.yaml") if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == CONFIG.namespace
     resources = sorted(r for rule in role["rules"] for r in rule["resources"])
-    assert resources == ["jobs", "pods", "pods/log"]
+    assert resources == ["jobs", "pods", "pods/log", "secrets"]
     verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
     assert verbs["pods"] == {"get", "list", "watch"} and verbs["pods/log"] == {"get"}
+    # It writes each attempt's token Secret; it can never list or read the namespace's others
+    # in bulk, nor change or delete any (the garbage collector deletes them with their Job).
+    assert verbs["secrets"] == {"create", "get"}
 
 
 def test_network_policy_selects_the_labels_the_executor_puts_on_training_pods() -> None:
