@@ -346,6 +346,9 @@ if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = 31536000
     SECURE_SSL_REDIRECT = env.get("DJANGO_SECURE_SSL_REDIRECT", env.as_bool, default=True)
+    # Inside the cluster, plain HTTP to the Service: trainers call back (PARTAGE_INTERNAL_URL),
+    # the kubelet probes, Prometheus scrapes. A redirect to https would strand them all.
+    SECURE_REDIRECT_EXEMPT = [r"^internal/", r"^healthz$", r"^readyz$", r"^metrics$"]
 
 LOG_LEVEL = env.get(
     "PARTAGE_LOG_LEVEL", env.one_of(["debug", "info", "warning", "error"]), default="info"

@@ -396,23 +396,7 @@ class FakeKubeApiServer:
                     "pods",
                     namespace,
                     pod_name,
-                    lambda p: p["status"].update(
-                        containerStatuses=[
-                            {
-                                "name": p["spec"]["containers"][0]["name"],
-                                "ready": False,
-                                "restartCount": 0,
-                                "image": p["spec"]["containers"][0].get("image", ""),
-                                "imageID": "",
-                                "state": {
-                                    "waiting": {
-                                        "reason": "CreateContainerConfigError",
-                                        "message": message,
-                                    }
-                                },
-                            }
-                        ]
-                    ),
+                    lambda p, why=message: _waiting(p, "CreateContainerConfigError", why),
                 )
             with self.changed:
                 self.changed.wait(0.2)
@@ -791,6 +775,20 @@ class FakeKubeApiServer:
                     yield {"type": etype, "object": obj}
             if time.monotonic() >= end:
                 return
+
+
+def _waiting(pod: dict, reason: str, message: str) -> None:
+    container = pod["spec"]["containers"][0]
+    pod["status"]["containerStatuses"] = [
+        {
+            "name": container["name"],
+            "ready": False,
+            "restartCount": 0,
+            "image": container.get("image", ""),
+            "imageID": "",
+            "state": {"waiting": {"reason": reason, "message": message}},
+        }
+    ]
 
 
 def _default_secret(secret: dict) -> None:

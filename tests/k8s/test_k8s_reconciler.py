@@ -72,7 +72,9 @@ def launched_attempt(client: Any, upload: Any, api: FakeKubeApiServer, code: str
     manifest = copy.deepcopy(job_manifest(spec, config))
     manifest["spec"]["template"]["spec"]["containers"][0]["command"] = [sys.executable, "-c", code]
     created = api.create("jobs", NS, manifest)
-    api.create("secrets", NS, token_secret_manifest(spec, config, job_uid=created["metadata"]["uid"]))
+    api.create(
+        "secrets", NS, token_secret_manifest(spec, config, job_uid=created["metadata"]["uid"])
+    )
     services.attempt_launched(attempt=attempt, handle=executor().handle(spec))
     api.wait_for(lambda: "hello from the pod" in _pod_log(api, attempt.name), timeout=30)
     return JobAttempt.objects.select_related("job").get(pk=attempt.pk)
