@@ -527,8 +527,17 @@ class PlacementEstimateView(APIView):
 # ---------------------------------------------------------------- residency
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON true or false only: the schema says boolean, so 0, 1 and "yes" are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ResidencySerializer(serializers.Serializer):
-    eu_only = serializers.BooleanField()
+    eu_only = StrictBooleanField()
     countries = serializers.ListField(child=serializers.CharField(), required=False, default=list)
 
 
