@@ -19,9 +19,8 @@ from rest_framework.views import APIView
 from marketplace.accounts.models import Organization
 from marketplace.api import serializers_billing as docs
 from marketplace.api.authentication import ApiKeyAuthentication
-from marketplace.api.pagination import page
+from marketplace.api.pagination import LIMIT_PARAMETER, page
 from marketplace.api.representations import unix
-from marketplace.api.pagination import LIMIT_PARAMETER
 from marketplace.api.views import LIST_PARAMETERS, AlwaysJson
 from marketplace.billing import selectors, services
 from marketplace.billing.exports import invoice_export
