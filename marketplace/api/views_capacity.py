@@ -538,7 +538,10 @@ class StrictBooleanField(serializers.BooleanField):
 
 class ResidencySerializer(serializers.Serializer):
     eu_only = StrictBooleanField()
-    countries = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    # What capacity.policies.country_code accepts: two ASCII letters, ISO 3166-1 alpha-2.
+    countries = serializers.ListField(
+        child=serializers.RegexField(r"^[A-Za-z]{2}$"), required=False, default=list
+    )
 
 
 class ResidencyPolicyView(APIView):

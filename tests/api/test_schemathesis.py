@@ -37,7 +37,6 @@ NOT_YET_TRUE = {
     "POST /v1/placement_estimate": "an unknown flavor is a 400",
     "POST /v1/pools": "the schema marks no field required; the server needs them",
     "PATCH /v1/pools/{pool_id}": "out-of-range values and unknown fields are a 400",
-    "PUT /v1/residency_policy": "country codes that are no country are a 400",
     "POST /v1/webhook_endpoints": "url must be http(s) and resolve; event types from the catalog",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "control characters "
     "in the id are a 400",
