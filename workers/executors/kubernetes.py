@@ -156,6 +156,15 @@ def _labels(obj: Any) -> dict[str, str]:
     return dict(obj.metadata.labels or {}) if obj.metadata else {}
 
 
+def _uid(obj: Any) -> str:
+    uid = obj.metadata.uid if obj.metadata else None
+    if not uid:
+        raise KubernetesPermanentError(
+            f"the API server returned {type(obj).__name__} without a uid"
+        )
+    return str(uid)
+
+
 def _identity_matches(labels: dict[str, str] | None, spec: LaunchSpec) -> bool:
     expected = attempt_labels(spec)
     labels = labels or {}
@@ -576,14 +585,14 @@ class KubernetesExecutor:
                 )
             logger.info("adopted existing Job %s", spec.name, extra=log_extra)
             metrics.K8S_JOBS_ADOPTED.inc()
-            job_uid = existing.metadata.uid
+            job = existing
         else:
             logger.info("created Job %s", spec.name, extra=log_extra)
             metrics.K8S_JOBS_CREATED.inc()
-            job_uid = created.metadata.uid
+            job = created
         # The pod waits for its token Secret (the kubelet retries), which can only be owned by
         # a Job that exists; an adopted Job keeps the Secret (and token) it was given first.
-        self._token_secret_ensure(spec, config, namespace, job_uid)
+        self._token_secret_ensure(spec, config, namespace, _uid(job))
         metrics.DISPATCH_API_SECONDS.observe(time.perf_counter() - started)
         return self.handle(spec)
 
@@ -618,7 +627,8 @@ class KubernetesExecutor:
                 f"{spec.attempt} of {spec.job_id}",
                 status=409,
             )
-        if job_uid not in {ref.uid for ref in existing.metadata.owner_references or []}:
+        owners = existing.metadata.owner_references if existing.metadata else None
+        if job_uid not in {ref.uid for ref in owners or []}:
             # Left by an earlier Job of the same name; the garbage collector is deleting it.
             raise KubernetesTemporaryError(
                 f"Secret {namespace}/{name} still belongs to a deleted Job; retry shortly",
