@@ -338,11 +338,11 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_THROTTLE_CLASSES": ["marketplace.api.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.FormParser",
-    ],
+    # JSON bodies, as the OpenAI API takes them (only file uploads are multipart, set on their
+    # view). Form bodies read a missing boolean as false, so an empty form passed validation
+    # that the published JSON schema says must fail.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "EXCEPTION_HANDLER": "marketplace.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -387,6 +387,9 @@ if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = 31536000
     SECURE_SSL_REDIRECT = env.get("DJANGO_SECURE_SSL_REDIRECT", env.as_bool, default=True)
+    # Inside the cluster, plain HTTP to the Service: trainers call back (PARTAGE_INTERNAL_URL),
+    # the kubelet probes, Prometheus scrapes. A redirect to https would strand them all.
+    SECURE_REDIRECT_EXEMPT = [r"^internal/", r"^healthz$", r"^readyz$", r"^metrics$"]
 
 LOG_LEVEL = env.get(
     "PARTAGE_LOG_LEVEL", env.one_of(["debug", "info", "warning", "error"]), default="info"

@@ -34,13 +34,18 @@ def launch_spec(attempt: JobAttempt) -> LaunchSpec:
     from marketplace.capacity.selectors import launch_settings_for_job
 
     pool = launch_settings_for_job(job)
+    deadline_seconds = LaunchSpec.active_deadline_seconds
     return LaunchSpec(
         job_id=job.id,
         org_id=job.organization.public_id,
         attempt=attempt.number,
         name=attempt.name,
         callback_url=f"{settings.PARTAGE_INTERNAL_URL}/internal/v1",
-        token=job_token_issue(job_id=job.id, attempt=attempt.number),
+        # The token dies with the attempt: it cannot outlive the deadline the trainer runs under.
+        token=job_token_issue(
+            job_id=job.id, attempt=attempt.number, deadline_seconds=deadline_seconds
+        ),
+        active_deadline_seconds=deadline_seconds,
         base_model=job.model,
         gpu_count=job.gpu_count,
         gpu_flavor=job.gpu_flavor,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -28,6 +29,10 @@ from marketplace.errors import Conflict, InvalidInput
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# 1 to 255 visible ASCII characters, spaces allowed inside (HTTP trims them at the ends); the
+# OpenAPI schema publishes this very pattern (marketplace/api/schema.py).
+KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~])?$"
+_KEY = re.compile(KEY_PATTERN)
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -55,9 +60,10 @@ def _key_of(request: Request) -> str | None:
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+    if not _KEY.fullmatch(key):
         raise InvalidInput(
-            f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters, e.g. a UUID.",
+            f"{HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (spaces only "
+            "between them), e.g. a UUID.",
             code="invalid_idempotency_key",
             param=HEADER,
         )

@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from marketplace.accounts import scopes as key_scopes
+from marketplace.api.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 
 ERROR_STATUSES = {
     "400": "The request is invalid: error.param names the field, error.message says how to fix it.",
@@ -68,9 +69,15 @@ def postprocess_errors_and_idempotency(result: dict[str, Any], **kwargs: Any) ->
                             "in": "header",
                             "name": "Idempotency-Key",
                             "required": False,
-                            "schema": {"type": "string", "maxLength": 255},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_KEY_LENGTH,
+                                "pattern": KEY_PATTERN,
+                            },
                             "description": "Repeat a POST safely: same key + same body → "
-                            "same response; same key + another body → 409.",
+                            "same response; same key + another body → 409. 1 to 255 visible "
+                            "ASCII characters, e.g. a UUID.",
                         }
                     )
     return result

@@ -16,6 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,7 +28,7 @@ from marketplace.api.authentication import api_key_of, organization_of
 from marketplace.api.errors import error_body
 from marketplace.api.idempotency import idempotent
 from marketplace.api.inputs import body_of
-from marketplace.api.pagination import page
+from marketplace.api.pagination import LIMIT_PARAMETER, page
 from marketplace.api.representations import (
     checkpoint_object,
     event_object,
@@ -49,7 +50,7 @@ def org_of(request: Request) -> Organization:
 
 LIST_PARAMETERS = [
     OpenApiParameter("after", str, description="The id of the last item of the previous page."),
-    OpenApiParameter("limit", int, description="1 to 100 items; default 20."),
+    LIMIT_PARAMETER,
 ]
 
 
@@ -59,6 +60,8 @@ class FileUploadSerializer(serializers.Serializer):
 
 
 class FileListView(APIView):
+    parser_classes = [MultiPartParser]  # the file itself; every other /v1 body is JSON
+
     @extend_schema(
         operation_id="files_list",
         parameters=[*LIST_PARAMETERS, OpenApiParameter("purpose", str)],

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from marketplace.accounts.models import Organization
 from marketplace.api import serializers_billing as docs
 from marketplace.api.authentication import ApiKeyAuthentication
-from marketplace.api.pagination import page
+from marketplace.api.pagination import LIMIT_PARAMETER, page
 from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS, AlwaysJson
 from marketplace.billing import selectors, services
@@ -160,7 +160,7 @@ USAGE_PARAMETERS = [
     OpenApiParameter(
         "after", str, description="The id (usage-<n>) of the last record of the previous page."
     ),
-    OpenApiParameter("limit", int, description="1 to 100 items; default 20."),
+    LIMIT_PARAMETER,
 ]
 
 

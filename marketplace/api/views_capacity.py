@@ -527,9 +527,21 @@ class PlacementEstimateView(APIView):
 # ---------------------------------------------------------------- residency
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON true or false only: the schema says boolean, so 0, 1 and "yes" are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ResidencySerializer(serializers.Serializer):
-    eu_only = serializers.BooleanField()
-    countries = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    eu_only = StrictBooleanField()
+    # What capacity.policies.country_code accepts: two ASCII letters, ISO 3166-1 alpha-2.
+    countries = serializers.ListField(
+        child=serializers.RegexField(r"^[A-Za-z]{2}$"), required=False, default=list
+    )
 
 
 class ResidencyPolicyView(APIView):

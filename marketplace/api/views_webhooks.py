@@ -21,7 +21,7 @@ from marketplace.api.webhooks import services
 from marketplace.api.webhooks.events import EVENT_TYPES
 from marketplace.api.webhooks.selectors import webhook_deliveries_for_org, webhook_endpoints_for_org
 from marketplace.api.webhooks.signing import secret_hint
-from marketplace.errors import NotFound
+from marketplace.errors import InvalidInput, NotFound
 
 
 def endpoint_object(endpoint: Any, *, with_secret: bool = False) -> dict[str, Any]:
@@ -203,13 +203,16 @@ def _deliveries(request: Request) -> Any:
     return webhook_deliveries_for_org(org_of(request)).prefetch_related(attempts)
 
 
+DELIVERY_STATUSES = ["pending", "succeeded", "failed"]
+
+
 class DeliveryListView(APIView):
     @extend_schema(
         operation_id="webhook_deliveries_list",
         parameters=[
             *LIST_PARAMETERS,
             OpenApiParameter("webhook_endpoint_id", str),
-            OpenApiParameter("status", str, enum=["pending", "succeeded", "failed"]),
+            OpenApiParameter("status", str, enum=DELIVERY_STATUSES),
         ],
         responses=schema.WebhookDeliveryList,
     )
@@ -219,7 +222,12 @@ class DeliveryListView(APIView):
         if endpoint_id:
             deliveries = deliveries.filter(endpoint_id=endpoint_id)
         status = request.query_params.get("status")
-        if status:
+        if status is not None:
+            if status not in DELIVERY_STATUSES:
+                raise InvalidInput(
+                    f"status must be one of {', '.join(DELIVERY_STATUSES)}, not {status!r}.",
+                    param="status",
+                )
             deliveries = deliveries.filter(status=status)
         return Response(page(request, deliveries, delivery_object))
 

@@ -1,5 +1,7 @@
-"""Fuzz every /v1 operation from the OpenAPI schema (schemathesis): no 5xx, and every response
-matches the schema (status code, content type, body). Bounded: a few examples per operation."""
+"""Fuzz every /v1 operation from the OpenAPI schema (schemathesis) with its default checks, all
+of them: no 5xx, every response matches the schema, valid requests are accepted and invalid
+ones refused. So the schema must describe exactly what the server does. Bounded: a few
+examples per operation."""
 
 from __future__ import annotations
 
@@ -17,6 +19,33 @@ def fuzz_key(key_a: str, settings: Any, wsgi_calls: None) -> str:
     return key_a
 
 
+# Issue 14 point 9 is not finished for these operations: the server refuses, with a 400, requests
+# whose every field matches the schema, for reasons the schema does not state yet (an unknown
+# flavor, pool, model or file, a period that is no month, end before start, a URL that does not
+# resolve, contents that are not JSONL), or accepts a number where the schema says string, or
+# an unknown query parameter. They
+# are still fuzzed, with the response checks (no 5xx, conforming responses); every other
+# operation gets all of schemathesis' default checks. Remove an entry once it passes them.
+NOT_YET_TRUE = {
+    "POST /v1/api_keys": "resources: [0] is accepted (DRF CharField coerces numbers)",
+    "POST /v1/billing/topups": "an unknown organization or malformed amount is a 400",
+    "GET /v1/billing/usage": "period 0000-00 matches the pattern; an unknown cursor is a 400",
+    "POST /v1/bookings": "unknown flavor or pool, end before start: 400",
+    "POST /v1/bookings/quote": "unknown flavor or pool, end before start: 400",
+    "GET /v1/files": "unknown query parameters are ignored, where the schema forbids them "
+    "(every list may show this with other examples: the server refuses no unknown parameter)",
+    "POST /v1/files": "contents that are not JSONL are a 400",
+    "POST /v1/fine_tuning/jobs": "an unknown model or training file is a 400",
+    "GET /v1/offers": "an unknown country or flavor is a 400",
+    "POST /v1/placement_estimate": "an unknown flavor is a 400",
+    "POST /v1/pools": "the schema marks no field required; the server needs them",
+    "PATCH /v1/pools/{pool_id}": "out-of-range values and unknown fields are a 400",
+    "POST /v1/webhook_endpoints": "url must be http(s) and resolve; event types from the catalog",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "control characters "
+    "in the id are a 400",
+}
+
+
 @pytest.mark.django_db
 @schema.parametrize()
 @settings(
@@ -26,7 +55,20 @@ def fuzz_key(key_a: str, settings: Any, wsgi_calls: None) -> str:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_keeps_to_the_schema(case: Any, fuzz_key: str) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {fuzz_key}"}, checks=CHECKS)
+    headers = {"Authorization": f"Bearer {fuzz_key}"}
+    if case.operation.label in NOT_YET_TRUE:
+        case.call_and_validate(headers=headers, checks=CHECKS)
+    else:
+        case.call_and_validate(headers=headers)  # schemathesis' default checks, all of them
+
+
+def test_the_unfinished_list_names_real_operations() -> None:
+    labels = {operation.label for operation in _operations()}
+    assert set(NOT_YET_TRUE) <= labels, set(NOT_YET_TRUE) - labels
+
+
+def _operations() -> list[Any]:
+    return [result.ok() for result in schema.get_all_operations()]
 
 
 @pytest.fixture

@@ -179,9 +179,10 @@ def test_staff_topup_matches_the_schema_exactly(
 
 
 @pytest.mark.parametrize("after", ["usage-²", "usage-99999999999999999999999", "usage-", "x"])
-def test_usage_cursor_that_is_no_record_is_a_clear_400(
+def test_usage_cursor_that_is_no_record_is_a_clear_404(
     after: str, billed: dict[str, str], client_a: Any
 ) -> None:
+    """Any string is a cursor by the schema; one that names no record is not found."""
     response = client_a.get("/v1/billing/usage", {"after": after})
-    assert response.status_code == 400, response.content
+    assert response.status_code == 404, response.content
     assert response.json()["error"]["param"] == "after"

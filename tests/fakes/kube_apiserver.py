@@ -1,15 +1,18 @@
 """A fake Kubernetes API server that speaks the REST wire format the official client uses.
 
-It serves batch/v1 Jobs and v1 Pods (create/get/list/watch/delete, pod log), keeps a
+It serves batch/v1 Jobs, v1 Pods and v1 Secrets (create/get/list/watch/delete, pod log), keeps a
 resourceVersion on every object and list, answers 404/409/410 with real Status objects, and
 can inject 429 (with Retry-After) and 500 faults. In kubelet mode it also plays the Job
 controller and the kubelet: a created Job gets a Pod whose container command runs as a local
 subprocess, and the Pod and Job statuses move as Kubernetes moves them (podFailurePolicy,
-activeDeadlineSeconds, DisruptionTarget on eviction).
+activeDeadlineSeconds, DisruptionTarget on eviction), resolving `secretKeyRef` env values as
+the kubelet does (the container waits until the Secret exists). Deleting a Job with Background or
+Foreground propagation deletes what it owns (ownerReferences), pods and Secrets alike.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import contextlib
 import copy
@@ -35,6 +38,7 @@ KINDS = {
     # resource -> (apiVersion, kind, list prefix)
     "jobs": ("batch/v1", "Job", "/apis/batch/v1"),
     "pods": ("v1", "Pod", "/api/v1"),
+    "secrets": ("v1", "Secret", "/api/v1"),
 }
 
 
@@ -70,6 +74,7 @@ class Fault:
     retry_after: int | None
     after_apply: bool  # perform the write, then answer with the error (a lost response)
     methods: frozenset[str] | None
+    path_contains: str = ""  # only requests whose path contains this, e.g. "/secrets"
 
 
 @dataclasses.dataclass
@@ -188,11 +193,14 @@ class FakeKubeApiServer:
         retry_after: int | None = None,
         after_apply: bool = False,
         methods: tuple[str, ...] | None = None,
+        path_contains: str = "",
     ) -> None:
         """Answer the next `count` matching requests with `status`."""
         with self.lock:
             self.faults.append(
-                Fault(status, count, None, retry_after, after_apply, _methods(methods))
+                Fault(
+                    status, count, None, retry_after, after_apply, _methods(methods), path_contains
+                )
             )
 
     def fail_for(
@@ -208,7 +216,7 @@ class FakeKubeApiServer:
             until = time.monotonic() + seconds
             self.faults.append(Fault(status, None, until, retry_after, False, _methods(methods)))
 
-    def _take_fault(self, method: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str = "") -> Fault | None:
         with self.lock:
             now = time.monotonic()
             self.faults = [
@@ -218,6 +226,8 @@ class FakeKubeApiServer:
             ]
             for fault in self.faults:
                 if fault.methods is not None and method not in fault.methods:
+                    continue
+                if fault.path_contains not in path:
                     continue
                 if fault.remaining is not None:
                     fault.remaining -= 1
@@ -289,6 +299,8 @@ class FakeKubeApiServer:
             meta.setdefault("labels", {})
             if resource == "jobs":
                 self._default_job(obj)
+            elif resource == "secrets":
+                _default_secret(obj)
             else:
                 obj.setdefault("status", {"phase": "Pending", "qosClass": "Guaranteed"})
             self.objects[(resource, namespace, name)] = obj
@@ -344,28 +356,51 @@ class FakeKubeApiServer:
                 )
             obj["metadata"]["deletionTimestamp"] = _now()
             self._bump(resource, namespace, "DELETED", obj)
-            dependants: list[str] = []
+            dependants: list[tuple[str, str]] = []
             if resource == "jobs" and propagation in ("Background", "Foreground"):
                 uid = obj["metadata"]["uid"]
                 dependants = [
-                    n
-                    for (r, ns, n), pod in self.objects.items()
-                    if r == "pods"
-                    and ns == namespace
+                    (r, n)
+                    for (r, ns, n), owned in self.objects.items()
+                    if ns == namespace
                     and any(
-                        ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences", [])
+                        ref.get("uid") == uid
+                        for ref in owned["metadata"].get("ownerReferences", [])
                     )
                 ]
             deleted = copy.deepcopy(obj)
-        for pod_name in dependants:
+        for dependant, dependant_name in dependants:  # the garbage collector
             with contextlib.suppress(ApiError):
-                self.delete("pods", namespace, pod_name, None)
+                self.delete(dependant, namespace, dependant_name, None)
         if resource == "pods":  # the kubelet stops the container within the grace period
             grace = obj["spec"].get("terminationGracePeriodSeconds", 30)
             self._spawn(self._kill_process, (namespace, name), grace)
         return deleted
 
     # -- the kubelet and Job controller ----------------------------------------------------
+
+    def _secret_value(self, namespace: str, pod_name: str, ref: dict) -> str | None:
+        """Like the kubelet: until the Secret exists the container waits, reported as
+        CreateContainerConfigError; None when the pod is deleted (or the server stops) first."""
+        waiting_shown = False
+        while not self._stopping.is_set():
+            if self.get("pods", namespace, pod_name) is None:
+                return None
+            secret = self.get("secrets", namespace, ref["name"])
+            if secret is not None and ref["key"] in secret.get("data", {}):
+                return base64.b64decode(secret["data"][ref["key"]]).decode()
+            if not waiting_shown:
+                waiting_shown = True
+                message = f'secret "{ref["name"]}" not found'
+                self.update(
+                    "pods",
+                    namespace,
+                    pod_name,
+                    lambda p, why=message: _waiting(p, "CreateContainerConfigError", why),
+                )
+            with self.changed:
+                self.changed.wait(0.2)
+        return None
 
     def _spawn(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -477,6 +512,11 @@ class FakeKubeApiServer:
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = item["value"]
+            elif "secretKeyRef" in item.get("valueFrom", {}):
+                value = self._secret_value(namespace, pod_name, item["valueFrom"]["secretKeyRef"])
+                if value is None:
+                    return None  # the pod was deleted while it waited
+                env[item["name"]] = value
         argv = list(container.get("command", [])) + list(container.get("args", []))
         proc = subprocess.Popen(
             argv,
@@ -737,6 +777,28 @@ class FakeKubeApiServer:
                 return
 
 
+def _waiting(pod: dict, reason: str, message: str) -> None:
+    container = pod["spec"]["containers"][0]
+    pod["status"]["containerStatuses"] = [
+        {
+            "name": container["name"],
+            "ready": False,
+            "restartCount": 0,
+            "image": container.get("image", ""),
+            "imageID": "",
+            "state": {"waiting": {"reason": reason, "message": message}},
+        }
+    ]
+
+
+def _default_secret(secret: dict) -> None:
+    """As the API server stores a Secret: stringData folded into base64 data."""
+    data = secret.setdefault("data", {})
+    for key, value in (secret.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(value.encode()).decode()
+    secret.setdefault("type", "Opaque")
+
+
 def _gone(since: int, compacted: int) -> dict:
     return {
         "type": "ERROR",
@@ -798,7 +860,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw.strip() else {}
-        fault = self.api._take_fault(method)
+        fault = self.api._take_fault(method, parts.path)
         status = 200
         recorded = False
         try:
@@ -880,7 +942,7 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "DELETE" and sub is None:
                 propagation = body.get("propagationPolicy") or query.get("propagationPolicy")
                 deleted = self.api.delete(resource, namespace, name, propagation)
-                if resource == "pods":
+                if resource != "jobs":
                     return self._send_json(200, deleted)
                 return self._send_json(
                     200,

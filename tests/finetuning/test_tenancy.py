@@ -74,7 +74,7 @@ def test_job_token_is_scoped_to_one_job(
     other_job = services.job_create(
         organization=org_b, model="partage/tiny-llama", training_file=other_file.id
     )
-    token = job_token_issue(job_id=alices_things["job"].id, attempt=1)
+    token = job_token_issue(job_id=alices_things["job"].id, attempt=1, deadline_seconds=3600)
     response = client.get(
         f"/internal/v1/jobs/{other_job.id}/spec", HTTP_AUTHORIZATION=f"Bearer {token}"
     )

@@ -20,6 +20,7 @@ from workers.executors.kubernetes import (
     ResourceVersionExpired,
     RetryPolicy,
     job_manifest,
+    token_secret_manifest,
 )
 
 DIGEST = "registry.example/partage/trainer@sha256:" + "a" * 64
@@ -73,6 +74,10 @@ def raw_batch(api: Any) -> client.BatchV1Api:
     return client.BatchV1Api(config.new_client_from_config(config_file=api.kubeconfig))
 
 
+def raw_core(api: Any) -> client.CoreV1Api:
+    return client.CoreV1Api(config.new_client_from_config(config_file=api.kubeconfig))
+
+
 # ---------------------------------------------------------------- the manifest
 
 
@@ -116,8 +121,7 @@ def test_manifest_follows_the_checklist():
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["terminationGracePeriodSeconds"] >= 60
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["PARTAGE_JOB_TOKEN"] == "signed-token-for-this-job"
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PARTAGE_JOB_ID"] == "ftjob-abc123" and env["PARTAGE_ATTEMPT"] == "1"
     assert env["PARTAGE_MODEL_CACHE"] == "/models"  # the pod's mount, not the web host's path
 
@@ -186,7 +190,7 @@ def test_429_with_retry_after_and_500s_are_retried(fake_api):
     fake_api.fail_next(1, 503)
     executor().launch(make_spec(fake_api))
     assert len(fake_api.list("jobs", NS)) == 1
-    statuses = [s for m, p, s in fake_api.requests if m == "POST"]
+    statuses = [s for m, p, s in fake_api.requests if m == "POST" and p.endswith("/jobs")]
     assert statuses == [429, 429, 503, 201]
 
 
@@ -239,7 +243,9 @@ def _run_with(api: Any, spec: LaunchSpec, code: str, **spec_changes: Any) -> Non
     body = copy.deepcopy(job_manifest(spec, CONFIG))
     body["spec"]["template"]["spec"]["containers"][0]["command"] = [sys.executable, "-c", code]
     body["spec"].update(spec_changes)
-    raw_batch(api).create_namespaced_job(NS, body)
+    created = raw_batch(api).create_namespaced_job(NS, body)
+    secret = token_secret_manifest(spec, CONFIG, job_uid=created.metadata.uid)
+    raw_core(api).create_namespaced_secret(NS, secret)
 
 
 def _wait_phase(api: Any, spec: LaunchSpec, phases: set[Phase]) -> Any:

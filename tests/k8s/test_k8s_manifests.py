@@ -4,6 +4,7 @@ with kubernetes-validate in strict mode against the newest Kubernetes version it
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,12 +57,21 @@ def _merge(base: Any, patch: Any) -> Any:
     return copy.deepcopy(patch)
 
 
+def _image_name(image: str) -> str:
+    """The name kustomize matches an image rule against: without its digest or tag."""
+    name = image.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    return name
+
+
 def _set_images(obj: Any, images: dict[str, dict[str, str]]) -> None:
     if isinstance(obj, dict):
         for key, value in obj.items():
-            if key == "image" and isinstance(value, str) and value in images:
-                rule = images[value]
-                obj[key] = f"{rule.get('newName', value)}@{rule['digest']}"
+            if key == "image" and isinstance(value, str) and _image_name(value) in images:
+                name = _image_name(value)
+                rule = images[name]
+                obj[key] = f"{rule.get('newName', name)}@{rule['digest']}"
             else:
                 _set_images(value, images)
     elif isinstance(obj, list):
@@ -126,6 +136,54 @@ def test_each_rendered_overlay_validates_strictly(overlay: Path) -> None:
     assert images and all("@sha256:" in image for image in images)
 
 
+def _image_references(docs: list[dict[str, Any]]) -> list[str]:
+    """Every image the rendering deploys: containers, and the trainer image in the config map."""
+    images = [
+        c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+        for c in d["spec"]["template"]["spec"].get("initContainers", [])
+        + d["spec"]["template"]["spec"]["containers"]
+    ]
+    configs = [d for d in docs if d["kind"] == "ConfigMap"]
+    return images + [
+        c["data"]["PARTAGE_K8S_IMAGE"] for c in configs if "PARTAGE_K8S_IMAGE" in c["data"]
+    ]
+
+
+def _prod_renderings() -> list[tuple[str, list[dict[str, Any]]]]:
+    prod = K8S / "overlays" / "prod"
+    renderings = [("ours", render(prod))]
+    if shutil.which("kubectl"):
+        rendered = subprocess.run(
+            ["kubectl", "kustomize", str(prod)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        renderings.append(("kubectl kustomize", [d for d in yaml.safe_load_all(rendered) if d]))
+    return renderings
+
+
+def test_prod_pins_every_image_by_a_real_digest_never_the_placeholder() -> None:
+    from workers.executors.kubernetes import PLACEHOLDER_DIGEST
+
+    base_images = [
+        i["digest"]
+        for i in yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["images"]
+    ]
+    assert base_images == [PLACEHOLDER_DIGEST]  # the base pins nothing real on purpose
+    for renderer, docs in _prod_renderings():
+        references = _image_references(docs)
+        assert len(references) >= 6, (renderer, references)  # web, worker, beat, ..., trainer
+        for reference in references:
+            name, _, digest = reference.partition("@")
+            assert digest != PLACEHOLDER_DIGEST, f"{renderer}: {name} keeps the placeholder digest"
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), (renderer, reference)
+        assert any(r.startswith("ghcr.io/partage/trainer@") for r in references)
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_our_rendering_matches_kubectl_kustomize(overlay: Path) -> None:
@@ -150,13 +208,16 @@ def test_our_rendering_matches_kubectl_kustomize(overlay: Path) -> None:
             assert doc["spec"]["replicas"] == ours[key(doc)]["spec"]["replicas"]
 
 
-def test_rbac_is_limited_to_jobs_pods_and_logs_in_the_training_namespace() -> None:
+def test_rbac_is_limited_to_jobs_pods_logs_and_token_secrets_in_the_training_namespace() -> None:
     (role,) = [d for d in _documents(K8S / "base" / "rbac.yaml") if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == CONFIG.namespace
     resources = sorted(r for rule in role["rules"] for r in rule["resources"])
-    assert resources == ["jobs", "pods", "pods/log"]
+    assert resources == ["jobs", "pods", "pods/log", "secrets"]
     verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
     assert verbs["pods"] == {"get", "list", "watch"} and verbs["pods/log"] == {"get"}
+    # It writes each attempt's token Secret; it can never list or read the namespace's others
+    # in bulk, nor change or delete any (the garbage collector deletes them with their Job).
+    assert verbs["secrets"] == {"create", "get"}
 
 
 def test_network_policy_selects_the_labels_the_executor_puts_on_training_pods() -> None:

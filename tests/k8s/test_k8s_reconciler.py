@@ -31,6 +31,7 @@ from workers.executors.kubernetes import (
     KubernetesExecutor,
     RetryPolicy,
     job_manifest,
+    token_secret_manifest,
 )
 from workers.reconciler import Target, Watcher, collect_stale, handle
 
@@ -68,9 +69,13 @@ def launched_attempt(client: Any, upload: Any, api: FakeKubeApiServer, code: str
     attempt = services.attempt_for_dispatch(job_id=job_id)
     assert attempt is not None
     spec = dispatch.launch_spec(attempt)
-    manifest = copy.deepcopy(job_manifest(spec, JobConfig.from_settings()))
+    config = JobConfig.from_settings()
+    manifest = copy.deepcopy(job_manifest(spec, config))
     manifest["spec"]["template"]["spec"]["containers"][0]["command"] = [sys.executable, "-c", code]
-    api.create("jobs", NS, manifest)
+    created = api.create("jobs", NS, manifest)
+    api.create(
+        "secrets", NS, token_secret_manifest(spec, config, job_uid=created["metadata"]["uid"])
+    )
     services.attempt_launched(attempt=attempt, handle=executor().handle(spec))
     api.wait_for(lambda: "hello from the pod" in _pod_log(api, attempt.name), timeout=30)
     return JobAttempt.objects.select_related("job").get(pk=attempt.pk)

@@ -24,6 +24,12 @@ LABEL_JOB_NAME = "batch.kubernetes.io/job-name"
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_TRAINING}"
 
 CONTAINER_NAME = "trainer"
+
+# The attempt's callback token lives in a Secret of its own, owned by the Job (so the garbage
+# collector deletes it with the Job), and reaches the trainer as PARTAGE_JOB_TOKEN.
+TOKEN_SECRET_SUFFIX = "-token"  # noqa: S105 - names, not secrets
+TOKEN_SECRET_KEY = "token"  # noqa: S105
+TOKEN_ENV = "PARTAGE_JOB_TOKEN"  # noqa: S105
 AGENT_COMMAND = ["python", "-m", "workers.agent"]
 
 # Volumes and where they are mounted in the trainer container.

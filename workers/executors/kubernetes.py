@@ -156,6 +156,15 @@ def _labels(obj: Any) -> dict[str, str]:
     return dict(obj.metadata.labels or {}) if obj.metadata else {}
 
 
+def _uid(obj: Any) -> str:
+    uid = obj.metadata.uid if obj.metadata else None
+    if not uid:
+        raise KubernetesPermanentError(
+            f"the API server returned {type(obj).__name__} without a uid"
+        )
+    return str(uid)
+
+
 def _identity_matches(labels: dict[str, str] | None, spec: LaunchSpec) -> bool:
     expected = attempt_labels(spec)
     labels = labels or {}
@@ -193,13 +202,15 @@ def _tolerations(spec: LaunchSpec) -> list[dict[str, Any]]:
     return tolerations
 
 
-def _env(spec: LaunchSpec, config: JobConfig) -> list[dict[str, str]]:
+def token_secret_name(spec: LaunchSpec) -> str:
+    return spec.name + K.TOKEN_SECRET_SUFFIX
+
+
+def _env(spec: LaunchSpec, config: JobConfig) -> list[dict[str, Any]]:
     values = {
         **dict(config.extra_env),
         **spec.env,
         "PARTAGE_CALLBACK_URL": spec.callback_url,
-        # Short-lived, signed for this job and attempt only (finetuning/tokens.py).
-        "PARTAGE_JOB_TOKEN": spec.token,
         "PARTAGE_JOB_ID": spec.job_id,
         "PARTAGE_ATTEMPT": str(spec.attempt),
         "PARTAGE_MODEL_CACHE": config.model_cache_path,
@@ -208,7 +219,13 @@ def _env(spec: LaunchSpec, config: JobConfig) -> list[dict[str, str]]:
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    return [{"name": name, "value": value} for name, value in sorted(values.items())]
+    values.pop(K.TOKEN_ENV, None)
+    env: list[dict[str, Any]] = [{"name": n, "value": v} for n, v in sorted(values.items())]
+    # Signed for this job and attempt only, valid until the attempt's deadline
+    # (finetuning/tokens.py); read from the attempt's Secret, never written into the Job spec.
+    token_ref = {"name": token_secret_name(spec), "key": K.TOKEN_SECRET_KEY}
+    env.append({"name": K.TOKEN_ENV, "valueFrom": {"secretKeyRef": token_ref}})
+    return env
 
 
 def _pod_failure_policy() -> dict[str, Any]:
@@ -316,6 +333,31 @@ def job_manifest(spec: LaunchSpec, config: JobConfig) -> dict[str, Any]:
             "podFailurePolicy": _pod_failure_policy(),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
+    }
+
+
+def token_secret_manifest(spec: LaunchSpec, config: JobConfig, *, job_uid: str) -> dict[str, Any]:
+    """The v1 Secret that holds the attempt's token, owned by its Job (deleted with it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": token_secret_name(spec),
+            "namespace": _namespace(spec, config),
+            "labels": attempt_labels(spec),
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": spec.name,
+                    "uid": job_uid,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {K.TOKEN_SECRET_KEY: spec.token},
     }
 
 
@@ -543,11 +585,55 @@ class KubernetesExecutor:
                 )
             logger.info("adopted existing Job %s", spec.name, extra=log_extra)
             metrics.K8S_JOBS_ADOPTED.inc()
+            job = existing
         else:
             logger.info("created Job %s", spec.name, extra=log_extra)
             metrics.K8S_JOBS_CREATED.inc()
+            job = created
+        # The pod waits for its token Secret (the kubelet retries), which can only be owned by
+        # a Job that exists; an adopted Job keeps the Secret (and token) it was given first.
+        self._token_secret_ensure(spec, config, namespace, _uid(job))
         metrics.DISPATCH_API_SECONDS.observe(time.perf_counter() - started)
         return self.handle(spec)
+
+    def _token_secret_ensure(
+        self, spec: LaunchSpec, config: JobConfig, namespace: str, job_uid: str
+    ) -> None:
+        core = k8s.CoreV1Api(self._api(spec))
+        body = token_secret_manifest(spec, config, job_uid=job_uid)
+
+        def create() -> Any:
+            try:
+                return core.create_namespaced_secret(
+                    namespace, cast(Any, body), _request_timeout=self._timeout()
+                )
+            except ApiException as e:
+                if e.status == 409:
+                    return None
+                raise
+
+        if self._call("create_secret", create) is not None:
+            return
+        existing = self._call(
+            "read_secret",
+            lambda: core.read_namespaced_secret(
+                body["metadata"]["name"], namespace, _request_timeout=self._timeout()
+            ),
+        )
+        name = body["metadata"]["name"]
+        if not _identity_matches(_labels(existing), spec):
+            raise KubernetesPermanentError(
+                f"Secret {namespace}/{name} exists but is not the token of attempt "
+                f"{spec.attempt} of {spec.job_id}",
+                status=409,
+            )
+        owners = existing.metadata.owner_references if existing.metadata else None
+        if job_uid not in {ref.uid for ref in owners or []}:
+            # Left by an earlier Job of the same name; the garbage collector is deleting it.
+            raise KubernetesTemporaryError(
+                f"Secret {namespace}/{name} still belongs to a deleted Job; retry shortly",
+                status=409,
+            )
 
     def status(self, spec: LaunchSpec) -> AttemptStatus:
         namespace = _namespace(spec, self.config())

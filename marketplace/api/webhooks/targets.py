@@ -1,7 +1,8 @@
 """Where webhooks may be sent: never into Partage's own network.
 
 Every address the host resolves to must be globally routable (no private, loopback,
-link-local, shared, reserved or multicast address), unless PARTAGE_WEBHOOK_ALLOW_PRIVATE is set
+link-local, shared, reserved or multicast address), and so must every IPv4 address an IPv6
+address embeds (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo), unless PARTAGE_WEBHOOK_ALLOW_PRIVATE is set
 for development and tests. The check runs at registration and again before each delivery, and
 the delivery connects to the very address that passed the check (`webhook_post`): a DNS answer
 that changes between the check and the connection (DNS rebinding) cannot redirect it inside.
@@ -25,11 +26,43 @@ def _allow_private() -> bool:
     return bool(getattr(settings, "PARTAGE_WEBHOOK_ALLOW_PRIVATE", False))
 
 
-def _address_is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052) and the
+# deprecated IPv4-compatible form (RFC 4291). A gateway or an old stack turns them into IPv4,
+# so `64:ff9b::7f00:1` is 127.0.0.1 once it leaves the host.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Reserved for NAT64 inside one network (RFC 8215): never on the public internet.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address hands traffic to (mapped, NAT64, 6to4, Teredo, ...)."""
+    last_32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    embedded = [last_32] if ip in _NAT64 or ip in _IPV4_COMPATIBLE else []
+    if ip.ipv4_mapped is not None:
+        embedded.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        embedded.append(ip.sixtofour)
+    if ip.teredo is not None:
+        embedded.extend(ip.teredo)  # the Teredo server and the client's (obfuscated) address
+    return embedded
+
+
+def _ip_is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
+
+
+def _address_is_public(address: str) -> bool:
+    """True when `address`, and every IPv4 address it embeds, is globally routable."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _ip_is_public(ip)
+    if ip in _NAT64_LOCAL:
+        return False
+    embedded = _embedded_ipv4(ip)
+    if ip.ipv4_mapped is None and not _ip_is_public(ip):
+        return False  # (a mapped address is judged by its IPv4 alone, like the stack does)
+    return all(_ip_is_public(v4) for v4 in embedded)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,29 @@ from django.core.management.base import BaseCommand
 from marketplace.accounts.seed import demo_seed
 
 
+def web_command(bind: str) -> list[str]:
+    """The embedded web server: gunicorn with threads, configured by marketplace.gunicorn_conf
+    (its keep-alive outlasts clients' connection pools), as in the image and on Kubernetes."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "marketplace.wsgi:application",
+        "-c",
+        "python:marketplace.gunicorn_conf",
+        "--bind",
+        bind,
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--timeout",
+        "120",
+        "--access-logfile",
+        "-",
+    ]
+
+
 class Command(BaseCommand):
     help = "Run Partage on its embedded default (web + Celery worker + local training)."
 
@@ -55,22 +78,7 @@ class Command(BaseCommand):
         env.setdefault("PARTAGE_INTERNAL_URL", f"http://{bind}")
         env.setdefault("PARTAGE_PUBLIC_URL", f"http://{bind}")
         commands = [
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "marketplace.wsgi:application",
-                "--bind",
-                bind,
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-                "--timeout",
-                "120",
-                "--access-logfile",
-                "-",
-            ],
+            web_command(bind),
             [
                 sys.executable,
                 "-m",
