@@ -25,7 +25,9 @@ from marketplace.billing.models import (
 )
 from marketplace.billing.money import exact_cents, exact_seconds, fee_percent
 from marketplace.billing.services.ledger import Leg, entry_post
+from marketplace.billing.services.usage import WAIVED_FAILURES
 from marketplace.errors import InvalidInput, InvalidTransition
+from marketplace.finetuning.models import JobStatus
 
 
 def _totals(provider_id: int, start: datetime, end: datetime) -> dict[str, Decimal]:
@@ -40,9 +42,15 @@ def _totals(provider_id: int, start: datetime, end: datetime) -> dict[str, Decim
     booked = BookingCharge.objects.filter(**window).aggregate(
         **money, gpu_seconds=Sum("gpu_seconds")
     )
-    seconds = UsageRecord.objects.filter(
-        provider_id=provider_id, recorded_at__gte=start, recorded_at__lt=end
-    ).aggregate(total=Sum(F("gpu_seconds") - F("covered_gpu_seconds")))["total"]
+    # Sold GPU-seconds only: a job failed through the platform's or the provider's fault is
+    # waived (its charges are refunded), so its seconds were never sold.
+    seconds = (
+        UsageRecord.objects.filter(
+            provider_id=provider_id, recorded_at__gte=start, recorded_at__lt=end
+        )
+        .exclude(job__status=JobStatus.FAILED, job__failure_class__in=WAIVED_FAILURES)
+        .aggregate(total=Sum(F("gpu_seconds") - F("covered_gpu_seconds")))["total"]
+    )
     return {
         "gross": exact_cents(usage["gross"]) + exact_cents(booked["gross"]),
         "fee": exact_cents(usage["fee"]) + exact_cents(booked["fee"]),
