@@ -41,11 +41,23 @@ from marketplace.billing.services.payments import (
     money_parse,
     topup_record,
 )
+from marketplace.billing.services.payouts import (
+    payout_batch_create,
+    payout_batch_mark_paid,
+    payout_batch_mark_sent,
+)
+from marketplace.billing.services.periods import (
+    period_close,
+    period_close_early,
+    periods_close_due,
+    periods_due,
+)
 from marketplace.billing.services.statements import (
     statement_build,
     statement_finalize,
     statement_pay,
     statements_build,
+    statements_close,
 )
 from marketplace.billing.services.usage import (
     attempt_meter,
@@ -84,6 +96,13 @@ __all__ = [
     "job_over_budget",
     "job_settle",
     "money_parse",
+    "payout_batch_create",
+    "payout_batch_mark_paid",
+    "payout_batch_mark_sent",
+    "period_close",
+    "period_close_early",
+    "periods_close_due",
+    "periods_due",
     "month_bounds",
     "period_parse",
     "provider_payable",
@@ -91,5 +110,6 @@ __all__ = [
     "statement_finalize",
     "statement_pay",
     "statements_build",
+    "statements_close",
     "topup_record",
 ]

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Case, F, Max, Q, Sum, When
 from django.utils import timezone
@@ -319,13 +320,19 @@ def _new_public_id() -> str:
 
 
 def _numbers(year: int, count: int) -> list[str]:
-    """Hand out `count` consecutive invoice numbers for the year (row-locked, gap-free)."""
-    InvoiceNumberSequence.objects.get_or_create(year=year)
-    sequence = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+    """Hand out `count` consecutive numbers of the issuer's series for the year.
+
+    The series' row is locked (SELECT ... FOR UPDATE) until the caller's transaction ends, so
+    concurrent finalizations queue on it: no number is skipped or given twice, and a rollback
+    gives its numbers back.
+    """
+    issuer = settings.PARTAGE_INVOICE_ISSUER
+    InvoiceNumberSequence.objects.get_or_create(issuer=issuer, year=year)
+    sequence = InvoiceNumberSequence.objects.select_for_update().get(issuer=issuer, year=year)
     first = sequence.last + 1
     sequence.last += count
     sequence.save(update_fields=["last"])
-    return [f"PTG-{year}-{n:06d}" for n in range(first, first + count)]
+    return [f"{issuer}-{year}-{n:06d}" for n in range(first, first + count)]
 
 
 def covered_until(organization_ids: Any = None) -> dict[int, datetime]:
