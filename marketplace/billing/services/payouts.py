@@ -65,7 +65,8 @@ def _payable_statements(period_end: datetime) -> list[ProviderStatement]:
     return list(rows)
 
 
-def _sepa_file(payouts: list[Payout], execution: datetime, message_id: str) -> bytes:
+def _sepa_file(payouts: list[Payout], execution: datetime) -> tuple[bytes, str]:
+    """The pain.001.001.09 file and its message id; sepaxml validates it against the XSD."""
     debtor = {
         "name": settings.PARTAGE_PAYOUT_DEBTOR_NAME,
         "IBAN": IBAN(settings.PARTAGE_PAYOUT_DEBTOR_IBAN).compact,
@@ -74,7 +75,6 @@ def _sepa_file(payouts: list[Payout], execution: datetime, message_id: str) -> b
         "currency": "EUR",
     }
     transfer = SepaTransfer(debtor, schema=SEPA_SCHEMA, clean=True)
-    transfer.msg_id = message_id
     for payout in payouts:
         payment = {
             "name": payout.creditor_name,
@@ -87,7 +87,7 @@ def _sepa_file(payouts: list[Payout], execution: datetime, message_id: str) -> b
         if payout.bic:
             payment["BIC"] = payout.bic
         transfer.add_payment(payment)
-    return transfer.export(validate=True)
+    return transfer.export(validate=True), transfer.msg_id
 
 
 def payout_batch_create(*, period_end: datetime) -> PayoutBatch | None:
@@ -103,7 +103,6 @@ def payout_batch_create(*, period_end: datetime) -> PayoutBatch | None:
             public_id=f"pob-{uuid.uuid4().hex[:24]}",
             period_start=min(s.period_start for s in statements),
             period_end=period_end,
-            message_id=f"PARTAGE-{uuid.uuid4().hex[:26]}",
         )
         payouts = []
         for statement in statements:
@@ -121,7 +120,8 @@ def payout_batch_create(*, period_end: datetime) -> PayoutBatch | None:
             )
         batch.total = sum((p.amount for p in payouts), ZERO)
         batch.payout_count = len(payouts)
-        batch.sepa_xml = _sepa_file(payouts, timezone.now(), batch.message_id).decode()
+        sepa_xml, batch.message_id = _sepa_file(payouts, timezone.now())
+        batch.sepa_xml = sepa_xml.decode()
         batch.save()
         for payout in payouts:
             payout.batch = batch
