@@ -55,7 +55,7 @@ class BillingAccountForm(forms.ModelForm):
 
     class Meta:
         model = BillingAccount
-        fields = ["organization", "credit_limit"]
+        fields = ["organization", "credit_limit", "billing_email"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -82,6 +82,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: BillingAccount, form: Any, change: bool
     ) -> None:
         services.credit_limit_set(organization=obj.organization, credit_limit=obj.credit_limit)
+        services.billing_contact_set(organization=obj.organization, email=obj.billing_email)
         amount = form.cleaned_data.get("topup_amount")
         if amount:
             services.topup_record(

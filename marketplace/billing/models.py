@@ -84,6 +84,8 @@ class BillingAccount(models.Model):
         default=Decimal("0.00"),
         help_text="How far below zero the balance may go (an explicit credit line). 0: prepaid only.",
     )
+    # Where invoices and credit notes are e-mailed; empty: to the organization's owners.
+    billing_email = models.EmailField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -17,6 +17,7 @@ from marketplace.billing.services.bookings import (
 )
 from marketplace.billing.services.holds import HoldRequest, hold_place, holds_place
 from marketplace.billing.services.invoices import (
+    billing_contact_set,
     invoice_draft,
     invoice_finalize,
     invoice_void,
@@ -76,6 +77,7 @@ __all__ = [
     "attempt_meter",
     "balance_available",
     "balance_held",
+    "billing_contact_set",
     "booking_charge",
     "booking_charged",
     "booking_net",

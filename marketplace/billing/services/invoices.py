@@ -23,12 +23,15 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import connection, models, transaction
 from django.db.models import Case, F, Max, Q, Sum, When
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import (
+    BillingAccount,
     BookingCharge,
     Invoice,
     InvoiceLine,
@@ -46,9 +49,11 @@ from marketplace.billing.money import (
     stream_split,
     vat_treatment,
 )
+from marketplace.billing.services.ledger import account_lock
 from marketplace.billing.services.usage import WAIVED_FAILURES, metering_lock
 from marketplace.capacity.models import Pool
 from marketplace.errors import InvalidInput, InvalidTransition
+from marketplace.events.services import event_record
 from marketplace.finetuning.models import FineTuningJob, JobStatus
 
 
@@ -485,7 +490,27 @@ def invoices_finalize(
             for line in lines.get(org_id, []):
                 line.invoice_id = invoice.pk
         _lines_write([line for own in lines.values() for line in own])
+        invoices_announce(list(invoices.values()))
     return list(invoices.values())
+
+
+def invoices_announce(invoices: list[Invoice]) -> None:
+    """Record `invoice.finalized` for each, in the finalizing transaction (the outbox): the
+    e-mail with the PDF and the webhook are its consumers' business, after commit."""
+    for invoice in invoices:
+        event_record(
+            event_type="invoice.finalized",
+            organization_id=invoice.organization_id,
+            subject_id=invoice.public_id,
+            data={
+                "id": invoice.public_id,
+                "kind": invoice.kind,
+                "number": invoice.number,
+                "total": str(invoice.total),
+                "currency": invoice.currency,
+            },
+            dedup_key=f"invoice.finalized:{invoice.public_id}",
+        )
 
 
 LINE_COLUMNS = (
@@ -548,6 +573,7 @@ def invoice_finalize(*, invoice: Invoice) -> Invoice:
             invoice.number = _numbers(invoice.period_start.year, 1)[0]
             invoice.finalized_at = timezone.now()
             invoice.save()
+            invoices_announce([invoice])
     return invoice
 
 
@@ -579,3 +605,21 @@ def invoice_void(*, invoice: Invoice, reason: str) -> Invoice:
             raise InvalidTransition(f"Invoice {invoice} is already void.", param="invoice")
     invoice.refresh_from_db()
     return invoice
+
+
+def billing_contact_set(*, organization: Organization, email: str) -> BillingAccount:
+    """Where the org's invoices and credit notes are e-mailed (empty: to its owners)."""
+    email = email.strip()
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise InvalidInput(
+                f"billing_email {email!r} is not an e-mail address; e.g. accounts@example.com.",
+                param="billing_email",
+            ) from None
+    with transaction.atomic():
+        account = account_lock(organization_id=organization.pk)
+        account.billing_email = email
+        account.save(update_fields=["billing_email"])
+    return account
