@@ -324,7 +324,7 @@ def _new_public_id() -> str:
     return f"inv-{uuid.uuid4().hex[:24]}"
 
 
-def _numbers(year: int, count: int) -> list[str]:
+def invoice_numbers_take(year: int, count: int) -> list[str]:
     """Hand out `count` consecutive numbers of the issuer's series for the year.
 
     The series' row is locked (SELECT ... FOR UPDATE) until the caller's transaction ends, so
@@ -465,7 +465,7 @@ def invoices_finalize(
         claimed_charges = _booking_charges_uninvoiced(period_end, covered, sorted(org_ids))
         orgs = Organization.objects.in_bulk(list(org_ids))
         lines = _all_lines(claimed, claimed_charges, period_start, orgs)
-        numbers = iter(_numbers(period_start.year, len(org_ids)))
+        numbers = iter(invoice_numbers_take(period_start.year, len(org_ids)))
         now = timezone.now()
         invoices: dict[int, Invoice] = {}
         for org_id in sorted(org_ids):
@@ -570,7 +570,7 @@ def invoice_finalize(*, invoice: Invoice) -> Invoice:
             invoice.usage_from = since
             invoice.usage_until = max(invoice.period_end, since or invoice.period_end)
             invoice.status = Invoice.Status.FINALIZED
-            invoice.number = _numbers(invoice.period_start.year, 1)[0]
+            invoice.number = invoice_numbers_take(invoice.period_start.year, 1)[0]
             invoice.finalized_at = timezone.now()
             invoice.save()
             invoices_announce([invoice])
