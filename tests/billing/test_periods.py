@@ -254,3 +254,57 @@ def test_payout_batch_is_a_valid_sepa_file_that_totals_the_payables(
     later = PayoutBatch.objects.exclude(pk=batch.pk).get()
     assert later.payouts.get().provider == silent
     assert_invariants()
+
+
+def test_a_refund_after_finalization_is_a_credit_note_referencing_the_invoice(
+    org_a: Any, pool: Any, provider_org: Any, clock: Any
+) -> None:
+    from marketplace.finetuning import services as jobs
+    from tests.billing.conftest import admit, fail, start
+
+    topup(org_a, "20.00")
+    run_job(job_new(org_a), pool, clock, 3600)  # sold, stays billed: €2.50
+    job = job_new(org_a)
+    admit(job, pool, max_duration=3600)
+    attempt = start(job)
+    clock.shift(timedelta(seconds=1440))  # €1.00 in November
+    jobs.job_pause(organization=org_a, job_id=job.id)
+    jobs.attempt_ended(attempt_id=attempt.pk, phase="failed", exit_code=4)
+    clock.move_to(DEC_1 + timedelta(hours=6))
+    billing.periods_close_due()
+    november = Invoice.objects.get(organization=org_a)
+    assert november.subtotal == Decimal("3.50") and november.number == "PARTAGE-2026-000001"
+    # December: the job resumes and the platform fails it: waived, so its November part is
+    # refunded. The November invoice is not touched: a credit note refers to it.
+    jobs.job_resume(organization=org_a, job_id=job.id)
+    admit(job, pool, max_duration=3600)
+    attempt = start(job)
+    clock.shift(timedelta(seconds=500))
+    fail(attempt, exit_code=1)
+    clock.move_to(datetime(2027, 1, 1, 6, tzinfo=UTC))
+    billing.periods_close_due()
+    november.refresh_from_db()
+    assert (november.subtotal, november.total, november.status) == (
+        Decimal("3.50"),
+        Decimal("4.20"),
+        "finalized",
+    )
+    note = Invoice.objects.get(kind=Invoice.Kind.CREDIT_NOTE)
+    assert note.credits == november and note.status == "finalized"
+    assert (note.subtotal, note.vat, note.total) == (
+        Decimal("-1.00"),
+        Decimal("-0.20"),
+        Decimal("-1.20"),
+    )
+    december = Invoice.objects.get(kind=Invoice.Kind.INVOICE, period_start=DEC_1)
+    assert december.total == 0 and not december.lines.exists()
+    # One series: the December invoice, then its credit note.
+    assert (december.number, note.number) == ("PARTAGE-2026-000002", "PARTAGE-2026-000003")
+    # Net of the credit note the customer paid exactly what the ledger kept: €2.50 + VAT.
+    assert november.total + note.total + december.total == Decimal("3.00")
+    assert billing.balance_available(organization=org_a) == Decimal("17.00")
+    with pytest.raises(InvalidTransition):
+        billing.invoice_void(invoice=note, reason="typo")
+    with pytest.raises(InvalidTransition):
+        billing.invoice_void(invoice=november, reason="typo")
+    assert_invariants()
