@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from marketplace.accounts.models import ApiKey
 from marketplace.accounts.services import api_key_create
+from marketplace.billing.models import PayoutBatch
 from marketplace.billing.services import invoice_draft, invoice_finalize, month_bounds
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
@@ -77,6 +78,12 @@ ROUTES: dict[str, Route] = {
     "cockpit-price": Route(STAFF, ("pool_id",)),
     "cockpit-pool-review": Route(STAFF, ("pool_id",)),
     "cockpit-provider-review": Route(STAFF, ("org_id",)),
+    "earnings": Route(ORG),
+    "payout-details": Route(ORG),
+    "cockpit-billing": Route(STAFF),
+    "cockpit-period-close-early": Route(STAFF),
+    "cockpit-payout-file": Route(STAFF, ("batch_id",)),
+    "cockpit-payout-mark": Route(STAFF, ("batch_id",)),
 }
 
 
@@ -103,6 +110,15 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         invoice=invoice_draft(organization=org_a, period_start=period[0], period_end=period[1])
     )
     provider = factories.provider("gpu-cloud-lyon", approved=False)
+    batch = PayoutBatch.objects.create(
+        public_id="pob-walk",
+        period_start=period[0],
+        period_end=period[1],
+        message_id="walk-1",
+        sepa_xml="<Document/>",
+        total=0,
+        payout_count=0,
+    )
     return {
         "job": job,
         "booking": booking,
@@ -116,6 +132,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         "invoice_id": invoice.public_id,
         "pool_id": pool.public_id,
         "org_id": provider.public_id,
+        "batch_id": batch.public_id,
         "invite": invite_token(organization=org_a, role="member"),
         "uidb64": "MQ",
         "token": "set-password",
