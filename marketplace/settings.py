@@ -281,9 +281,7 @@ PARTAGE_INVOICE_ISSUER = env.get("PARTAGE_INVOICE_ISSUER", str.upper, default="P
 PARTAGE_PAYOUT_HOLDBACK_PERCENT = env.get(
     "PARTAGE_PAYOUT_HOLDBACK_PERCENT", _decimal_in("0", "100"), default=Decimal("0")
 )
-PARTAGE_PAYOUT_HOLDBACK_PERIODS = env.get(
-    "PARTAGE_PAYOUT_HOLDBACK_PERIODS", env.as_int, default=1
-)
+PARTAGE_PAYOUT_HOLDBACK_PERIODS = env.get("PARTAGE_PAYOUT_HOLDBACK_PERIODS", env.as_int, default=1)
 # The platform's own account, debited by the SEPA payout file (pain.001.001.09).
 PARTAGE_PAYOUT_DEBTOR_NAME = env.get("PARTAGE_PAYOUT_DEBTOR_NAME", str, default="Partage SAS")
 PARTAGE_PAYOUT_DEBTOR_IBAN = env.get(

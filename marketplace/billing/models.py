@@ -495,9 +495,7 @@ class ProviderStatement(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(
-                    due=Round(
-                        models.F("payable") - models.F("holdback") + models.F("released"), 2
-                    )
+                    due=Round(models.F("payable") - models.F("holdback") + models.F("released"), 2)
                 ),
                 name="statement_due_is_payable_less_holdback",
             ),
@@ -518,7 +516,9 @@ class InvoiceNumberSequence(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["issuer", "year"], name="invoiceseq_one_per_issuer_year")
+            models.UniqueConstraint(
+                fields=["issuer", "year"], name="invoiceseq_one_per_issuer_year"
+            )
         ]
 
     def __str__(self) -> str:

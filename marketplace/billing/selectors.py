@@ -89,11 +89,7 @@ def statements_for_provider(org: Organization) -> QuerySet[ProviderStatement]:
 
 def payouts_for_provider(org: Organization) -> QuerySet[Payout]:
     """The provider's payouts (one per paid statement), newest first."""
-    return (
-        Payout.objects.filter(provider=org)
-        .select_related("batch", "statement")
-        .order_by("-id")
-    )
+    return Payout.objects.filter(provider=org).select_related("batch", "statement").order_by("-id")
 
 
 def payout_batches() -> QuerySet[PayoutBatch]:

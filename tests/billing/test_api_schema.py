@@ -16,13 +16,13 @@ from django.test import Client
 
 from marketplace.accounts.services import api_key_create
 from marketplace.billing import services as billing
+from marketplace.capacity import services as capacity
 from tests.api.schema_checks import (
     CHECKS,
     assert_exact_fields,
     documented,
     schema,
 )
-from marketplace.capacity import services as capacity
 from tests.billing.conftest import book, job_new, run_job, topup
 from tests.capacity import factories
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.db import connection, transaction
 
@@ -49,8 +47,7 @@ def test_concurrent_finalizations_number_every_invoice_once() -> None:
     orgs = [organization_create(name=f"Org {i}", slug=f"race-org-{i}") for i in range(6)]
     start, end = billing.month_bounds(2026, 10)
     drafts = [
-        billing.invoice_draft(organization=org, period_start=start, period_end=end)
-        for org in orgs
+        billing.invoice_draft(organization=org, period_start=start, period_end=end) for org in orgs
     ]
 
     def finalize(index: int) -> str | None:

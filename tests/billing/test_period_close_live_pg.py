@@ -210,10 +210,8 @@ def test_worker_and_beat_close_the_month_across_the_boundary(
     assert period.closed_at >= BOUNDARY + timedelta(seconds=GRACE_SECONDS)
     # The worker ran the task on each tick: before the boundary it closed nothing; the first
     # tick after the grace closed December (the task returns the periods it closed).
-    ticks = [
-        (match["at"], match["result"])
-        for match in TICK.finditer(worker_log.read_text())
-    ]
+    assert "Sending due task partage-billing-periods-close" in beat_log.read_text()
+    ticks = [(match["at"], match["result"]) for match in TICK.finditer(worker_log.read_text())]
     assert any(at < "2027-01-01" and result == "[]" for at, result in ticks), ticks
     closing = [(at, result) for at, result in ticks if result != "[]"]
     assert len(closing) == 1 and closing[0][0] >= "2027-01-01 00:00:05", ticks
@@ -231,7 +229,10 @@ def test_worker_and_beat_close_the_month_across_the_boundary(
             (c.net + c.vat for c in Charge.objects.filter(organization=invoice.organization)),
             Decimal("0.00"),
         ) + sum(
-            (c.net + c.vat for c in BookingCharge.objects.filter(organization=invoice.organization)),
+            (
+                c.net + c.vat
+                for c in BookingCharge.objects.filter(organization=invoice.organization)
+            ),
             Decimal("0.00"),
         )
         spent = Decimal("100.00") - billing.balance_available(organization=invoice.organization)

@@ -36,9 +36,12 @@ def test_a_finalized_invoice_is_mailed_to_the_owners_with_its_pdf(
     org_a: Any, alice: Any, bob: Any, eager_celery: None
 ) -> None:
     invoice = _finalize_november(org_a)
-    assert DomainEvent.objects.filter(
-        event_type="invoice.finalized", subject_id=invoice.public_id
-    ).count() == 1
+    assert (
+        DomainEvent.objects.filter(
+            event_type="invoice.finalized", subject_id=invoice.public_id
+        ).count()
+        == 1
+    )
     [message] = mail.outbox
     assert message.to == [alice.email]  # bob is in org B: nothing for him
     assert invoice.number in message.subject

@@ -343,9 +343,7 @@ def invoice_numbers_take(year: int, count: int) -> list[str]:
 def covered_until(organization_ids: Any = None) -> dict[int, datetime]:
     """Per org: how far (in recorded_at) its finalized invoices have billed its usage."""
     # Invoices only: a credit note issued with an invoice claims nothing of its own.
-    finalized = Invoice.objects.filter(
-        status=Invoice.Status.FINALIZED, kind=Invoice.Kind.INVOICE
-    )
+    finalized = Invoice.objects.filter(status=Invoice.Status.FINALIZED, kind=Invoice.Kind.INVOICE)
     if organization_ids is not None:
         finalized = finalized.filter(organization_id__in=organization_ids)
     rows = finalized.values("organization_id").annotate(until=Max("usage_until")).order_by()
@@ -394,9 +392,7 @@ def invoice_draft(
     with transaction.atomic():
         invoice = (
             Invoice.objects.select_for_update()
-            .filter(
-                organization=organization, period_start=period_start, kind=Invoice.Kind.INVOICE
-            )
+            .filter(organization=organization, period_start=period_start, kind=Invoice.Kind.INVOICE)
             .exclude(status=Invoice.Status.VOID)
             .first()
         )
@@ -553,9 +549,10 @@ def _refunds_of_finalized(lines: dict[int, list[_Line]]) -> dict[int, dict[int, 
     for org_id, own in lines.items():
         kept = []
         for line in own:
-            credited = (
-                by_job.get(line.job_id) if line.job_id else by_booking.get(line.booking_id)
-            )
+            if line.job_id:
+                credited = by_job.get(line.job_id)
+            else:
+                credited = by_booking.get(line.booking_id) if line.booking_id else None
             if line.amount + line.vat < 0 and credited is not None:
                 refunds.setdefault(org_id, {}).setdefault(credited, []).append(line)
             else:

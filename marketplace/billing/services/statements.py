@@ -26,8 +26,8 @@ from marketplace.billing.models import (
     UsageRecord,
 )
 from marketplace.billing.money import ZERO, cents, exact_cents, exact_seconds, fee_percent
-from marketplace.billing.services.ledger import Leg, entry_post
 from marketplace.billing.periods import period_advance
+from marketplace.billing.services.ledger import Leg, entry_post
 from marketplace.billing.services.usage import WAIVED_FAILURES
 from marketplace.errors import InvalidInput, InvalidTransition
 from marketplace.finetuning.models import JobStatus
@@ -189,9 +189,7 @@ def _holdback_post(statement: ProviderStatement) -> None:
         )
 
 
-def statements_close(
-    *, period_start: datetime, period_end: datetime
-) -> list[ProviderStatement]:
+def statements_close(*, period_start: datetime, period_end: datetime) -> list[ProviderStatement]:
     """Build and finalize the period's statement of every provider with sales in it, or with a
     holdback due back by then. Statements already finalized are left as they are."""
     provider_ids = _providers_with_sales(period_start, period_end)

@@ -11,9 +11,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
-from django.utils import timezone
 
 from marketplace.accounts.models import Organization, User
 from marketplace.capacity import policies, selectors

@@ -25,19 +25,23 @@ def billing_recipients(organization_id: int) -> list[str]:
     )
     if contact:
         return [contact]
-    owners = Membership.objects.filter(
-        organization_id=organization_id, role=Membership.Role.OWNER, user__is_active=True
-    ).exclude(user__email__isnull=True).exclude(user__email="")
-    return sorted(owners.values_list("user__email", flat=True))
+    owners = (
+        Membership.objects.filter(
+            organization_id=organization_id, role=Membership.Role.OWNER, user__is_active=True
+        )
+        .exclude(user__email__isnull=True)
+        .exclude(user__email="")
+    )
+    return sorted(email for email in owners.values_list("user__email", flat=True) if email)
 
 
 def invoice_finalized_mail(event: DomainEvent) -> list[EmailMessage]:
     from marketplace.billing.exports import invoice_pdf
     from marketplace.billing.models import Invoice
 
-    invoice = Invoice.objects.select_related("organization").filter(
-        public_id=event.subject_id
-    ).first()
+    invoice = (
+        Invoice.objects.select_related("organization").filter(public_id=event.subject_id).first()
+    )
     if invoice is None or invoice.number is None or event.organization_id is None:
         return []
     recipients = billing_recipients(event.organization_id)
