@@ -305,8 +305,30 @@ def test_a_refund_after_finalization_is_a_credit_note_referencing_the_invoice(
     # Net of the credit note the customer paid exactly what the ledger kept: €2.50 + VAT.
     assert november.total + note.total + december.total == Decimal("3.00")
     assert billing.balance_available(organization=org_a) == Decimal("17.00")
+    from marketplace.billing.exports import invoice_html, invoice_pdf
+
+    html = invoice_html(note)
+    assert (
+        "Credit note PARTAGE-2026-000003" in html and "Credits invoice PARTAGE-2026-000001" in html
+    )
+    assert invoice_pdf(note).startswith(b"%PDF")
     with pytest.raises(InvalidTransition):
         billing.invoice_void(invoice=note, reason="typo")
     with pytest.raises(InvalidTransition):
         billing.invoice_void(invoice=november, reason="typo")
     assert_invariants()
+
+
+def test_staff_read_periods_and_batches_in_the_admin(
+    admin_client: Any, org_a: Any, pool: Any, provider_org: Any, clock: Any
+) -> None:
+    _payout_details(provider_org)
+    topup(org_a, "50.00")
+    run_job(job_new(org_a), pool, clock, 3600)
+    clock.move_to(DEC_1 + timedelta(hours=6))
+    billing.periods_close_due()
+    batch = PayoutBatch.objects.get()
+    assert admin_client.get("/admin/billing/billingperiod/").status_code == 200
+    assert batch.public_id in admin_client.get("/admin/billing/payoutbatch/").content.decode()
+    detail = admin_client.get(f"/admin/billing/payoutbatch/{batch.pk}/change/")
+    assert detail.status_code == 200 and "DE89370400440532013000" in detail.content.decode()
