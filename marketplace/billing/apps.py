@@ -8,3 +8,12 @@ class BillingConfig(AppConfig):
     def ready(self) -> None:
         # Register the period-closing task and its beat entry in every process that loads Django.
         from marketplace.billing import tasks  # noqa: F401
+
+        # Capacity and finetuning ask for money through interfaces they define; billing
+        # provides them, so that billing depends on them and not the reverse.
+        from marketplace.billing.providers import BillingBookingPayments, BillingJobCharging
+        from marketplace.capacity.payments import booking_payments_provide
+        from marketplace.finetuning.charging import job_charging_provide
+
+        booking_payments_provide(BillingBookingPayments())
+        job_charging_provide(BillingJobCharging())

@@ -516,7 +516,8 @@ def invoices_finalize(
             + [line for _, own in notes for line in own]
         )
         finalized = list(invoices.values()) + [note for note, _ in notes]
-        invoices_announce(finalized)
+        for invoice in finalized:
+            _invoice_finalized_record(invoice)
     return finalized
 
 
@@ -586,23 +587,25 @@ def _credit_note(
     return note
 
 
-def invoices_announce(invoices: list[Invoice]) -> None:
-    """Record `invoice.finalized` for each, in the finalizing transaction (the outbox): the
-    e-mail with the PDF and the webhook are its consumers' business, after commit."""
-    for invoice in invoices:
-        event_record(
-            event_type="invoice.finalized",
-            organization_id=invoice.organization_id,
-            subject_id=invoice.public_id,
-            data={
-                "id": invoice.public_id,
-                "kind": invoice.kind,
-                "number": invoice.number,
-                "total": str(invoice.total),
-                "currency": invoice.currency,
-            },
-            dedup_key=f"invoice.finalized:{invoice.public_id}",
-        )
+def _invoice_finalized_record(invoice: Invoice) -> None:
+    """Announce a finalized invoice (webhooks, the invoice e-mail), in its transaction."""
+    event_record(
+        event_type="invoice.finalized",
+        organization_id=invoice.organization_id,
+        subject_id=invoice.public_id,
+        data={
+            "kind": invoice.kind,  # invoice, or a credit_note that credits another invoice
+            "credits": invoice.credits.public_id if invoice.credits else None,
+            "number": invoice.number,
+            "total": str(invoice.total),
+            "currency": invoice.currency,
+            "period_start": int(invoice.period_start.timestamp()),
+            "period_end": int(invoice.period_end.timestamp()),
+        },
+        occurred_at=invoice.finalized_at,
+        # Once per invoice, whichever path finalizes it.
+        dedup_key=f"invoice.finalized:{invoice.public_id}",
+    )
 
 
 LINE_COLUMNS = (
@@ -665,7 +668,7 @@ def invoice_finalize(*, invoice: Invoice) -> Invoice:
             invoice.number = invoice_numbers_take(invoice.period_start.year, 1)[0]
             invoice.finalized_at = timezone.now()
             invoice.save()
-            invoices_announce([invoice])
+            _invoice_finalized_record(invoice)
     return invoice
 
 
