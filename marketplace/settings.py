@@ -118,6 +118,8 @@ EMAIL_BACKEND = env.get(
 DEFAULT_FROM_EMAIL = env.get(
     "DJANGO_DEFAULT_FROM_EMAIL", str, default="Partage <no-reply@partage.local>"
 )
+# Where the file-based backend (django.core.mail.backends.filebased.EmailBackend) writes mails.
+EMAIL_FILE_PATH = env.get("DJANGO_EMAIL_FILE_PATH", str, default=str(DATA_DIR / "mail"))
 
 TEMPLATES = [
     {
@@ -297,6 +299,33 @@ PARTAGE_PLATFORM_FEE_PERCENT = env.get(
 # The seller on invoices; EU reverse-charge invoices must show both parties' VAT ids.
 PARTAGE_PLATFORM_LEGAL_NAME = env.get("PARTAGE_PLATFORM_LEGAL_NAME", str, default="Partage")
 PARTAGE_PLATFORM_VAT_ID = env.get("PARTAGE_PLATFORM_VAT_ID", str, default="")
+# Money out (docs/billing.md). A billing period is a calendar month in UTC, or a day or a week
+# (ISO, from Monday); it is closed PARTAGE_BILLING_GRACE_SECONDS after its end, so that usage
+# recorded late (an attempt ending just after the cut) is on its invoice.
+PARTAGE_BILLING_PERIOD = env.get(
+    "PARTAGE_BILLING_PERIOD", env.one_of(["month", "week", "day"]), default="month"
+)
+PARTAGE_BILLING_GRACE_SECONDS = env.get(
+    "PARTAGE_BILLING_GRACE_SECONDS", env.as_int, default=6 * 3600
+)
+# How often beat checks whether a period is due (seconds); a missed boundary is caught up then.
+PARTAGE_BILLING_CLOSE_EVERY_SECONDS = env.get(
+    "PARTAGE_BILLING_CLOSE_EVERY_SECONDS", env.as_int, default=600
+)
+# The issuing entity's invoice series: numbers read <issuer>-<year>-<000123>, gap-free.
+PARTAGE_INVOICE_ISSUER = env.get("PARTAGE_INVOICE_ISSUER", str.upper, default="PARTAGE")
+# Part of each provider statement's payable held back for disputes (percent), released
+# PARTAGE_PAYOUT_HOLDBACK_PERIODS periods later.
+PARTAGE_PAYOUT_HOLDBACK_PERCENT = env.get(
+    "PARTAGE_PAYOUT_HOLDBACK_PERCENT", _decimal_in("0", "100"), default=Decimal("0")
+)
+PARTAGE_PAYOUT_HOLDBACK_PERIODS = env.get("PARTAGE_PAYOUT_HOLDBACK_PERIODS", env.as_int, default=1)
+# The platform's own account, debited by the SEPA payout file (pain.001.001.09).
+PARTAGE_PAYOUT_DEBTOR_NAME = env.get("PARTAGE_PAYOUT_DEBTOR_NAME", str, default="Partage SAS")
+PARTAGE_PAYOUT_DEBTOR_IBAN = env.get(
+    "PARTAGE_PAYOUT_DEBTOR_IBAN", str, default="FR7630006000011234567890189"
+)
+PARTAGE_PAYOUT_DEBTOR_BIC = env.get("PARTAGE_PAYOUT_DEBTOR_BIC", str, default="AGRIFRPP")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

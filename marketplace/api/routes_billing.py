@@ -24,6 +24,7 @@ urlpatterns = [
         views.StatementDetailView.as_view(),
         name="billing-statement",
     ),
+    path("billing/payouts", views.PayoutListView.as_view(), name="billing-payouts"),
     path("billing/cost_estimate", views.CostEstimateView.as_view(), name="billing-cost-estimate"),
     path("billing/topups", views.TopupView.as_view(), name="billing-topups"),
 ]

@@ -12,9 +12,9 @@ from rest_framework import serializers
 from marketplace.api.schema import const, list_of, unix_seconds
 
 
-def money() -> serializers.DecimalField:
+def money(help_text: str = "") -> serializers.DecimalField:
     """EUR, two decimals (may be negative: a balance under a credit limit)."""
-    return serializers.DecimalField(max_digits=14, decimal_places=2)
+    return serializers.DecimalField(max_digits=14, decimal_places=2, help_text=help_text or None)
 
 
 def gpu_seconds(max_digits: int = 16) -> serializers.DecimalField:
@@ -88,6 +88,14 @@ class InvoiceDownloads(serializers.Serializer):
 class InvoiceObject(serializers.Serializer):
     id = serializers.CharField()
     object = const("billing.invoice")
+    kind = serializers.ChoiceField(
+        choices=["invoice", "credit_note"],
+        help_text="A credit note refunds part of a finalized invoice (credits); amounts negative.",
+    )
+    credits = serializers.CharField(
+        allow_null=True, help_text="The id of the invoice a credit note credits; else null."
+    )
+    credits_number = serializers.CharField(allow_null=True)
     number = serializers.CharField(allow_null=True, help_text="Null until finalized.")
     status = serializers.ChoiceField(choices=["draft", "finalized", "void"])
     period_start = unix_seconds()
@@ -121,8 +129,30 @@ class ProviderStatementObject(serializers.Serializer):
     gross = money()
     platform_fee_percent = serializers.DecimalField(max_digits=5, decimal_places=2)
     platform_fee = money()
-    payable = money()
+    payable = money(help_text="gross - platform_fee.")
+    holdback = money(help_text="Part of the payable held back for disputes this period.")
+    holdback_released = money(help_text="Earlier holdbacks released on this statement.")
+    due = money(help_text="What is paid out: payable - holdback + holdback_released.")
+    payout = serializers.CharField(allow_null=True, help_text="The payout's id, once batched.")
     created_at = unix_seconds()
+    finalized_at = unix_seconds(allow_null=True)
+    paid_at = unix_seconds(allow_null=True)
+
+
+class PayoutObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = const("billing.payout")
+    statement = serializers.CharField(help_text="The statement this pays.")
+    status = serializers.ChoiceField(
+        choices=["created", "sent", "paid"],
+        help_text="created: in a SEPA file; sent: handed to the bank; paid: executed.",
+    )
+    amount = money()
+    currency = const("EUR")
+    creditor_name = serializers.CharField()
+    iban_last4 = serializers.CharField(help_text="The last 4 characters of the account paid.")
+    created_at = unix_seconds()
+    sent_at = unix_seconds(allow_null=True)
     paid_at = unix_seconds(allow_null=True)
 
 
@@ -149,3 +179,4 @@ class TopupObject(serializers.Serializer):
 UsageRecordList = list_of(BillingUsageRecordObject, "BillingUsageRecordList")
 InvoiceList = list_of(InvoiceObject, "BillingInvoiceList")
 ProviderStatementList = list_of(ProviderStatementObject, "BillingProviderStatementList")
+PayoutList = list_of(PayoutObject, "BillingPayoutList")

@@ -24,7 +24,7 @@ from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS, AlwaysJson
 from marketplace.billing import selectors, services
 from marketplace.billing.exports import invoice_export
-from marketplace.billing.models import Invoice, InvoiceLine, ProviderStatement, UsageRecord
+from marketplace.billing.models import Invoice, InvoiceLine, Payout, ProviderStatement, UsageRecord
 from marketplace.errors import Forbidden, InvalidInput, NotFound
 
 
@@ -76,6 +76,9 @@ def invoice_object(invoice: Invoice, *, with_lines: bool = False) -> dict[str, A
     body: dict[str, Any] = {
         "id": invoice.public_id,
         "object": "billing.invoice",
+        "kind": invoice.kind,
+        "credits": invoice.credits.public_id if invoice.credits else None,
+        "credits_number": invoice.credits.number if invoice.credits else None,
         "number": invoice.number,
         "status": invoice.status,
         "period_start": unix(invoice.period_start),
@@ -112,8 +115,30 @@ def statement_object(statement: ProviderStatement) -> dict[str, Any]:
         "platform_fee_percent": str(statement.fee_percent),
         "platform_fee": money(statement.fee),
         "payable": money(statement.payable),
+        "holdback": money(statement.holdback),
+        "holdback_released": money(statement.released),
+        "due": money(statement.due),
+        "payout": getattr(getattr(statement, "payout", None), "public_id", None),
         "created_at": unix(statement.created_at),
+        "finalized_at": unix(statement.finalized_at),
         "paid_at": unix(statement.paid_at),
+    }
+
+
+def payout_object(payout: Payout) -> dict[str, Any]:
+    batch = payout.batch
+    return {
+        "id": payout.public_id,
+        "object": "billing.payout",
+        "statement": payout.statement.public_id,
+        "status": batch.status,
+        "amount": money(payout.amount),
+        "currency": "EUR",
+        "creditor_name": payout.creditor_name,
+        "iban_last4": payout.iban[-4:],
+        "created_at": unix(batch.created_at),
+        "sent_at": unix(batch.sent_at),
+        "paid_at": unix(batch.paid_at),
     }
 
 
@@ -125,6 +150,11 @@ def _after_public_id(queryset: QuerySet[Any], after: str) -> QuerySet[Any] | Non
         Q(created_at__lt=anchor["created_at"])
         | Q(created_at=anchor["created_at"], pk__lt=anchor["pk"])
     )
+
+
+def _after_payout(queryset: QuerySet[Any], after: str) -> QuerySet[Any] | None:
+    anchor = queryset.filter(public_id=after).values("pk").first()
+    return None if anchor is None else queryset.filter(pk__lt=anchor["pk"])
 
 
 def _after_usage(queryset: QuerySet[Any], after: str) -> QuerySet[Any] | None:
@@ -295,6 +325,17 @@ class StatementListView(APIView):
                 id_of=lambda s: s.public_id,
                 cursor=_after_public_id,
             )
+        )
+
+
+class PayoutListView(APIView):
+    @extend_schema(
+        operation_id="billing_payouts_list", parameters=LIST_PARAMETERS, responses=docs.PayoutList
+    )
+    def get(self, request: Request) -> Response:
+        payouts = selectors.payouts_for_provider(org_of(request))
+        return Response(
+            page(request, payouts, payout_object, id_of=lambda p: p.public_id, cursor=_after_payout)
         )
 
 

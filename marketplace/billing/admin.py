@@ -16,12 +16,15 @@ from django.http import HttpRequest
 from marketplace.billing import services
 from marketplace.billing.models import (
     BillingAccount,
+    BillingPeriod,
     BookingCharge,
     Charge,
     Invoice,
     InvoiceLine,
     JournalEntry,
     LedgerLine,
+    Payout,
+    PayoutBatch,
     ProviderStatement,
     UsageRecord,
 )
@@ -55,7 +58,7 @@ class BillingAccountForm(forms.ModelForm):
 
     class Meta:
         model = BillingAccount
-        fields = ["organization", "credit_limit"]
+        fields = ["organization", "credit_limit", "billing_email"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -82,6 +85,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: BillingAccount, form: Any, change: bool
     ) -> None:
         services.credit_limit_set(organization=obj.organization, credit_limit=obj.credit_limit)
+        services.billing_contact_set(organization=obj.organization, email=obj.billing_email)
         amount = form.cleaned_data.get("topup_amount")
         if amount:
             services.topup_record(
@@ -167,8 +171,17 @@ class InvoiceLineInline(admin.TabularInline):
 
 @admin.register(Invoice)
 class InvoiceAdmin(ReadOnlyAdmin):
-    list_display = ["__str__", "organization", "period_start", "status", "subtotal", "vat", "total"]
-    list_filter = ["status"]
+    list_display = [
+        "__str__",
+        "kind",
+        "organization",
+        "period_start",
+        "status",
+        "subtotal",
+        "vat",
+        "total",
+    ]
+    list_filter = ["status", "kind"]
     inlines = [InvoiceLineInline]
     actions = ["finalize", "void"]
 
@@ -193,7 +206,18 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
 @admin.register(ProviderStatement)
 class ProviderStatementAdmin(ReadOnlyAdmin):
-    list_display = ["public_id", "provider", "period_start", "status", "gross", "fee", "payable"]
+    list_display = [
+        "public_id",
+        "provider",
+        "period_start",
+        "status",
+        "gross",
+        "fee",
+        "payable",
+        "holdback",
+        "released",
+        "due",
+    ]
     list_filter = ["status"]
     actions = ["finalize", "mark_paid"]
 
@@ -216,3 +240,39 @@ class ProviderStatementAdmin(ReadOnlyAdmin):
                 )
             except PartageError as e:
                 self.message_user(request, f"{statement.public_id}: {e.message}", messages.ERROR)
+
+
+@admin.register(BillingPeriod)
+class BillingPeriodAdmin(ReadOnlyAdmin):
+    """Closed by beat (or early, from the cockpit's billing page): read-only here."""
+
+    list_display = ["start", "end", "closed_at", "closed_by", "early", "invoices", "statements"]
+
+
+class PayoutInline(admin.TabularInline):
+    model = Payout
+    extra = 0
+    can_delete = False
+    fields = ("public_id", "provider", "statement", "amount", "creditor_name", "iban", "bic")
+    readonly_fields = (
+        "public_id",
+        "provider",
+        "statement",
+        "amount",
+        "creditor_name",
+        "iban",
+        "bic",
+    )
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(PayoutBatch)
+class PayoutBatchAdmin(ReadOnlyAdmin):
+    """Marked sent and paid from the cockpit's billing page (ledger + audit): read-only here."""
+
+    list_display = ["public_id", "period_end", "status", "payout_count", "total", "sent_by"]
+    list_filter = ["status"]
+    exclude = ["sepa_xml"]
+    inlines = [PayoutInline]

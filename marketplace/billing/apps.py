@@ -6,6 +6,9 @@ class BillingConfig(AppConfig):
     label = "billing"
 
     def ready(self) -> None:
+        # Register the period-closing task and its beat entry in every process that loads Django.
+        from marketplace.billing import tasks  # noqa: F401
+
         # Capacity and finetuning ask for money through interfaces they define; billing
         # provides them, so that billing depends on them and not the reverse.
         from marketplace.billing.providers import BillingBookingPayments, BillingJobCharging

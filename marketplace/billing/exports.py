@@ -39,11 +39,16 @@ def _seller() -> dict[str, str]:
     }
 
 
+def document_name(invoice: Invoice) -> str:
+    return "Credit note" if invoice.kind == Invoice.Kind.CREDIT_NOTE else "Invoice"
+
+
 def invoice_html(invoice: Invoice) -> str:
     return render_to_string(
         "billing/invoice.html",
         {
             "invoice": invoice,
+            "document": document_name(invoice),
             "lines": _lines(invoice),
             "vat_percent": _vat_percent(invoice),
             "seller": _seller(),
@@ -123,11 +128,19 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     styles = getSampleStyleSheet()
     buffer = io.BytesIO()
     document = SimpleDocTemplate(
-        buffer, pagesize=A4, title=f"Invoice {invoice.number or invoice.public_id}"
+        buffer, pagesize=A4, title=f"{document_name(invoice)} {invoice.number or invoice.public_id}"
     )
     seller = _seller()
     story: list[Any] = [
-        Paragraph(f"Invoice {invoice.number or '(draft)'} ({invoice.status})", styles["Title"]),
+        Paragraph(
+            f"{document_name(invoice)} {invoice.number or '(draft)'} ({invoice.status})",
+            styles["Title"],
+        ),
+        *(
+            [Paragraph(f"Credits invoice {invoice.credits.number}.", styles["Normal"])]
+            if invoice.credits is not None
+            else []
+        ),
         Paragraph(
             f"{_escape(seller['name'])}, {seller['country']}"
             + (f", VAT id {_escape(seller['vat_id'])}" if seller["vat_id"] else ""),

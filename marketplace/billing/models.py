@@ -65,6 +65,11 @@ class Account(models.TextChoices):
     PROVIDER_PAYABLE = "provider_payable", "Payable to provider (liability, per provider org)"
     PLATFORM_REVENUE = "platform_revenue", "Platform fee revenue"
     VAT_PAYABLE = "vat_payable", "VAT collected, owed to the tax office"
+    PROVIDER_HOLDBACK = (
+        "provider_holdback",
+        "Provider payable held back for disputes (liability, per provider org)",
+    )
+    PAYOUT_CLEARING = "payout_clearing", "Payouts sent to the bank, not yet seen paid (clearing)"
 
 
 class BillingAccount(models.Model):
@@ -79,6 +84,8 @@ class BillingAccount(models.Model):
         default=Decimal("0.00"),
         help_text="How far below zero the balance may go (an explicit credit line). 0: prepaid only.",
     )
+    # Where invoices and credit notes are e-mailed; empty: to the organization's owners.
+    billing_email = models.EmailField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -326,7 +333,17 @@ class Invoice(models.Model):
         FINALIZED = "finalized"
         VOID = "void"
 
+    class Kind(models.TextChoices):
+        INVOICE = "invoice"
+        # A refund of something a finalized invoice billed: it references that invoice (credits),
+        # carries negative lines, and takes its number from the same series.
+        CREDIT_NOTE = "credit_note"
+
     public_id = models.CharField(max_length=40, unique=True)
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.INVOICE)
+    credits = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="credit_notes"
+    )
     organization = models.ForeignKey(
         Organization, on_delete=models.PROTECT, related_name="invoices"
     )
@@ -360,7 +377,7 @@ class Invoice(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["organization", "period_start"],
-                condition=~Q(status="void"),
+                condition=~Q(status="void") & Q(kind="invoice"),
                 name="invoice_one_live_per_org_period",
             ),
             models.CheckConstraint(
@@ -370,6 +387,11 @@ class Invoice(models.Model):
             models.CheckConstraint(
                 condition=~Q(status="finalized") | Q(usage_until__isnull=False),
                 name="invoice_finalized_has_usage_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="invoice", credits__isnull=True)
+                | Q(kind="credit_note", credits__isnull=False),
+                name="invoice_credit_note_references_invoice",
             ),
         ]
         indexes = [
@@ -445,6 +467,15 @@ class ProviderStatement(models.Model):
     fee = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     payable = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     gpu_seconds = models.DecimalField(max_digits=18, decimal_places=3, default=Decimal("0"))
+    # Of the payable, held back for disputes at finalization (PARTAGE_PAYOUT_HOLDBACK_PERCENT),
+    # and earlier statements' holdbacks released on this one; due = payable - holdback + released.
+    holdback = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    released = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    due = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
+    holdback_release_after = models.DateTimeField(null=True, blank=True)
+    holdback_released_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="releases"
+    )
     payout_entry = models.OneToOneField(
         JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -462,6 +493,12 @@ class ProviderStatement(models.Model):
                 condition=Q(gross=Round(models.F("fee") + models.F("payable"), 2)),
                 name="statement_gross_is_fee_plus_payable",
             ),
+            models.CheckConstraint(
+                condition=Q(
+                    due=Round(models.F("payable") - models.F("holdback") + models.F("released"), 2)
+                ),
+                name="statement_due_is_payable_less_holdback",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -469,10 +506,106 @@ class ProviderStatement(models.Model):
 
 
 class InvoiceNumberSequence(models.Model):
-    """Gap-free invoice numbers per year; the row is locked while numbers are handed out."""
+    """One gap-free series of invoice (and credit note) numbers per issuing entity and year:
+    <issuer>-<year>-<000123>. The row is locked while numbers are handed out, inside the
+    transaction that finalizes the invoices, so a rollback hands its numbers back."""
 
-    year = models.PositiveIntegerField(unique=True)
+    issuer = models.CharField(max_length=20)
+    year = models.PositiveIntegerField()
     last = models.PositiveIntegerField(default=0)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "year"], name="invoiceseq_one_per_issuer_year"
+            )
+        ]
+
     def __str__(self) -> str:
-        return f"invoice numbers {self.year}: {self.last}"
+        return f"invoice numbers {self.issuer} {self.year}: {self.last}"
+
+
+class BillingPeriod(models.Model):
+    """A closed billing period: its invoices and provider statements are finalized and its
+    payouts batched. Periods tile time: each starts where the previous one ended."""
+
+    start = models.DateTimeField(unique=True)
+    end = models.DateTimeField()
+    closed_at = models.DateTimeField(default=timezone.now)
+    closed_by = models.CharField(max_length=150, help_text="'scheduler' or the staff member.")
+    early = models.BooleanField(default=False, help_text="Closed by staff before its normal end.")
+    invoices = models.PositiveIntegerField(default=0)
+    statements = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-start"]
+        constraints = [
+            models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="period_not_empty")
+        ]
+
+    def __str__(self) -> str:
+        return f"period {self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M}"
+
+
+class PayoutBatch(models.Model):
+    """The payouts of one closed period, as one SEPA credit-transfer file (pain.001.001.09).
+
+    created → sent (staff uploaded the file to the bank: provider payable → payout clearing)
+    → paid (the bank executed it: payout clearing → cash). Each step is in the ledger.
+    """
+
+    class Status(models.TextChoices):
+        CREATED = "created"
+        SENT = "sent"
+        PAID = "paid"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.CREATED)
+    message_id = models.CharField(max_length=35, unique=True)
+    sepa_xml = models.TextField(help_text="The pain.001.001.09 file, validated against its XSD.")
+    total = models.DecimalField(max_digits=14, decimal_places=2)
+    payout_count = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    sent_by = models.CharField(max_length=150, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    paid_by = models.CharField(max_length=150, blank=True)
+    paid_entry = models.OneToOneField(
+        JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class Payout(models.Model):
+    """One credit transfer to a provider: the amount due on one finalized statement."""
+
+    public_id = models.CharField(max_length=40, unique=True)
+    batch = models.ForeignKey(PayoutBatch, on_delete=models.PROTECT, related_name="payouts")
+    statement = models.OneToOneField(
+        ProviderStatement, on_delete=models.PROTECT, related_name="payout"
+    )
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="payouts")
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    # The creditor as written in the file (a snapshot: later edits of the details do not change it).
+    creditor_name = models.CharField(max_length=70)
+    iban = models.CharField(max_length=34)
+    bic = models.CharField(max_length=11, blank=True)
+    sent_entry = models.OneToOneField(
+        JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payout_amount_positive")
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id

@@ -10,7 +10,14 @@ from typing import Any
 from django.db.models import Exists, OuterRef, QuerySet
 
 from marketplace.accounts.models import Organization
-from marketplace.billing.models import BillingAccount, Invoice, ProviderStatement, UsageRecord
+from marketplace.billing.models import (
+    BillingAccount,
+    Invoice,
+    Payout,
+    PayoutBatch,
+    ProviderStatement,
+    UsageRecord,
+)
 from marketplace.billing.money import cents, fee_percent, org_vat_rate, usage_cost
 from marketplace.billing.services.ledger import balance_available, balance_held
 from marketplace.errors import InvalidInput, NotFound
@@ -52,7 +59,12 @@ def usage_for_org(
 
 
 def invoices_for_org(org: Organization) -> QuerySet[Invoice]:
-    return Invoice.objects.filter(organization=org).order_by("-created_at", "-id")
+    """The org's invoices and credit notes (kind), newest first."""
+    return (
+        Invoice.objects.filter(organization=org)
+        .select_related("credits")
+        .order_by("-created_at", "-id")
+    )
 
 
 def invoice_for_org(org: Organization, public_id: str) -> Invoice:
@@ -68,7 +80,21 @@ def invoice_for_org(org: Organization, public_id: str) -> Invoice:
 
 
 def statements_for_provider(org: Organization) -> QuerySet[ProviderStatement]:
-    return ProviderStatement.objects.filter(provider=org).order_by("-created_at", "-id")
+    return (
+        ProviderStatement.objects.filter(provider=org)
+        .select_related("payout")
+        .order_by("-created_at", "-id")
+    )
+
+
+def payouts_for_provider(org: Organization) -> QuerySet[Payout]:
+    """The provider's payouts (one per paid statement), newest first."""
+    return Payout.objects.filter(provider=org).select_related("batch", "statement").order_by("-id")
+
+
+def payout_batches() -> QuerySet[PayoutBatch]:
+    """Every payout batch, newest first: for staff only (the cockpit)."""
+    return PayoutBatch.objects.order_by("-created_at", "-id")
 
 
 def statement_for_provider(org: Organization, public_id: str) -> ProviderStatement:

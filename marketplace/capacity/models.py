@@ -69,6 +69,12 @@ class ProviderProfile(models.Model):
         blank=True,
         help_text="e.g. an IBAN reference or payment-provider account id",
     )
+    # Where payouts go: a SEPA credit transfer to this account (validated with schwifty).
+    payout_name = models.CharField(
+        max_length=70, blank=True, default="", help_text="The account holder."
+    )
+    payout_iban = models.CharField(max_length=34, blank=True, default="")
+    payout_bic = models.CharField(max_length=11, blank=True, default="")
     approval_status = models.CharField(
         max_length=20, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING
     )

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from marketplace.portal.views import account, files, jobs, offers, staff, usage
+from marketplace.portal.views import account, files, jobs, money_out, offers, staff, usage
 
 app_name = "portal"
 
@@ -81,8 +81,26 @@ urlpatterns = [
     # Usage and billing
     path("usage/", usage.usage, name="usage"),
     path("invoices/<str:invoice_id>/", usage.invoice_download, name="invoice"),
+    path("earnings/", money_out.provider_earnings, name="earnings"),
+    path("earnings/payout-details/", money_out.payout_details, name="payout-details"),
     # Staff
     path("cockpit/", staff.cockpit, name="cockpit"),
+    path("cockpit/billing/", money_out.cockpit_billing, name="cockpit-billing"),
+    path(
+        "cockpit/billing/close-early/",
+        money_out.period_close_early,
+        name="cockpit-period-close-early",
+    ),
+    path(
+        "cockpit/billing/batches/<str:batch_id>/sepa.xml",
+        money_out.payout_batch_file,
+        name="cockpit-payout-file",
+    ),
+    path(
+        "cockpit/billing/batches/<str:batch_id>/mark/",
+        money_out.payout_batch_mark,
+        name="cockpit-payout-mark",
+    ),
     path("cockpit/quotas/", staff.quota_edit, name="cockpit-quota"),
     path("cockpit/pools/<str:pool_id>/price/", staff.price_edit, name="cockpit-price"),
     path("cockpit/pools/<str:pool_id>/review/", staff.pool_review, name="cockpit-pool-review"),

@@ -16,6 +16,7 @@ from django.test import Client
 
 from marketplace.accounts.services import api_key_create
 from marketplace.billing import services as billing
+from marketplace.capacity import services as capacity
 from tests.api.schema_checks import (
     CHECKS,
     assert_exact_fields,
@@ -23,6 +24,7 @@ from tests.api.schema_checks import (
     schema,
 )
 from tests.billing.conftest import book, job_new, run_job, topup
+from tests.capacity import factories
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +35,7 @@ def billed(
 ) -> dict[str, str]:
     """Org A ran two jobs in November (invoiced) and one in December (not yet), and booked GPUs
     in November then cancelled them for half back (a booking charge line and a refund line on
-    its November invoice); the provider's November statement is paid."""
+    its November invoice); the provider's November statement is paid by a SEPA payout."""
     from marketplace.capacity.services import booking_cancel
 
     topup(org_a, "50.00", "a1")
@@ -50,7 +52,13 @@ def billed(
         provider=provider_org, period_start=nov[0], period_end=nov[1]
     )
     statement = billing.statement_finalize(statement=statement)
-    billing.statement_pay(statement=statement, reference="sepa-1")
+    capacity.provider_payout_details_set(
+        organization=provider_org, name="GPU Provider SAS", iban="FR1420041010050500013M02606"
+    )
+    batch = billing.payout_batch_create(period_end=nov[1])
+    assert batch is not None
+    billing.payout_batch_mark_sent(batch=batch, actor=factories.staff())
+    billing.payout_batch_mark_paid(batch=batch, actor=factories.staff())
     run_job(job_new(org_a), pool, clock, 60)
     return {
         "customer_key": key_a,
@@ -70,6 +78,7 @@ JSON_GETS = [
     ("/v1/billing/invoices", {}, {}, "customer_key"),
     ("/v1/billing/invoices/{invoice_id}", {"invoice_id": "invoice_id"}, {}, "customer_key"),
     ("/v1/billing/statements", {}, {}, "provider_key"),
+    ("/v1/billing/payouts", {}, {}, "provider_key"),
     (
         "/v1/billing/statements/{statement_id}",
         {"statement_id": "statement_id"},

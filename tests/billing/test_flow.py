@@ -37,7 +37,7 @@ def test_job_invoice_line_is_gpu_seconds_times_price(org_a: Any, pool: Any, cloc
     assert line.gpu_seconds == Decimal("2469.000")
     assert line.price_per_gpu_hour == Decimal("2.5000")
     assert line.amount == Decimal("1.71")
-    assert invoice.status == Invoice.Status.FINALIZED and invoice.number.startswith("PTG-2026-")
+    assert invoice.status == Invoice.Status.FINALIZED and invoice.number.startswith("PARTAGE-2026-")
     assert invoice.vat == Decimal("0.34") and invoice.total == Decimal("2.05")  # FR customer, 20 %
     # The prepaid balance paid exactly the invoice total; the hold is gone.
     assert billing.balance_available(organization=org_a) == Decimal("100.00") - Decimal("2.05")

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from marketplace.accounts.models import ApiKey, Invitation
 from marketplace.accounts.services import api_key_create, invitation_create
+from marketplace.billing.models import PayoutBatch
 from marketplace.billing.services import invoice_draft, invoice_finalize, month_bounds
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
@@ -78,6 +79,12 @@ ROUTES: dict[str, Route] = {
     "cockpit-price": Route(STAFF, ("pool_id",)),
     "cockpit-pool-review": Route(STAFF, ("pool_id",)),
     "cockpit-provider-review": Route(STAFF, ("org_id",)),
+    "earnings": Route(ORG),
+    "payout-details": Route(ORG),
+    "cockpit-billing": Route(STAFF),
+    "cockpit-period-close-early": Route(STAFF),
+    "cockpit-payout-file": Route(STAFF, ("batch_id",)),
+    "cockpit-payout-mark": Route(STAFF, ("batch_id",)),
 }
 
 
@@ -106,6 +113,15 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         invoice=invoice_draft(organization=org_a, period_start=period[0], period_end=period[1])
     )
     provider = factories.provider("gpu-cloud-lyon", approved=False)
+    batch = PayoutBatch.objects.create(
+        public_id="pob-walk",
+        period_start=period[0],
+        period_end=period[1],
+        message_id="walk-1",
+        sepa_xml="<Document/>",
+        total=0,
+        payout_count=0,
+    )
     return {
         "job": job,
         "booking": booking,
@@ -122,6 +138,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         "org_id": provider.public_id,
         "invite": invitation.token,
         "invitation_id": invitation.invitation.pk,
+        "batch_id": batch.public_id,
         "uidb64": "MQ",
         "token": "set-password",
     }

@@ -17,6 +17,7 @@ from marketplace.billing.services.bookings import (
 )
 from marketplace.billing.services.holds import HoldRequest, hold_place, holds_place
 from marketplace.billing.services.invoices import (
+    billing_contact_set,
     invoice_draft,
     invoice_finalize,
     invoice_void,
@@ -41,11 +42,23 @@ from marketplace.billing.services.payments import (
     money_parse,
     topup_record,
 )
+from marketplace.billing.services.payouts import (
+    payout_batch_create,
+    payout_batch_mark_paid,
+    payout_batch_mark_sent,
+)
+from marketplace.billing.services.periods import (
+    period_close,
+    period_close_early,
+    periods_close_due,
+    periods_due,
+)
 from marketplace.billing.services.statements import (
     statement_build,
     statement_finalize,
     statement_pay,
     statements_build,
+    statements_close,
 )
 from marketplace.billing.services.usage import (
     attempt_meter,
@@ -64,6 +77,7 @@ __all__ = [
     "attempt_meter",
     "balance_available",
     "balance_held",
+    "billing_contact_set",
     "booking_charge",
     "booking_charged",
     "booking_net",
@@ -85,11 +99,19 @@ __all__ = [
     "job_settle",
     "money_parse",
     "month_bounds",
+    "payout_batch_create",
+    "payout_batch_mark_paid",
+    "payout_batch_mark_sent",
+    "period_close",
+    "period_close_early",
     "period_parse",
+    "periods_close_due",
+    "periods_due",
     "provider_payable",
     "statement_build",
     "statement_finalize",
     "statement_pay",
     "statements_build",
+    "statements_close",
     "topup_record",
 ]

@@ -22,12 +22,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import connection, models, transaction
 from django.db.models import Case, F, Max, Q, Sum, When
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import (
+    BillingAccount,
     BookingCharge,
     Invoice,
     InvoiceLine,
@@ -45,6 +49,7 @@ from marketplace.billing.money import (
     stream_split,
     vat_treatment,
 )
+from marketplace.billing.services.ledger import account_lock
 from marketplace.billing.services.usage import WAIVED_FAILURES, metering_lock
 from marketplace.capacity.models import Pool
 from marketplace.errors import InvalidInput, InvalidTransition
@@ -319,19 +324,26 @@ def _new_public_id() -> str:
     return f"inv-{uuid.uuid4().hex[:24]}"
 
 
-def _numbers(year: int, count: int) -> list[str]:
-    """Hand out `count` consecutive invoice numbers for the year (row-locked, gap-free)."""
-    InvoiceNumberSequence.objects.get_or_create(year=year)
-    sequence = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+def invoice_numbers_take(year: int, count: int) -> list[str]:
+    """Hand out `count` consecutive numbers of the issuer's series for the year.
+
+    The series' row is locked (SELECT ... FOR UPDATE) until the caller's transaction ends, so
+    concurrent finalizations queue on it: no number is skipped or given twice, and a rollback
+    gives its numbers back.
+    """
+    issuer = settings.PARTAGE_INVOICE_ISSUER
+    InvoiceNumberSequence.objects.get_or_create(issuer=issuer, year=year)
+    sequence = InvoiceNumberSequence.objects.select_for_update().get(issuer=issuer, year=year)
     first = sequence.last + 1
     sequence.last += count
     sequence.save(update_fields=["last"])
-    return [f"PTG-{year}-{n:06d}" for n in range(first, first + count)]
+    return [f"{issuer}-{year}-{n:06d}" for n in range(first, first + count)]
 
 
 def covered_until(organization_ids: Any = None) -> dict[int, datetime]:
     """Per org: how far (in recorded_at) its finalized invoices have billed its usage."""
-    finalized = Invoice.objects.filter(status=Invoice.Status.FINALIZED)
+    # Invoices only: a credit note issued with an invoice claims nothing of its own.
+    finalized = Invoice.objects.filter(status=Invoice.Status.FINALIZED, kind=Invoice.Kind.INVOICE)
     if organization_ids is not None:
         finalized = finalized.filter(organization_id__in=organization_ids)
     rows = finalized.values("organization_id").annotate(until=Max("usage_until")).order_by()
@@ -380,7 +392,7 @@ def invoice_draft(
     with transaction.atomic():
         invoice = (
             Invoice.objects.select_for_update()
-            .filter(organization=organization, period_start=period_start)
+            .filter(organization=organization, period_start=period_start, kind=Invoice.Kind.INVOICE)
             .exclude(status=Invoice.Status.VOID)
             .first()
         )
@@ -438,7 +450,9 @@ def invoices_finalize(
         live = {
             inv.organization_id: inv
             for inv in Invoice.objects.select_for_update()
-            .filter(period_start=period_start, organization_id__in=org_ids)
+            .filter(
+                period_start=period_start, organization_id__in=org_ids, kind=Invoice.Kind.INVOICE
+            )
             .exclude(status=Invoice.Status.VOID)
         }
         org_ids -= {
@@ -454,7 +468,9 @@ def invoices_finalize(
         claimed_charges = _booking_charges_uninvoiced(period_end, covered, sorted(org_ids))
         orgs = Organization.objects.in_bulk(list(org_ids))
         lines = _all_lines(claimed, claimed_charges, period_start, orgs)
-        numbers = iter(_numbers(period_start.year, len(org_ids)))
+        refunds = _refunds_of_finalized(lines)
+        count = len(org_ids) + sum(len(notes) for notes in refunds.values())
+        numbers = iter(invoice_numbers_take(period_start.year, count))
         now = timezone.now()
         invoices: dict[int, Invoice] = {}
         for org_id in sorted(org_ids):
@@ -473,15 +489,102 @@ def invoices_finalize(
             if invoice.pk is not None:
                 invoice.save()
             invoices[org_id] = invoice
+        notes = [
+            (
+                _credit_note(
+                    orgs[org_id], credited_id, own, period_start, period_end, next(numbers), now
+                ),
+                own,
+            )
+            for org_id in sorted(refunds)
+            for credited_id, own in sorted(refunds[org_id].items())
+        ]
+        for note, _ in notes:
+            note.usage_from = covered.get(note.organization_id)
         # Created complete, in one statement: no second pass to update them.
-        Invoice.objects.bulk_create([inv for inv in invoices.values() if inv.pk is None])
+        Invoice.objects.bulk_create(
+            [inv for inv in invoices.values() if inv.pk is None] + [note for note, _ in notes]
+        )
         for org_id, invoice in invoices.items():
             for line in lines.get(org_id, []):
                 line.invoice_id = invoice.pk
-        _lines_write([line for own in lines.values() for line in own])
-        for invoice in invoices.values():
+        for note, own in notes:
+            for line in own:
+                line.invoice_id = note.pk
+        _lines_write(
+            [line for own in lines.values() for line in own]
+            + [line for _, own in notes for line in own]
+        )
+        finalized = list(invoices.values()) + [note for note, _ in notes]
+        for invoice in finalized:
             _invoice_finalized_record(invoice)
-    return list(invoices.values())
+    return finalized
+
+
+def _refunds_of_finalized(lines: dict[int, list[_Line]]) -> dict[int, dict[int, list[_Line]]]:
+    """Take out of `lines` the negative ones that refund what a finalized invoice billed (a
+    waived job, a booking cancelled after its charge was invoiced): per org, per invoice they
+    credit. A finalized invoice is never edited: these go on a credit note that references it.
+    """
+    negative = [line for own in lines.values() for line in own if line.amount + line.vat < 0]
+    if not negative:
+        return {}
+    billed = InvoiceLine.objects.filter(
+        invoice__status=Invoice.Status.FINALIZED, invoice__kind=Invoice.Kind.INVOICE, amount__gt=0
+    )
+    by_job = dict(
+        billed.filter(job_id__in={line.job_id for line in negative if line.job_id})
+        .values("job_id")
+        .annotate(last=Max("invoice_id"))
+        .values_list("job_id", "last")
+        .order_by()
+    )
+    by_booking = dict(
+        billed.filter(booking_id__in={line.booking_id for line in negative if line.booking_id})
+        .values("booking_id")
+        .annotate(last=Max("invoice_id"))
+        .values_list("booking_id", "last")
+        .order_by()
+    )
+    refunds: dict[int, dict[int, list[_Line]]] = {}
+    for org_id, own in lines.items():
+        kept = []
+        for line in own:
+            if line.job_id:
+                credited = by_job.get(line.job_id)
+            else:
+                credited = by_booking.get(line.booking_id) if line.booking_id else None
+            if line.amount + line.vat < 0 and credited is not None:
+                refunds.setdefault(org_id, {}).setdefault(credited, []).append(line)
+            else:
+                kept.append(line)
+        lines[org_id] = kept
+    return refunds
+
+
+def _credit_note(
+    org: Organization,
+    credited_id: int,
+    lines: list[_Line],
+    period_start: datetime,
+    period_end: datetime,
+    number: str,
+    now: datetime,
+) -> Invoice:
+    note = Invoice(
+        kind=Invoice.Kind.CREDIT_NOTE,
+        credits_id=credited_id,
+        organization_id=org.pk,
+        period_start=period_start,
+        period_end=period_end,
+        public_id=_new_public_id(),
+        status=Invoice.Status.FINALIZED,
+        number=number,
+        finalized_at=now,
+        usage_until=period_end,
+    )
+    _snapshot(note, org, lines)
+    return note
 
 
 def _invoice_finalized_record(invoice: Invoice) -> None:
@@ -491,6 +594,8 @@ def _invoice_finalized_record(invoice: Invoice) -> None:
         organization_id=invoice.organization_id,
         subject_id=invoice.public_id,
         data={
+            "kind": invoice.kind,  # invoice, or a credit_note that credits another invoice
+            "credits": invoice.credits.public_id if invoice.credits else None,
             "number": invoice.number,
             "total": str(invoice.total),
             "currency": invoice.currency,
@@ -560,7 +665,7 @@ def invoice_finalize(*, invoice: Invoice) -> Invoice:
             invoice.usage_from = since
             invoice.usage_until = max(invoice.period_end, since or invoice.period_end)
             invoice.status = Invoice.Status.FINALIZED
-            invoice.number = _numbers(invoice.period_start.year, 1)[0]
+            invoice.number = invoice_numbers_take(invoice.period_start.year, 1)[0]
             invoice.finalized_at = timezone.now()
             invoice.save()
             _invoice_finalized_record(invoice)
@@ -575,10 +680,29 @@ def invoice_void(*, invoice: Invoice, reason: str) -> Invoice:
     """
     if not reason.strip():
         raise InvalidInput("Say why the invoice is voided (reason).", param="reason")
+    if invoice.kind == Invoice.Kind.CREDIT_NOTE:
+        raise InvalidTransition(
+            f"Credit note {invoice} is issued; it cannot be voided. Correct it on the next "
+            "invoice.",
+            param="invoice",
+        )
     with transaction.atomic():
         metering_lock(exclusive=True)
+        notes = Invoice.objects.filter(
+            Q(credits=invoice)
+            | Q(organization_id=invoice.organization_id, period_start=invoice.period_start),
+            kind=Invoice.Kind.CREDIT_NOTE,
+            status=Invoice.Status.FINALIZED,
+        )
+        if invoice.status == Invoice.Status.FINALIZED and notes.exists():
+            raise InvalidTransition(
+                f"Invoice {invoice} has credit notes ({', '.join(str(n) for n in notes)}) that "
+                "refer to it or were issued with it; correct it on the next invoice instead.",
+                param="invoice",
+            )
         later = Invoice.objects.filter(
             organization_id=invoice.organization_id,
+            kind=Invoice.Kind.INVOICE,
             status=Invoice.Status.FINALIZED,
             usage_until__gt=invoice.usage_until or invoice.period_end,
         ).exclude(pk=invoice.pk)
@@ -595,3 +719,21 @@ def invoice_void(*, invoice: Invoice, reason: str) -> Invoice:
             raise InvalidTransition(f"Invoice {invoice} is already void.", param="invoice")
     invoice.refresh_from_db()
     return invoice
+
+
+def billing_contact_set(*, organization: Organization, email: str) -> BillingAccount:
+    """Where the org's invoices and credit notes are e-mailed (empty: to its owners)."""
+    email = email.strip()
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise InvalidInput(
+                f"billing_email {email!r} is not an e-mail address; e.g. accounts@example.com.",
+                param="billing_email",
+            ) from None
+    with transaction.atomic():
+        account = account_lock(organization_id=organization.pk)
+        account.billing_email = email
+        account.save(update_fields=["billing_email"])
+    return account

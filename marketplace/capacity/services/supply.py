@@ -12,6 +12,8 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from schwifty import BIC, IBAN
+from schwifty.exceptions import SchwiftyException
 
 from marketplace.accounts.models import Organization, User
 from marketplace.capacity import policies, selectors
@@ -47,6 +49,56 @@ def provider_profile_upsert(
     profile, _ = ProviderProfile.objects.update_or_create(
         organization=organization, defaults={"payout_reference": payout_reference.strip()}
     )
+    return profile
+
+
+def payout_details_check(*, name: str, iban: str, bic: str) -> tuple[str, str, str]:
+    """The account holder, IBAN and BIC, normalized; InvalidInput naming the bad field."""
+    name = " ".join(name.split())
+    if not name:
+        raise InvalidInput("Give the account holder's name (payout_name).", param="payout_name")
+    if len(name) > 70:
+        raise InvalidInput(
+            "The account holder's name is at most 70 characters (SEPA).", param="payout_name"
+        )
+    try:
+        checked_iban = IBAN(iban)
+    except SchwiftyException as e:
+        raise InvalidInput(
+            f"payout_iban {iban!r} is not a valid IBAN ({e}); copy it from a bank statement, "
+            "e.g. FR76 3000 6000 0112 3456 7890 189.",
+            param="payout_iban",
+        ) from e
+    if not checked_iban.in_sepa_zone:
+        raise InvalidInput(
+            f"payout_iban {checked_iban.formatted} is outside the SEPA zone; payouts are SEPA "
+            "credit transfers.",
+            param="payout_iban",
+        )
+    bic = bic.replace(" ", "").upper()
+    if bic:
+        try:
+            BIC(bic)
+        except SchwiftyException as e:
+            raise InvalidInput(
+                f"payout_bic {bic!r} is not a valid BIC ({e}); it has 8 or 11 characters, "
+                "e.g. AGRIFRPP.",
+                param="payout_bic",
+            ) from e
+    return name, checked_iban.compact, bic
+
+
+def provider_payout_details_set(
+    *, organization: Organization, name: str, iban: str, bic: str = ""
+) -> ProviderProfile:
+    """Where the provider's payouts go (SEPA credit transfer); validated, then saved."""
+    name, iban, bic = payout_details_check(name=name, iban=iban, bic=bic)
+    with transaction.atomic():
+        profile, _ = ProviderProfile.objects.select_for_update().get_or_create(
+            organization=organization
+        )
+        profile.payout_name, profile.payout_iban, profile.payout_bic = name, iban, bic
+        profile.save(update_fields=["payout_name", "payout_iban", "payout_bic"])
     return profile
 
 
