@@ -2,10 +2,12 @@
 
 The job life cycle calls attempt_meter, job_settle and job_over_budget (usage.py); the admission
 pass calls hold_place (holds_place for a batch; holds.py); capacity's booking services call
-booking_charge and booking_refund. The money rules (rounding, VAT, fee split) live in
+booking_charge and booking_refund; organizations top up their balance (topups.py) and are
+alerted when it runs low (alerts.py). The money rules (rounding, VAT, fee split) live in
 marketplace/billing/money.py.
 """
 
+from marketplace.billing.services.alerts import balance_low_check, low_balance_threshold_set
 from marketplace.billing.services.bookings import (
     booking_charge,
     booking_charged,
@@ -47,6 +49,15 @@ from marketplace.billing.services.statements import (
     statement_pay,
     statements_build,
 )
+from marketplace.billing.services.topups import (
+    PaymentProviderUnavailable,
+    WebhookRefused,
+    methods_available,
+    stripe_webhook_handle,
+    topup_amount_parse,
+    topup_bank_received,
+    topup_start,
+)
 from marketplace.billing.services.usage import (
     attempt_meter,
     job_cost_so_far,
@@ -60,10 +71,13 @@ __all__ = [
     "ManualPaymentProvider",
     "PaymentConfirmation",
     "PaymentProvider",
+    "PaymentProviderUnavailable",
+    "WebhookRefused",
     "account_lock",
     "attempt_meter",
     "balance_available",
     "balance_held",
+    "balance_low_check",
     "booking_charge",
     "booking_charged",
     "booking_net",
@@ -83,6 +97,8 @@ __all__ = [
     "job_held",
     "job_over_budget",
     "job_settle",
+    "low_balance_threshold_set",
+    "methods_available",
     "money_parse",
     "month_bounds",
     "period_parse",
@@ -91,5 +107,9 @@ __all__ = [
     "statement_finalize",
     "statement_pay",
     "statements_build",
+    "stripe_webhook_handle",
+    "topup_amount_parse",
+    "topup_bank_received",
     "topup_record",
+    "topup_start",
 ]
