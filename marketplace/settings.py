@@ -260,7 +260,9 @@ PARTAGE_PLATFORM_VAT_ID = env.get("PARTAGE_PLATFORM_VAT_ID", str, default="")
 
 # Top-ups (docs/billing.md, "Money in"): self-serve amounts are bounded; card top-ups go through
 # Stripe Checkout when enabled (keys required in production then), bank transfers always work.
-PARTAGE_TOPUP_MIN = env.get("PARTAGE_TOPUP_MIN", _decimal_in("0.01", "1000000"), default=Decimal("10"))
+PARTAGE_TOPUP_MIN = env.get(
+    "PARTAGE_TOPUP_MIN", _decimal_in("0.01", "1000000"), default=Decimal("10")
+)
 PARTAGE_TOPUP_MAX = env.get(
     "PARTAGE_TOPUP_MAX", _decimal_in("0.01", "1000000"), default=Decimal("10000")
 )

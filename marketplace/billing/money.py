@@ -148,7 +148,7 @@ AMOUNT_PATTERN = re.compile(r"\d{1,12}(\.\d{1,2})?")
 def amount_parse(value: object, *, param: str = "amount") -> Decimal:
     """A positive EUR amount written as digits with at most two decimals ("100", "99.50"), or
     InvalidInput naming `param`. A Decimal or int is read as it prints (Decimal("1E+3") fails)."""
-    text = str(value).strip() if isinstance(value, str | int | Decimal) else None
+    text = str(value).strip() if isinstance(value, str | int | float | Decimal) else None
     if isinstance(value, bool) or text is None or not AMOUNT_PATTERN.fullmatch(text):
         raise InvalidInput(
             f"{param} must be an amount in EUR written as digits with at most two decimals, "
