@@ -12,6 +12,7 @@ from django.db import transaction
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import Account, BillingAccount, JournalEntry
 from marketplace.billing.money import amount_parse
+from marketplace.billing.services.alerts import balance_low_check
 from marketplace.billing.services.ledger import Leg, account_lock, entry_post
 from marketplace.errors import InvalidInput
 
@@ -69,8 +70,8 @@ def topup_record(
         )
     confirmation = provider.confirm(reference=reference, amount=amount)
     with transaction.atomic():
-        account_lock(organization_id=organization.pk)
-        return entry_post(
+        account = account_lock(organization_id=organization.pk)
+        entry = entry_post(
             key=f"topup:{provider.name}:{confirmation.reference}",
             kind=JournalEntry.Kind.TOPUP,
             organization_id=organization.pk,
@@ -81,6 +82,8 @@ def topup_record(
                 Leg(Account.CUSTOMER_BALANCE, -confirmation.amount, organization.pk),
             ],
         )
+        balance_low_check(accounts={organization.pk: account}, rearm=True)
+    return entry
 
 
 def credit_limit_set(*, organization: Organization, credit_limit: Decimal) -> BillingAccount:

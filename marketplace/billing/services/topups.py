@@ -238,15 +238,13 @@ def topup_start(
 def _topup_credit(*, topup_id: int, amount: Decimal, credited_by: str, memo: str) -> bool:
     """Credit a pending (or expired) top-up once. True when this call credited it."""
     with transaction.atomic():
-        topup = Topup.objects.select_related("organization").get(pk=topup_id)
-        account = account_lock(organization_id=topup.organization_id)
-        now = timezone.now()
-        # Conditional UPDATE: of concurrent confirmations, one moves the row, the others
-        # (blocked on the row until it commits) then match nothing.
-        moved = Topup.objects.filter(pk=topup.pk, status__in=CREDITABLE).update(
-            status=Topup.Status.CREDITED, credited_at=now, credited_by=credited_by[:150]
-        )
-        if not moved:
+        org_id = Topup.objects.values_list("organization_id", flat=True).get(pk=topup_id)
+        account = account_lock(organization_id=org_id)
+        # The top-up row, locked after the balance (the lock order ends pool → org quota → org
+        # balance → top-up): of concurrent confirmations, the first credits, the others then
+        # find it credited.
+        topup = Topup.objects.select_for_update().get(pk=topup_id)
+        if topup.status not in CREDITABLE:
             return False
         entry = entry_post(
             key=f"topup:{topup.method}:{topup.reference}",
@@ -259,7 +257,9 @@ def _topup_credit(*, topup_id: int, amount: Decimal, credited_by: str, memo: str
                 Leg(Account.CUSTOMER_BALANCE, -amount, topup.organization_id),
             ],
         )
-        Topup.objects.filter(pk=topup.pk).update(entry=entry)
+        topup.status, topup.entry = Topup.Status.CREDITED, entry
+        topup.credited_at, topup.credited_by = timezone.now(), credited_by[:150]
+        topup.save(update_fields=["status", "entry", "credited_at", "credited_by"])
         balance_low_check(accounts={account.organization_id: account}, rearm=True)
     logger.info(
         "topup credited",
@@ -310,7 +310,7 @@ def stripe_webhook_handle(*, payload: bytes, signature: str) -> str:
             "(or is older than 5 minutes); nothing was changed.",
             param="Stripe-Signature",
         ) from e
-    session = event["data"]["object"]
+    session = event["data"]["object"].to_dict()
     handlers = {
         "checkout.session.completed": _session_completed,
         "checkout.session.async_payment_succeeded": _session_completed,
