@@ -140,7 +140,7 @@ def test_bank_transfer_gives_a_unique_reference_and_a_proforma_and_credits_once(
     assert proforma.content.startswith(b"%PDF")
     assert available(org_a) == 0  # nothing before staff see the money
 
-    topup_row, credited = billing.topup_bank_received(topup_id=body["id"], actor="carol")
+    _first, credited = billing.topup_bank_received(topup_id=body["id"], actor="carol")
     again, credited_again = billing.topup_bank_received(topup_id=body["id"], actor="carol")
     assert (credited, credited_again) == (True, False)
     assert again.status == "credited" and again.credited_by == "carol"

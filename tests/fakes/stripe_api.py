@@ -18,6 +18,7 @@ Deliveries are signed as Stripe signs them: `Stripe-Signature: t=<unix>,v1=<hex 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import hmac
 import html
 import json
@@ -42,7 +43,7 @@ def form_decode(body: str) -> dict[str, Any]:
     for key, value in parse_qsl(body, keep_blank_values=True):
         parts = re.findall(r"[^\[\]]+", key)
         node: Any = root
-        for part, following in zip(parts, parts[1:], strict=False):
+        for part, following in itertools.pairwise(parts):
             child_is_list = following.isdigit()
             if isinstance(node, list):
                 index = int(part)
@@ -212,7 +213,7 @@ class FakeStripe:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=30) as response:
                 status = response.status
         except urllib.error.HTTPError as e:
             status = e.code
