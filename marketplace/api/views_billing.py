@@ -458,7 +458,7 @@ class BillingSettingsSerializer(serializers.Serializer):
     low_balance_threshold = serializers.JSONField(
         allow_null=True,
         help_text='Alert (billing.balance_low) when the available balance falls below this: "50.00"; '
-        "null turns the alert off."
+        "null turns the alert off.",
     )
 
 

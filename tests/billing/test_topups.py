@@ -157,7 +157,9 @@ def test_bank_transfer_gives_a_unique_reference_and_a_proforma_and_credits_once(
 @pytest.mark.django_db
 def test_card_is_refused_when_stripe_is_not_enabled(client_a: APIClient, settings: Any) -> None:
     settings.PARTAGE_STRIPE_ENABLED = False
-    response = client_a.post("/v1/billing/topups", {"amount": "50", "method": "card"}, format="json")
+    response = client_a.post(
+        "/v1/billing/topups", {"amount": "50", "method": "card"}, format="json"
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "method"
     assert client_a.get("/v1/billing/settings").json()["topup_methods"] == ["bank_transfer"]
@@ -270,7 +272,9 @@ def test_the_stripe_outage_is_a_clear_error_and_the_top_up_is_kept_failed(
 ) -> None:
     settings.PARTAGE_STRIPE_ENABLED = True
     settings.PARTAGE_STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens there
-    response = client_a.post("/v1/billing/topups", {"amount": "50", "method": "card"}, format="json")
+    response = client_a.post(
+        "/v1/billing/topups", {"amount": "50", "method": "card"}, format="json"
+    )
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["code"] == "payment_provider_unavailable" and "bank transfer" in error["message"]
@@ -362,7 +366,9 @@ def test_a_refused_hold_alerts_once(org_a: Any, pool: Any, caplog: Any) -> None:
 @pytest.mark.django_db
 @pytest.mark.parametrize("value", ["-1", "0", "1.001", "1e2", "lots"])
 def test_bad_thresholds_are_refused(client_a: APIClient, value: str) -> None:
-    response = client_a.patch("/v1/billing/settings", {"low_balance_threshold": value}, format="json")
+    response = client_a.patch(
+        "/v1/billing/settings", {"low_balance_threshold": value}, format="json"
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "low_balance_threshold"
 
@@ -370,5 +376,7 @@ def test_bad_thresholds_are_refused(client_a: APIClient, value: str) -> None:
 @pytest.mark.django_db
 def test_the_threshold_can_be_turned_off(client_a: APIClient) -> None:
     client_a.patch("/v1/billing/settings", {"low_balance_threshold": "5"}, format="json")
-    response = client_a.patch("/v1/billing/settings", {"low_balance_threshold": None}, format="json")
+    response = client_a.patch(
+        "/v1/billing/settings", {"low_balance_threshold": None}, format="json"
+    )
     assert response.status_code == 200 and response.json()["low_balance_threshold"] is None

@@ -18,9 +18,9 @@ Deliveries are signed as Stripe signs them: `Stripe-Signature: t=<unix>,v1=<hex 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import hmac
 import html
+import itertools
 import json
 import re
 import secrets
@@ -120,9 +120,7 @@ class FakeStripe:
                     400, "Invalid integer.", f"line_items[{index}][price_data][unit_amount]"
                 ) from None
             if unit < 0 or not price.get("currency"):
-                raise StripeApiError(
-                    400, "Invalid price_data.", f"line_items[{index}][price_data]"
-                )
+                raise StripeApiError(400, "Invalid price_data.", f"line_items[{index}][price_data]")
             amount += unit * quantity
             currency = price["currency"]
         now = int(time.time())
