@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "marketplace.events",
     "marketplace.accounts",
     "marketplace.capacity",
     "marketplace.quotas",
@@ -83,6 +84,7 @@ INSTALLED_APPS = [
     "marketplace.finetuning",
     "marketplace.api",
     "marketplace.portal",
+    "marketplace.notifications",
 ]
 
 MIDDLEWARE = [
