@@ -4,7 +4,6 @@ API, tests/fakes/stripe_api.py) and by bank transfer, amount validation, low-bal
 from __future__ import annotations
 
 import json
-import logging
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from marketplace.billing import services as billing
 from marketplace.billing.models import BillingAccount, JournalEntry, Topup
 from marketplace.billing.selectors import balance_for_org
 from marketplace.errors import InsufficientFunds
+from marketplace.events.models import DomainEvent
 from tests.billing.conftest import admit, assert_invariants, job_new, topup
 from tests.fakes.stripe_api import FakeStripe, signature_header
 
@@ -315,15 +315,14 @@ def test_a_session_paid_with_another_amount_is_not_credited(
 # ---------------------------------------------------------------- low balance
 
 
-def _alerts(caplog: Any) -> list[Any]:
-    return [r for r in caplog.records if r.getMessage() == "balance low"]
+def _alerts() -> list[DomainEvent]:
+    return list(DomainEvent.objects.filter(event_type="billing.balance_low").order_by("id"))
 
 
 @pytest.mark.django_db
 def test_low_balance_alerts_once_per_crossing(
-    org_a: Any, pool: Any, client_a: APIClient, caplog: Any
+    org_a: Any, pool: Any, client_a: APIClient
 ) -> None:
-    caplog.set_level(logging.INFO, logger="partage.billing")
     topup(org_a, "20.00")
     response = client_a.patch(
         "/v1/billing/settings", {"low_balance_threshold": "10.00"}, format="json"
@@ -332,24 +331,29 @@ def test_low_balance_alerts_once_per_crossing(
     assert client_a.get("/v1/billing/balance").json()["low_balance_threshold"] == "10.00"
     # 1 GPU x 3600 s at €2.50 + 20 % VAT: €3.00 held; 17.00 left, above the threshold.
     admit(job_new(org_a), pool)
-    assert _alerts(caplog) == []
+    assert _alerts() == []
     admit(job_new(org_a), pool)  # 14.00
     admit(job_new(org_a), pool)  # 11.00
     admit(job_new(org_a), pool)  # 8.00: below
     admit(job_new(org_a), pool)  # 5.00: still below, no second alert
-    assert len(_alerts(caplog)) == 1
+    [first] = _alerts()
+    assert first.data == {
+        "available": "8.00",
+        "threshold": "10.00",
+        "currency": "EUR",
+        "reason": "below_threshold",
+    }
     assert BillingAccount.objects.get(organization=org_a).low_balance_since is not None
     # Money in re-arms it; the next crossing alerts again.
     topup(org_a, "20.00", "t2")  # 25.00
     assert BillingAccount.objects.get(organization=org_a).low_balance_since is None
     for _ in range(6):  # 22, 19, 16, 13, 10, then 7.00: below again
         admit(job_new(org_a), pool)
-    assert len(_alerts(caplog)) == 2
+    assert len(_alerts()) == 2
 
 
 @pytest.mark.django_db
-def test_a_refused_hold_alerts_once(org_a: Any, pool: Any, caplog: Any) -> None:
-    caplog.set_level(logging.INFO, logger="partage.billing")
+def test_a_refused_hold_alerts_once(org_a: Any, pool: Any) -> None:
     topup(org_a, "1.00")
     for _ in range(3):
         # As the admission pass does: the refusal is an outcome, the transaction commits.
@@ -359,8 +363,9 @@ def test_a_refused_hold_alerts_once(org_a: Any, pool: Any, caplog: Any) -> None:
                 [billing.HoldRequest(job=job, pool=pool, max_duration_seconds=3600)]
             )
         assert isinstance(outcomes[job.pk], InsufficientFunds)
-    [alert] = _alerts(caplog)
-    assert alert.reason == "hold_refused" and alert.org_id == org_a.pk
+    [alert] = _alerts()
+    assert alert.data["reason"] == "hold_refused" and alert.organization_id == org_a.pk
+    assert alert.subject_id == org_a.public_id and alert.data["available"] == "1.00"
 
 
 @pytest.mark.django_db
@@ -380,3 +385,19 @@ def test_the_threshold_can_be_turned_off(client_a: APIClient) -> None:
         "/v1/billing/settings", {"low_balance_threshold": None}, format="json"
     )
     assert response.status_code == 200 and response.json()["low_balance_threshold"] is None
+
+
+@pytest.mark.django_db
+def test_the_balance_low_e_mail_goes_to_owners_and_admins(
+    org_a: Any, alice: Any, pool: Any
+) -> None:
+    from marketplace.notifications.topics.balance import balance_low_render
+
+    topup(org_a, "1.00")
+    billing.low_balance_threshold_set(organization=org_a, threshold=Decimal("5.00"))
+    [event] = _alerts()
+    [message] = balance_low_render(event)
+    assert message.to == [alice.email]
+    assert "€1.00" in message.subject
+    assert "below the alert threshold of €5.00" in message.body
+    assert "/billing/credit/" in message.body

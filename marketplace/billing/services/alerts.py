@@ -1,4 +1,5 @@
-"""Low-balance alerts: `billing.balance_low`, once per crossing.
+"""Low-balance alerts: the domain event `billing.balance_low` (e-mailed by notifications'
+balance topic, delivered to webhook endpoints), once per crossing.
 
 An organization sets a threshold (low_balance_threshold_set). After a write that lowers its
 available balance (a hold, a capture, a booking charge) and when a hold is refused for lack of
@@ -21,6 +22,7 @@ from marketplace.accounts.models import Organization
 from marketplace.billing.models import BillingAccount
 from marketplace.billing.services.ledger import account_lock, balances_available
 from marketplace.errors import InvalidInput
+from marketplace.events.services import event_record
 
 logger = logging.getLogger("partage.billing")
 
@@ -79,16 +81,21 @@ def balance_low_check(
 
 
 def _balance_low_announce(*, account: BillingAccount, available: Decimal, reason: str) -> None:
+    """Record the event, in the caller's transaction (it rolls back with it)."""
     threshold = account.low_balance_threshold
-    logger.info(
-        "balance low",
-        extra={
-            "org_id": account.organization_id,
-            "available": str(available),
-            "threshold": str(threshold) if threshold is not None else None,
-            "reason": reason,
-        },
+    data = {
+        "available": f"{available:.2f}",
+        "threshold": f"{threshold:.2f}" if threshold is not None else None,
+        "currency": "EUR",
+        "reason": reason,
+    }
+    event_record(
+        event_type=BALANCE_LOW,
+        organization_id=account.organization_id,
+        subject_id=account.organization.public_id,
+        data=data,
     )
+    logger.info("balance low", extra={"org_id": account.organization_id, **data})
 
 
 def low_balance_threshold_set(
