@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from marketplace.portal.views import account, files, jobs, offers, staff, usage
+from marketplace.portal.views import account, credit, files, jobs, offers, staff, usage
 
 app_name = "portal"
 
@@ -71,9 +71,17 @@ urlpatterns = [
     # Usage and billing
     path("usage/", usage.usage, name="usage"),
     path("invoices/<str:invoice_id>/", usage.invoice_download, name="invoice"),
+    path("billing/credit/", credit.credit, name="credit"),
+    path("billing/credit/alert/", credit.threshold, name="credit-threshold"),
+    path("billing/topups/<str:topup_id>/proforma/", credit.proforma, name="topup-proforma"),
     # Staff
     path("cockpit/", staff.cockpit, name="cockpit"),
     path("cockpit/quotas/", staff.quota_edit, name="cockpit-quota"),
+    path(
+        "cockpit/topups/<str:topup_id>/received/",
+        staff.topup_received,
+        name="cockpit-topup-received",
+    ),
     path("cockpit/pools/<str:pool_id>/price/", staff.price_edit, name="cockpit-price"),
     path("cockpit/pools/<str:pool_id>/review/", staff.pool_review, name="cockpit-pool-review"),
     path(

@@ -320,9 +320,7 @@ def _alerts() -> list[DomainEvent]:
 
 
 @pytest.mark.django_db
-def test_low_balance_alerts_once_per_crossing(
-    org_a: Any, pool: Any, client_a: APIClient
-) -> None:
+def test_low_balance_alerts_once_per_crossing(org_a: Any, pool: Any, client_a: APIClient) -> None:
     topup(org_a, "20.00")
     response = client_a.patch(
         "/v1/billing/settings", {"low_balance_threshold": "10.00"}, format="json"
