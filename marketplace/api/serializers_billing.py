@@ -145,6 +145,20 @@ class ProviderStatementObject(serializers.Serializer):
     paid_at = unix_seconds(allow_null=True)
 
 
+class BalanceCoverageObject(serializers.Serializer):
+    covered = serializers.BooleanField(
+        help_text="Whether the prepaid balance (plus any credit line) covers `needed` now."
+    )
+    needed = money()
+    available = money()
+    shortfall = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        help_text="EUR to add before confirming (0.00 when covered): POST /v1/billing/topups.",
+    )
+    currency = const("EUR")
+
+
 class CostEstimateObject(serializers.Serializer):
     object = const("billing.cost_estimate")
     pool = serializers.CharField(help_text="The cheapest active pool that can run the job.")
@@ -156,6 +170,10 @@ class CostEstimateObject(serializers.Serializer):
     amount = money()
     vat = money()
     total = money()
+    balance = BalanceCoverageObject(
+        help_text="Whether the balance covers `total` (the most the job can hold), and the "
+        "shortfall."
+    )
 
 
 class BankTransferInstructions(serializers.Serializer):

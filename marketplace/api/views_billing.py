@@ -339,7 +339,10 @@ class CostEstimateView(APIView):
             gpu_count=body.validated_data["gpu_count"],
             duration_seconds=body.validated_data["estimated_duration_seconds"],
         )
-        return Response(estimate.as_dict())
+        coverage = selectors.balance_coverage(
+            org_of(request), amount=estimate.amount + estimate.vat
+        )
+        return Response({**estimate.as_dict(), "balance": coverage.as_dict()})
 
 
 def topup_object(topup: Topup) -> dict[str, Any]:

@@ -255,8 +255,10 @@ class CreditForm(forms.Form):
 
     def __init__(self, *args: Any, methods: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["method"].choices = methods
-        self.fields["method"].initial = methods[0][0]
+        method = self.fields["method"]
+        assert isinstance(method, forms.ChoiceField)
+        method.choices = methods
+        method.initial = methods[0][0]
 
 
 class ThresholdForm(forms.Form):

@@ -79,7 +79,8 @@ class PaymentStart:
 
 
 class PaymentMethod(Protocol):
-    method: str
+    @property
+    def method(self) -> str: ...
 
     def start(self, *, topup: Topup, return_url: str, email: str) -> PaymentStart: ...
 
@@ -96,7 +97,7 @@ def stripe_client() -> stripe.StripeClient:
 class StripeCheckout:
     """Card payments: a Stripe Checkout Session in payment mode for the top-up's amount."""
 
-    method = Topup.Method.CARD
+    method: str = Topup.Method.CARD.value
 
     def start(self, *, topup: Topup, return_url: str, email: str) -> PaymentStart:
         separator = "&" if "?" in return_url else "?"
@@ -142,7 +143,7 @@ class StripeCheckout:
 class BankTransfer:
     """Bank transfers: a unique payment reference the customer quotes on the transfer."""
 
-    method = Topup.Method.BANK_TRANSFER
+    method: str = Topup.Method.BANK_TRANSFER.value
 
     def start(self, *, topup: Topup, return_url: str, email: str) -> PaymentStart:
         return PaymentStart(reference=bank_reference_new())

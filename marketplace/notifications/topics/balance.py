@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from marketplace.events.models import DomainEvent
 
 
-def _recipients(organization_id: int | None) -> list[str]:
+def _recipients(organization_id: int) -> list[str]:
     emails = Membership.objects.filter(
         organization_id=organization_id,
         role__in=[Membership.Role.OWNER, Membership.Role.ADMIN],
@@ -25,6 +25,8 @@ def _recipients(organization_id: int | None) -> list[str]:
 
 
 def balance_low_render(event: DomainEvent) -> list[EmailMessage]:
+    if event.organization_id is None:
+        return []
     org = Organization.objects.filter(pk=event.organization_id).first()
     recipients = _recipients(event.organization_id)
     if org is None or not recipients:
