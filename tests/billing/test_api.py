@@ -54,6 +54,7 @@ def test_balance(client_a: APIClient, org_a: Any, invoiced: dict[str, Any]) -> N
         "available": "46.00",
         "held": "0.00",
         "credit_limit": "0.00",
+        "low_balance_threshold": None,
     }
 
 

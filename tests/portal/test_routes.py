@@ -18,7 +18,12 @@ from django.utils import timezone
 
 from marketplace.accounts.models import ApiKey
 from marketplace.accounts.services import api_key_create
-from marketplace.billing.services import invoice_draft, invoice_finalize, month_bounds
+from marketplace.billing.services import (
+    invoice_draft,
+    invoice_finalize,
+    month_bounds,
+    topup_start,
+)
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
 from marketplace.finetuning.models import FineTuningJob
@@ -62,6 +67,8 @@ ROUTES: dict[str, Route] = {
     "offers": Route(ORG),
     "offer-book": Route(ORG),
     "usage": Route(ORG),
+    "credit": Route(ORG),
+    "credit-threshold": Route(ORG),
     "api-key-revoke": Route(OWNED, ("key_id",)),
     "file": Route(OWNED, ("file_id",)),
     "file-download": Route(OWNED, ("file_id",)),
@@ -72,11 +79,13 @@ ROUTES: dict[str, Route] = {
     "job-manifest": Route(OWNED, ("job_id",)),
     "offer-booking-cancel": Route(OWNED, ("booking_id",)),
     "invoice": Route(OWNED, ("invoice_id",)),
+    "topup-proforma": Route(OWNED, ("topup_id",)),
     "cockpit": Route(STAFF),
     "cockpit-quota": Route(STAFF),
     "cockpit-price": Route(STAFF, ("pool_id",)),
     "cockpit-pool-review": Route(STAFF, ("pool_id",)),
     "cockpit-provider-review": Route(STAFF, ("org_id",)),
+    "cockpit-topup-received": Route(STAFF, ("topup_id",)),
 }
 
 
@@ -103,7 +112,9 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         invoice=invoice_draft(organization=org_a, period_start=period[0], period_end=period[1])
     )
     provider = factories.provider("gpu-cloud-lyon", approved=False)
+    topup = topup_start(organization=org_a, amount="100", method="bank_transfer")
     return {
+        "topup_id": topup.public_id,
         "job": job,
         "booking": booking,
         "key": key,
