@@ -294,6 +294,10 @@ PARTAGE_STRIPE_WEBHOOK_SECRET = env.get(
 PARTAGE_STRIPE_API_BASE = env.get(
     "PARTAGE_STRIPE_API_BASE", str, default="https://api.stripe.com"
 ).rstrip("/")
+# Where Stripe Checkout pages live: the portal's Add credit form may redirect there (its CSP).
+PARTAGE_STRIPE_CHECKOUT_ORIGIN = env.get(
+    "PARTAGE_STRIPE_CHECKOUT_ORIGIN", str, default="https://checkout.stripe.com"
+).rstrip("/")
 PARTAGE_STRIPE_CHECKOUT_MINUTES = env.get("PARTAGE_STRIPE_CHECKOUT_MINUTES", env.as_int, default=60)
 # Printed on bank-transfer proformas.
 PARTAGE_BANK_ACCOUNT_NAME = env.get(

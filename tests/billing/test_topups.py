@@ -38,6 +38,7 @@ def stripe_fake_start(settings: Any, webhook_base_url: str, *, deliveries: int =
     settings.PARTAGE_STRIPE_SECRET_KEY = SECRET_KEY
     settings.PARTAGE_STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     settings.PARTAGE_STRIPE_API_BASE = fake.base_url
+    settings.PARTAGE_STRIPE_CHECKOUT_ORIGIN = fake.base_url
     return fake
 
 

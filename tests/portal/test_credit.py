@@ -150,3 +150,15 @@ def test_the_job_review_says_when_the_balance_cannot_cover_the_hold(
     review = alice_web.post("/jobs/new/", {**form, "action": "review"})
     assert "Confirm and launch" in review.content.decode()
     assert "does not cover" not in review.content.decode()
+
+
+def test_the_credit_page_lets_its_form_redirect_to_stripe_checkout_only(
+    alice_web: Client, settings: Any
+) -> None:
+    settings.PARTAGE_STRIPE_ENABLED = False
+    policy = alice_web.get("/billing/credit/")["Content-Security-Policy"]
+    assert "form-action 'self';" in policy
+    settings.PARTAGE_STRIPE_ENABLED = True
+    policy = alice_web.get("/billing/credit/")["Content-Security-Policy"]
+    assert "form-action 'self' https://checkout.stripe.com;" in policy
+    assert "form-action 'self';" in alice_web.get("/usage/")["Content-Security-Policy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -18,6 +19,7 @@ from marketplace.billing.proforma import proforma_pdf
 from marketplace.errors import NotFound, PartageError
 from marketplace.portal.context import org_admin_required, org_required, page
 from marketplace.portal.forms import CreditForm, ThresholdForm
+from marketplace.portal.middleware import portal_policy_posting_to
 
 METHOD_LABELS = dict(Topup.Method.choices)
 
@@ -59,10 +61,19 @@ def _returned(request: HttpRequest) -> Topup | None:
         return None
 
 
+def _credit_page(request: HttpRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    response = page(request, "portal/usage/credit.html", context, status=status)
+    if Topup.Method.CARD in services.methods_available():
+        response["Content-Security-Policy"] = portal_policy_posting_to(
+            settings.PARTAGE_STRIPE_CHECKOUT_ORIGIN
+        )
+    return response
+
+
 @org_required
 def credit(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return page(request, "portal/usage/credit.html", _context(request))
+        return _credit_page(request, _context(request))
     form = _credit_form(request.POST)
     if form.is_valid():
         try:
@@ -85,7 +96,7 @@ def credit(request: HttpRequest) -> HttpResponse:
                 "has the bank details. Your balance is credited when the transfer arrives.",
             )
             return redirect(f"{reverse('portal:credit')}?topup={topup.public_id}")
-    return page(request, "portal/usage/credit.html", _context(request, form=form), status=400)
+    return _credit_page(request, _context(request, form=form), status=400)
 
 
 @require_POST
@@ -99,9 +110,7 @@ def threshold(request: HttpRequest) -> HttpResponse:
         services.low_balance_threshold_set(organization=org, threshold=value)
     except PartageError as e:
         form.add_error("low_balance_threshold", e.message)
-        return page(
-            request, "portal/usage/credit.html", _context(request, threshold_form=form), status=400
-        )
+        return _credit_page(request, _context(request, threshold_form=form), status=400)
     messages.success(
         request, f"Low-balance alert below €{value}." if value else "Low-balance alert turned off."
     )
