@@ -195,7 +195,7 @@ def booking_charge(*, booking: Any) -> BookingCharge:
                 f"[{booking.start:%Y-%m-%d %H:%M}, {booking.end:%Y-%m-%d %H:%M}) UTC costs "
                 f"€{split.customer_total} (€{split.net} + €{split.vat} VAT), paid when the "
                 f"booking is confirmed, but organization {booking.organization.slug} has "
-                f"€{available} available. Top up the prepaid balance (ask Partage staff or use "
+                f"€{available} available. Top up the prepaid balance (portal: Usage → Add credit, or "
                 "POST /v1/billing/topups), or book fewer GPUs or a shorter window.",
                 param="balance",
                 details={

@@ -158,7 +158,7 @@ def _hold_decide(request: HoldRequest, books: _Books) -> Decimal | InsufficientF
         return InsufficientFunds(
             f"Job {job.pk} needs €{shortfall} on hold ({gpus} GPU(s) x {duration} s "
             f"at €{price}/GPU-hour, VAT included) but organization {job.organization.slug} has "
-            f"€{available} available. Top up the prepaid balance (ask Partage staff or use "
+            f"€{available} available. Top up the prepaid balance (portal: Usage → Add credit, or "
             "POST /v1/billing/topups), or lower gpu_count or the maximum duration.",
             param="balance",
             details={"needed": str(shortfall), "available": str(available), "currency": "EUR"},
