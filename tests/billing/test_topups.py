@@ -400,3 +400,25 @@ def test_the_balance_low_e_mail_goes_to_owners_and_admins(
     assert "€1.00" in message.subject
     assert "below the alert threshold of €5.00" in message.body
     assert "/billing/credit/" in message.body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_low_balance_e_mail_is_sent_once_through_the_outbox(
+    org_a: Any, alice: Any, settings: Any
+) -> None:
+    from django.core import mail
+
+    from workers.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    app.conf.task_always_eager = True
+    try:
+        topup(org_a, "7.00")
+        # Already below the new threshold: alerted at once.
+        billing.low_balance_threshold_set(organization=org_a, threshold=Decimal("10.00"))
+        topup(org_a, "1.00", "t2")  # 8.00: still below, not re-armed, no second e-mail
+    finally:
+        app.conf.task_always_eager = False
+    [message] = mail.outbox
+    assert message.to == ["alice@a.example"]
+    assert "€7.00" in message.subject and "threshold of €10.00" in message.body
