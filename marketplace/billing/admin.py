@@ -23,6 +23,7 @@ from marketplace.billing.models import (
     JournalEntry,
     LedgerLine,
     ProviderStatement,
+    Topup,
     UsageRecord,
 )
 from marketplace.errors import PartageError
@@ -216,3 +217,13 @@ class ProviderStatementAdmin(ReadOnlyAdmin):
                 )
             except PartageError as e:
                 self.message_user(request, f"{statement.public_id}: {e.message}", messages.ERROR)
+
+
+@admin.register(Topup)
+class TopupAdmin(ReadOnlyAdmin):
+    """Self-serve top-ups; bank transfers are marked received in the staff cockpit."""
+
+    list_display = ["public_id", "organization", "method", "status", "amount", "reference"]
+    list_filter = ["method", "status"]
+    search_fields = ["public_id", "reference", "organization__slug"]
+    date_hierarchy = "created_at"
