@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from marketplace.accounts.models import Organization
 from marketplace.api import serializers_billing as docs
 from marketplace.api.errors import error_body
+from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS, AlwaysJson
@@ -410,6 +411,7 @@ class TopupListView(APIView):
         request=TopupSerializer,
         responses={201: docs.TopupObject},
     )
+    @idempotent
     def post(self, request: Request) -> Response:
         body = TopupSerializer(data=request.data)
         body.is_valid(raise_exception=True)
