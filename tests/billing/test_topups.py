@@ -422,3 +422,15 @@ def test_the_low_balance_e_mail_is_sent_once_through_the_outbox(
     [message] = mail.outbox
     assert message.to == ["alice@a.example"]
     assert "€7.00" in message.subject and "threshold of €10.00" in message.body
+
+
+@pytest.mark.django_db
+def test_a_retried_topup_request_with_the_same_idempotency_key_starts_one_top_up(
+    client_a: APIClient,
+) -> None:
+    body = {"amount": "60", "method": "bank_transfer"}
+    first = client_a.post("/v1/billing/topups", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = client_a.post("/v1/billing/topups", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert Topup.objects.count() == 1
