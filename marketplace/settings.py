@@ -300,6 +300,12 @@ PARTAGE_STRIPE_CHECKOUT_ORIGIN = env.get(
     "PARTAGE_STRIPE_CHECKOUT_ORIGIN", str, default="https://checkout.stripe.com"
 ).rstrip("/")
 PARTAGE_STRIPE_CHECKOUT_MINUTES = env.get("PARTAGE_STRIPE_CHECKOUT_MINUTES", env.as_int, default=60)
+if not 30 <= PARTAGE_STRIPE_CHECKOUT_MINUTES <= 24 * 60:
+    # Stripe refuses a Checkout Session that expires sooner than 30 min or later than 24 h.
+    raise ImproperlyConfigured(
+        f"PARTAGE_STRIPE_CHECKOUT_MINUTES={PARTAGE_STRIPE_CHECKOUT_MINUTES} is invalid: Stripe "
+        "Checkout Sessions expire 30 to 1440 minutes after creation."
+    )
 # Printed on bank-transfer proformas.
 PARTAGE_BANK_ACCOUNT_NAME = env.get(
     "PARTAGE_BANK_ACCOUNT_NAME", str, default=PARTAGE_PLATFORM_LEGAL_NAME
