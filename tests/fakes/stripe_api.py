@@ -124,6 +124,14 @@ class FakeStripe:
             amount += unit * quantity
             currency = price["currency"]
         now = int(time.time())
+        expires_at = int(params.get("expires_at") or now + 24 * 3600)
+        if not now + 30 * 60 - 60 <= expires_at <= now + 24 * 3600:
+            # As Stripe: 30 minutes to 24 hours from creation (a minute of clock skew allowed).
+            raise StripeApiError(
+                400,
+                "The `expires_at` timestamp must be 30 minutes to 24 hours from now.",
+                "expires_at",
+            )
         session_id = "cs_test_" + secrets.token_hex(24)
         session = {
             "id": session_id,
@@ -136,7 +144,7 @@ class FakeStripe:
             "currency": currency,
             "customer": None,
             "customer_email": params.get("customer_email"),
-            "expires_at": int(params.get("expires_at") or now + 24 * 3600),
+            "expires_at": expires_at,
             "livemode": False,
             "metadata": params.get("metadata") or {},
             "mode": "payment",
