@@ -326,6 +326,61 @@ PARTAGE_PAYOUT_DEBTOR_IBAN = env.get(
     "PARTAGE_PAYOUT_DEBTOR_IBAN", str, default="FR7630006000011234567890189"
 )
 PARTAGE_PAYOUT_DEBTOR_BIC = env.get("PARTAGE_PAYOUT_DEBTOR_BIC", str, default="AGRIFRPP")
+
+# Top-ups (docs/billing.md, "Money in"): self-serve amounts are bounded; card top-ups go through
+# Stripe Checkout when enabled (keys required in production then), bank transfers always work.
+PARTAGE_TOPUP_MIN = env.get(
+    "PARTAGE_TOPUP_MIN", _decimal_in("0.01", "1000000"), default=Decimal("10")
+)
+PARTAGE_TOPUP_MAX = env.get(
+    "PARTAGE_TOPUP_MAX", _decimal_in("0.01", "1000000"), default=Decimal("10000")
+)
+if PARTAGE_TOPUP_MIN > PARTAGE_TOPUP_MAX:
+    raise ImproperlyConfigured(
+        f"PARTAGE_TOPUP_MIN ({PARTAGE_TOPUP_MIN}) is above PARTAGE_TOPUP_MAX ({PARTAGE_TOPUP_MAX})."
+    )
+PARTAGE_STRIPE_ENABLED = env.get("PARTAGE_STRIPE_ENABLED", env.as_bool, default=False)
+_stripe_hint = "Set it (or its *_FILE) from the Stripe dashboard, or PARTAGE_STRIPE_ENABLED=false."
+PARTAGE_STRIPE_SECRET_KEY = env.get(
+    "PARTAGE_STRIPE_SECRET_KEY",
+    str,
+    default="sk_test_partage_local",
+    required_in_production=True,
+    production=PRODUCTION and PARTAGE_STRIPE_ENABLED,
+    hint=_stripe_hint,
+)
+PARTAGE_STRIPE_WEBHOOK_SECRET = env.get(
+    "PARTAGE_STRIPE_WEBHOOK_SECRET",
+    str,
+    default="whsec_partage_local",
+    required_in_production=True,
+    production=PRODUCTION and PARTAGE_STRIPE_ENABLED,
+    hint=_stripe_hint,
+)
+# Where the Stripe SDK sends its requests: Stripe itself, or a local fake (tests, demo).
+PARTAGE_STRIPE_API_BASE = env.get(
+    "PARTAGE_STRIPE_API_BASE", str, default="https://api.stripe.com"
+).rstrip("/")
+# Where Stripe Checkout pages live: the portal's Add credit form may redirect there (its CSP).
+PARTAGE_STRIPE_CHECKOUT_ORIGIN = env.get(
+    "PARTAGE_STRIPE_CHECKOUT_ORIGIN", str, default="https://checkout.stripe.com"
+).rstrip("/")
+PARTAGE_STRIPE_CHECKOUT_MINUTES = env.get("PARTAGE_STRIPE_CHECKOUT_MINUTES", env.as_int, default=60)
+if not 30 <= PARTAGE_STRIPE_CHECKOUT_MINUTES <= 24 * 60:
+    # Stripe refuses a Checkout Session that expires sooner than 30 min or later than 24 h.
+    raise ImproperlyConfigured(
+        f"PARTAGE_STRIPE_CHECKOUT_MINUTES={PARTAGE_STRIPE_CHECKOUT_MINUTES} is invalid: Stripe "
+        "Checkout Sessions expire 30 to 1440 minutes after creation."
+    )
+# Printed on bank-transfer proformas.
+PARTAGE_BANK_ACCOUNT_NAME = env.get(
+    "PARTAGE_BANK_ACCOUNT_NAME", str, default=PARTAGE_PLATFORM_LEGAL_NAME
+)
+PARTAGE_BANK_IBAN = env.get(
+    "PARTAGE_BANK_IBAN", str, default="" if PRODUCTION else "FR76 3000 6000 0112 3456 7890 189"
+)
+PARTAGE_BANK_BIC = env.get("PARTAGE_BANK_BIC", str, default="" if PRODUCTION else "AGRIFRPPXXX")
+PARTAGE_TOPUP_PROFORMA_DAYS = env.get("PARTAGE_TOPUP_PROFORMA_DAYS", env.as_int, default=30)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -1,9 +1,11 @@
-"""Root URL map: /v1 partner API, /internal/v1 trainer callbacks, health, admin, portal."""
+"""Root URL map: /v1 partner API, /internal/v1 trainer callbacks, payment webhooks, health,
+admin, portal."""
 
 from django.contrib import admin
 from django.urls import include, path
 
 from marketplace.api.internal import health_live, health_ready, metrics
+from marketplace.api.views_billing import stripe_webhook
 
 urlpatterns = [
     path("v1/", include("marketplace.api.urls")),
@@ -11,6 +13,8 @@ urlpatterns = [
     path("healthz", health_live, name="health-live"),
     path("readyz", health_ready, name="health-ready"),
     path("metrics", metrics, name="metrics"),
+    # Payment providers' webhooks: signed by the provider, no API key.
+    path("webhooks/stripe", stripe_webhook, name="webhook-stripe"),
     path("admin/", admin.site.urls),
     path("", include("marketplace.portal.urls")),
 ]

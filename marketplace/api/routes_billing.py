@@ -26,5 +26,12 @@ urlpatterns = [
     ),
     path("billing/payouts", views.PayoutListView.as_view(), name="billing-payouts"),
     path("billing/cost_estimate", views.CostEstimateView.as_view(), name="billing-cost-estimate"),
-    path("billing/topups", views.TopupView.as_view(), name="billing-topups"),
+    path("billing/topups", views.TopupListView.as_view(), name="billing-topups"),
+    path("billing/topups/<str:topup_id>", views.TopupDetailView.as_view(), name="billing-topup"),
+    path(
+        "billing/topups/<str:topup_id>/proforma",
+        views.TopupProformaView.as_view(),
+        name="billing-topup-proforma",
+    ),
+    path("billing/settings", views.BillingSettingsView.as_view(), name="billing-settings"),
 ]

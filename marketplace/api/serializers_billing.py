@@ -40,6 +40,25 @@ class BillingBalanceObject(serializers.Serializer):
     available = money()
     held = money()
     credit_limit = money()
+    low_balance_threshold = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        allow_null=True,
+        help_text="billing.balance_low is announced when `available` falls below it; null: never.",
+    )
+
+
+class BillingSettingsObject(serializers.Serializer):
+    object = const("billing.settings")
+    low_balance_threshold = serializers.DecimalField(
+        max_digits=14, decimal_places=2, allow_null=True
+    )
+    topup_methods = serializers.ListField(
+        child=serializers.ChoiceField(choices=["card", "bank_transfer"]),
+        help_text="The payment methods POST /v1/billing/topups accepts here.",
+    )
+    topup_min = money()
+    topup_max = money()
 
 
 class BillingUsageRecordObject(serializers.Serializer):
@@ -156,6 +175,20 @@ class PayoutObject(serializers.Serializer):
     paid_at = unix_seconds(allow_null=True)
 
 
+class BalanceCoverageObject(serializers.Serializer):
+    covered = serializers.BooleanField(
+        help_text="Whether the prepaid balance (plus any credit line) covers `needed` now."
+    )
+    needed = money()
+    available = money()
+    shortfall = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        help_text="EUR to add before confirming (0.00 when covered): POST /v1/billing/topups.",
+    )
+    currency = const("EUR")
+
+
 class CostEstimateObject(serializers.Serializer):
     object = const("billing.cost_estimate")
     pool = serializers.CharField(help_text="The cheapest active pool that can run the job.")
@@ -167,16 +200,39 @@ class CostEstimateObject(serializers.Serializer):
     amount = money()
     vat = money()
     total = money()
+    balance = BalanceCoverageObject(
+        help_text="Whether the balance covers `total` (the most the job can hold), and the "
+        "shortfall."
+    )
+
+
+class BankTransferInstructions(serializers.Serializer):
+    reference = serializers.CharField(help_text="Quote it exactly on the transfer.")
+    beneficiary = serializers.CharField()
+    iban = serializers.CharField()
+    bic = serializers.CharField()
+    proforma = serializers.CharField(help_text="Path of the proforma PDF.")
 
 
 class TopupObject(serializers.Serializer):
     object = const("billing.topup")
-    id = serializers.CharField(help_text="The top-up's ledger key.")
-    organization_id = serializers.CharField()
-    balance = BalanceAmounts(help_text="The organization's balance after the top-up.")
+    id = serializers.CharField()
+    method = serializers.ChoiceField(choices=["card", "bank_transfer"])
+    status = serializers.ChoiceField(choices=["pending", "credited", "expired", "failed"])
+    amount = money()
+    currency = const("EUR")
+    checkout_url = serializers.CharField(
+        allow_null=True, help_text="Card: send the customer here to pay (Stripe Checkout)."
+    )
+    bank_transfer = BankTransferInstructions(allow_null=True)
+    failure_reason = serializers.CharField(allow_blank=True)
+    created_at = unix_seconds()
+    expires_at = unix_seconds(allow_null=True)
+    credited_at = unix_seconds(allow_null=True)
 
 
 UsageRecordList = list_of(BillingUsageRecordObject, "BillingUsageRecordList")
 InvoiceList = list_of(InvoiceObject, "BillingInvoiceList")
 ProviderStatementList = list_of(ProviderStatementObject, "BillingProviderStatementList")
 PayoutList = list_of(PayoutObject, "BillingPayoutList")
+TopupList = list_of(TopupObject, "BillingTopupList")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from marketplace.api.schema import const, list_of
+from marketplace.api.serializers_billing import BalanceCoverageObject
 
 
 class FlavorObject(serializers.Serializer):
@@ -143,6 +144,12 @@ class BookingQuoteObject(serializers.Serializer):
     cancellation_rules = serializers.CharField()
     refund_schedule = RefundRow(many=True)
     earliest = WindowRef(allow_null=True)
+    balance = BalanceCoverageObject(
+        allow_null=True,
+        help_text="Whether the prepaid balance covers `total`, charged on confirming, and the "
+        "shortfall in EUR; null with amount. Confirming with a shortfall fails with "
+        "insufficient_funds.",
+    )
 
 
 class CancellationQuoteObject(serializers.Serializer):

@@ -1,31 +1,42 @@
 """/v1 billing: balance, usage, invoices (+ downloads), provider statements, cost estimates,
-and the staff top-up endpoint. Thin: each view calls one selector or one service."""
+top-ups (card via Stripe Checkout, bank transfer) and settings; Stripe's webhook endpoint. Thin: each view calls one selector or one service."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.authentication import SessionAuthentication
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.accounts.models import Organization
 from marketplace.api import serializers_billing as docs
-from marketplace.api.authentication import ApiKeyAuthentication
+from marketplace.api.errors import error_body
+from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import LIMIT_PARAMETER, page
 from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS, AlwaysJson
 from marketplace.billing import selectors, services
 from marketplace.billing.exports import invoice_export
-from marketplace.billing.models import Invoice, InvoiceLine, Payout, ProviderStatement, UsageRecord
-from marketplace.errors import Forbidden, InvalidInput, NotFound
+from marketplace.billing.models import (
+    Invoice,
+    InvoiceLine,
+    Payout,
+    ProviderStatement,
+    Topup,
+    UsageRecord,
+)
+from marketplace.billing.money import amount_parse
+from marketplace.billing.proforma import proforma_pdf
+from marketplace.errors import InvalidInput, NotFound
 
 
 def org_of(request: Request) -> Organization:
@@ -199,12 +210,14 @@ class BalanceView(APIView):
     def get(self, request: Request) -> Response:
         org = org_of(request)
         balance = selectors.balance_for_org(org)
+        threshold = selectors.low_balance_threshold_of(org)
         return Response(
             {
                 "object": "billing.balance",
                 "organization_id": org.public_id,
                 "currency": "EUR",
                 **{name: money(value) for name, value in balance.items()},
+                "low_balance_threshold": money(threshold) if threshold is not None else None,
             }
         )
 
@@ -375,57 +388,177 @@ class CostEstimateView(APIView):
             gpu_count=body.validated_data["gpu_count"],
             duration_seconds=body.validated_data["estimated_duration_seconds"],
         )
-        return Response(estimate.as_dict())
+        coverage = selectors.balance_coverage(
+            org_of(request), amount=estimate.amount + estimate.vat
+        )
+        return Response({**estimate.as_dict(), "balance": coverage.as_dict()})
 
 
-class IsStaffUser(BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        if not getattr(request.user, "is_staff", False):
-            raise Forbidden("Only Partage staff can record top-ups; sign in to the staff console.")
-        return True
+def topup_object(topup: Topup) -> dict[str, Any]:
+    bank = None
+    if topup.method == Topup.Method.BANK_TRANSFER:
+        bank = {
+            "reference": topup.reference,
+            "beneficiary": settings.PARTAGE_BANK_ACCOUNT_NAME,
+            "iban": settings.PARTAGE_BANK_IBAN,
+            "bic": settings.PARTAGE_BANK_BIC,
+            "proforma": f"/v1/billing/topups/{topup.public_id}/proforma",
+        }
+    return {
+        "object": "billing.topup",
+        "id": topup.public_id,
+        "method": topup.method,
+        "status": topup.status,
+        "amount": money(topup.amount),
+        "currency": topup.currency,
+        "checkout_url": (topup.checkout_url or None) if topup.status == "pending" else None,
+        "bank_transfer": bank,
+        "failure_reason": topup.failure_reason,
+        "created_at": unix(topup.created_at),
+        "expires_at": unix(topup.expires_at),
+        "credited_at": unix(topup.credited_at),
+    }
 
 
 class TopupSerializer(serializers.Serializer):
-    organization = serializers.CharField(help_text="The organization's id (org-…) or slug.")
-    amount = serializers.CharField(
-        help_text='EUR received, positive, at most two decimals: "100.00".'
+    amount = serializers.JSONField(
+        help_text='EUR to add, as digits with at most two decimals: "100.00". Within the '
+        "bounds GET /v1/billing/settings gives."
     )
-    reference = serializers.CharField(
-        max_length=100, help_text="The bank transfer's reference; the same one is recorded once."
+    method = serializers.ChoiceField(
+        choices=Topup.Method.values,
+        default=Topup.Method.CARD,
+        help_text="card (Stripe Checkout: pay at checkout_url) or bank_transfer (a proforma "
+        "with a payment reference; credited when the transfer arrives).",
+    )
+    return_url = serializers.URLField(
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Card: where Stripe Checkout sends the customer back (default: the portal).",
     )
 
 
-class TopupView(APIView):
-    """Staff only: record a prepaid top-up (a bank transfer seen arriving)."""
+class TopupListView(APIView):
+    """The organization's top-ups (GET), or start one (POST): nothing is credited until the
+    payment is confirmed (card: Stripe's signed webhook; bank transfer: staff)."""
 
-    authentication_classes = [SessionAuthentication, ApiKeyAuthentication]
-    permission_classes = [IsStaffUser]
+    @extend_schema(
+        operation_id="billing_topups_list", parameters=LIST_PARAMETERS, responses=docs.TopupList
+    )
+    def get(self, request: Request) -> Response:
+        topups = selectors.topups_for_org(org_of(request))
+        return Response(
+            page(
+                request, topups, topup_object, id_of=lambda t: t.public_id, cursor=_after_public_id
+            )
+        )
 
     @extend_schema(
         operation_id="billing_topups_create",
         request=TopupSerializer,
         responses={201: docs.TopupObject},
     )
+    @idempotent
     def post(self, request: Request) -> Response:
         body = TopupSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        ref = body.validated_data["organization"]
-        org = Organization.objects.filter(Q(public_id=ref) | Q(slug=ref)).first()
-        if org is None:
-            raise NotFound(f"No organization {ref!r}.", param="organization")
-        entry = services.topup_record(
+        key = request.user.key  # type: ignore[union-attr]
+        owner = key.created_by
+        topup = services.topup_start(
+            organization=org_of(request),
+            amount=body.validated_data["amount"],
+            method=body.validated_data["method"],
+            return_url=body.validated_data["return_url"]
+            or f"{settings.PARTAGE_PUBLIC_URL}/billing/credit/",
+            created_by=f"api key {key.prefix}",
+            email=owner.email if owner is not None else "",
+        )
+        return Response(topup_object(topup), status=201)
+
+
+class TopupDetailView(APIView):
+    @extend_schema(operation_id="billing_topups_retrieve", responses=docs.TopupObject)
+    def get(self, request: Request, topup_id: str) -> Response:
+        return Response(topup_object(selectors.topup_for_org(org_of(request), topup_id)))
+
+
+class TopupProformaView(APIView):
+    content_negotiation_class = AlwaysJson
+
+    @extend_schema(
+        operation_id="billing_topups_proforma",
+        responses={
+            (200, "application/pdf"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The bank-transfer proforma: amount, payment reference, bank details.",
+            )
+        },
+    )
+    def get(self, request: Request, topup_id: str) -> HttpResponse:
+        topup = selectors.topup_for_org(org_of(request), topup_id)
+        if topup.method != Topup.Method.BANK_TRANSFER:
+            raise NotFound(
+                f"Top-up {topup_id} is paid by card; only bank transfers have a proforma.",
+                param="topup_id",
+            )
+        response = HttpResponse(proforma_pdf(topup), content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="proforma-{topup.reference}.pdf"'
+        return response
+
+
+class BillingSettingsSerializer(serializers.Serializer):
+    low_balance_threshold = serializers.JSONField(
+        allow_null=True,
+        help_text='Alert (billing.balance_low) when the available balance falls below this: "50.00"; '
+        "null turns the alert off.",
+    )
+
+
+def settings_object(org: Organization) -> dict[str, Any]:
+    threshold = selectors.low_balance_threshold_of(org)
+    return {
+        "object": "billing.settings",
+        "low_balance_threshold": money(threshold) if threshold is not None else None,
+        "topup_methods": services.methods_available(),
+        "topup_min": money(settings.PARTAGE_TOPUP_MIN),
+        "topup_max": money(settings.PARTAGE_TOPUP_MAX),
+    }
+
+
+class BillingSettingsView(APIView):
+    @extend_schema(operation_id="billing_settings_retrieve", responses=docs.BillingSettingsObject)
+    def get(self, request: Request) -> Response:
+        return Response(settings_object(org_of(request)))
+
+    @extend_schema(
+        operation_id="billing_settings_update",
+        request=BillingSettingsSerializer,
+        responses=docs.BillingSettingsObject,
+    )
+    def patch(self, request: Request) -> Response:
+        body = BillingSettingsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        raw = body.validated_data["low_balance_threshold"]
+        org = org_of(request)
+        services.low_balance_threshold_set(
             organization=org,
-            amount=services.money_parse(body.validated_data["amount"], param="amount"),
-            reference=body.validated_data["reference"],
-            created_by=request.user.get_username(),
+            threshold=None if raw is None else amount_parse(raw, param="low_balance_threshold"),
         )
-        balance = selectors.balance_for_org(org)
-        return Response(
-            {
-                "object": "billing.topup",
-                "id": entry.key,
-                "organization_id": org.public_id,
-                "balance": {name: money(value) for name, value in balance.items()},
-            },
-            status=201,
+        return Response(settings_object(org))
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    """Stripe's webhook endpoint (not under /v1: Stripe signs, no API key). 400 when the
+    signature does not verify, and nothing changes; 200 otherwise, also for a duplicate."""
+    try:
+        outcome = services.stripe_webhook_handle(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
         )
+    except services.WebhookRefused as e:
+        return JsonResponse(
+            error_body(e.message, type_=e.error_type, code=e.code, param=e.param), status=400
+        )
+    return JsonResponse({"received": True, "outcome": outcome})

@@ -22,6 +22,7 @@ from marketplace.api.idempotency import idempotent
 from marketplace.api.pagination import page
 from marketplace.api.representations import unix
 from marketplace.api.views import LIST_PARAMETERS
+from marketplace.billing import selectors as billing_selectors
 from marketplace.billing import services as billing
 from marketplace.capacity import placement, policies, selectors, services
 from marketplace.capacity.models import Booking, GpuFlavor, MaintenanceWindow, Pool
@@ -417,6 +418,11 @@ class BookingQuoteView(APIView):
                     "end": unix(earliest.end),
                 }
                 if earliest
+                else None,
+                "balance": billing_selectors.balance_coverage(
+                    args["organization"], amount=price.customer_total
+                ).as_dict()
+                if price is not None
                 else None,
             }
         )

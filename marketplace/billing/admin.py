@@ -26,6 +26,7 @@ from marketplace.billing.models import (
     Payout,
     PayoutBatch,
     ProviderStatement,
+    Topup,
     UsageRecord,
 )
 from marketplace.errors import PartageError
@@ -276,3 +277,13 @@ class PayoutBatchAdmin(ReadOnlyAdmin):
     list_filter = ["status"]
     exclude = ["sepa_xml"]
     inlines = [PayoutInline]
+
+
+@admin.register(Topup)
+class TopupAdmin(ReadOnlyAdmin):
+    """Self-serve top-ups; bank transfers are marked received in the staff cockpit."""
+
+    list_display = ["public_id", "organization", "method", "status", "amount", "reference"]
+    list_filter = ["method", "status"]
+    search_fields = ["public_id", "reference", "organization__slug"]
+    date_hierarchy = "created_at"

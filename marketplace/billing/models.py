@@ -86,13 +86,28 @@ class BillingAccount(models.Model):
     )
     # Where invoices and credit notes are e-mailed; empty: to the organization's owners.
     billing_email = models.EmailField(blank=True, default="")
+    # Low-balance alert: the org sets the threshold (null: no alert); low_balance_since is set
+    # when the available balance falls below it (the alert goes out then, once) and cleared when
+    # the balance is back at or above it, so each crossing alerts once.
+    low_balance_threshold = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Alert when the available balance falls below this amount (EUR). Empty: never.",
+    )
+    low_balance_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
             models.CheckConstraint(
                 condition=Q(credit_limit__gte=0), name="billingaccount_credit_not_negative"
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(low_balance_threshold__isnull=True) | Q(low_balance_threshold__gt=0),
+                name="billingaccount_low_balance_threshold_positive",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -605,6 +620,59 @@ class Payout(models.Model):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="payout_amount_positive")
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class Topup(models.Model):
+    """A self-serve top-up of the prepaid balance: started by the organization, credited once
+    when the money is confirmed (the payment provider's signed webhook for a card payment,
+    staff for a bank transfer). The ledger entry's key (topup:<method>:<reference>) is UNIQUE."""
+
+    class Method(models.TextChoices):
+        CARD = "card", "Card (Stripe Checkout)"
+        BANK_TRANSFER = "bank_transfer", "Bank transfer"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        CREDITED = "credited"
+        EXPIRED = "expired"
+        FAILED = "failed"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="topups")
+    method = models.CharField(max_length=20, choices=Method.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3, default="EUR")
+    # The payment reference the customer quotes on a bank transfer (PTG-XXXX-XXXX), or the
+    # provider's id of the payment (the Stripe Checkout Session id) for a card top-up.
+    reference = models.CharField(max_length=255, unique=True)
+    checkout_url = models.URLField(max_length=2000, blank=True)
+    entry = models.OneToOneField(
+        JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="topup"
+    )
+    created_by = models.CharField(max_length=150, blank=True)
+    credited_by = models.CharField(max_length=150, blank=True)
+    failure_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    credited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="topup_org_created"),
+            models.Index(fields=["status", "method"], name="topup_status_method"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="topup_amount_positive"),
+            models.CheckConstraint(
+                condition=~Q(status="credited") | Q(entry__isnull=False),
+                name="topup_credited_has_entry",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -17,11 +17,14 @@ Customer charge = net + VAT = provider payable + platform fee + VAT, exactly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from django.conf import settings
+
+from marketplace.errors import InvalidInput
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -135,3 +138,24 @@ def stream_split(
 
 def fee_percent() -> Decimal:
     return Decimal(settings.PARTAGE_PLATFORM_FEE_PERCENT)
+
+
+# An amount as people write it: digits, optionally a point and one or two decimals. No sign,
+# exponent, NaN, Infinity or separator: Decimal("1e3") would otherwise be €1,000.00.
+AMOUNT_PATTERN = re.compile(r"\d{1,12}(\.\d{1,2})?")
+
+
+def amount_parse(value: object, *, param: str = "amount") -> Decimal:
+    """A positive EUR amount written as digits with at most two decimals ("100", "99.50"), or
+    InvalidInput naming `param`. A Decimal or int is read as it prints (Decimal("1E+3") fails)."""
+    text = str(value).strip() if isinstance(value, str | int | float | Decimal) else None
+    if isinstance(value, bool) or text is None or not AMOUNT_PATTERN.fullmatch(text):
+        raise InvalidInput(
+            f"{param} must be an amount in EUR written as digits with at most two decimals, "
+            f'such as "100" or "99.50"; got {value!r}.',
+            param=param,
+        )
+    amount = Decimal(text)
+    if amount <= 0:
+        raise InvalidInput(f"{param} must be a positive amount in EUR; got {value!r}.", param=param)
+    return amount.quantize(CENT)

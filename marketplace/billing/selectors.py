@@ -16,6 +16,7 @@ from marketplace.billing.models import (
     Payout,
     PayoutBatch,
     ProviderStatement,
+    Topup,
     UsageRecord,
 )
 from marketplace.billing.money import cents, fee_percent, org_vat_rate, usage_cost
@@ -30,6 +31,11 @@ def balance_for_org(org: Organization) -> dict[str, Decimal]:
         "held": balance_held(organization=org),
         "credit_limit": account.credit_limit if account else Decimal("0.00"),
     }
+
+
+def low_balance_threshold_of(org: Organization) -> Decimal | None:
+    account = BillingAccount.objects.filter(organization=org).first()
+    return account.low_balance_threshold if account else None
 
 
 def usage_for_org(
@@ -178,3 +184,54 @@ def cost_estimate(
 
 def platform_fee_percent() -> Decimal:
     return fee_percent()
+
+
+def topups_for_org(org: Organization) -> QuerySet[Topup]:
+    return Topup.objects.filter(organization=org).order_by("-created_at", "-id")
+
+
+def topup_for_org(org: Organization, public_id: str) -> Topup:
+    topup = topups_for_org(org).filter(public_id=public_id).first()
+    if topup is None:
+        raise NotFound(f"No top-up {public_id!r} in your organization.", param="topup_id")
+    return topup
+
+
+def topups_awaiting_transfer() -> QuerySet[Topup]:
+    """Staff: bank-transfer top-ups not yet credited, oldest first."""
+    return (
+        Topup.objects.filter(method=Topup.Method.BANK_TRANSFER, status=Topup.Status.PENDING)
+        .select_related("organization")
+        .order_by("created_at", "id")
+    )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Whether the org's balance covers an amount before it confirms: what the quote shows."""
+
+    needed: Decimal
+    available: Decimal
+    shortfall: Decimal
+
+    @property
+    def covered(self) -> bool:
+        return self.shortfall == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "covered": self.covered,
+            "needed": f"{self.needed:.2f}",
+            "available": f"{self.available:.2f}",
+            "shortfall": f"{self.shortfall:.2f}",
+            "currency": "EUR",
+        }
+
+
+def balance_coverage(org: Organization, *, amount: Decimal) -> Coverage:
+    """What the org can spend now (available balance + credit line) against `amount`, VAT
+    included, and the shortfall in euros (0 when covered)."""
+    balance = balance_for_org(org)
+    available = balance["available"] + balance["credit_limit"]
+    shortfall = max(Decimal(amount) - available, Decimal("0.00"))
+    return Coverage(needed=Decimal(amount), available=available, shortfall=shortfall)

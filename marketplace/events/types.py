@@ -27,6 +27,11 @@ EVENT_TYPES: dict[str, EventType] = {
     "booking.started": EventType("A GPU booking started.", "booking-sample"),
     "booking.ended": EventType("A GPU booking ended.", "booking-sample"),
     "invoice.finalized": EventType("An invoice was finalized.", "inv-sample"),
+    "billing.balance_low": EventType(
+        "An organization's available balance fell below its low-balance threshold, or a hold "
+        "was refused for lack of funds (data: available, threshold, reason). Once per crossing.",
+        "org-sample",
+    ),
     "quota.threshold_reached": EventType(
         "Usage of a quota crossed a threshold (data names the quota and the threshold).",
         "quota-sample",

@@ -1,5 +1,5 @@
 """Staff changes made in the cockpit that no domain audits itself (pool prices, provider and pool
-reviews), each written to Django admin's change log in the same transaction as the change.
+reviews, bank transfers marked received), each written to Django admin's change log in the same transaction as the change.
 
 Quota changes are audited by the quotas domain (QuotaAuditEntry). Pool edits made in the Django
 admin land in the same log, so the cockpit's list and each pool's admin history agree.
@@ -8,6 +8,7 @@ admin land in the same log, so the cockpit's list and each pool's admin history 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -82,10 +83,30 @@ def pool_review(
 
 
 def staff_changes(limit: int = 25) -> QuerySet[LogEntry]:
-    """The latest changes to pools and organizations, from the cockpit or the Django admin."""
-    types = ContentType.objects.get_for_models(Pool, Organization).values()
+    """The latest changes to pools and organizations, and bank transfers marked received, from
+    the cockpit or the Django admin."""
+    from marketplace.billing.models import Topup
+
+    types = ContentType.objects.get_for_models(Pool, Organization, Topup).values()
     return (
         LogEntry.objects.filter(content_type__in=list(types))
         .select_related("user", "content_type")
         .order_by("-action_time", "-id")[:limit]
     )
+
+
+def topup_received(*, topup_id: str, actor: User) -> tuple[Any, bool]:
+    """Staff saw a bank transfer arrive: billing credits the top-up once; the credit is logged
+    with who did it, in the same transaction. A second click credits and logs nothing."""
+    from marketplace.billing.services import topup_bank_received
+
+    with transaction.atomic():
+        topup, credited = topup_bank_received(topup_id=topup_id, actor=actor.get_username())
+        if credited:
+            _log(
+                actor=actor,
+                obj=topup,
+                message=f"Bank transfer {topup.reference} received: €{topup.amount} credited to "
+                f"{topup.organization.name}",
+            )
+    return topup, credited

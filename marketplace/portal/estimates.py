@@ -32,6 +32,7 @@ class LaunchEstimate:
     start_now: bool = False
     start_detail: str = ""
     notes: list[str] = field(default_factory=list)
+    coverage: Any = None  # billing's Coverage of `cost` by the balance, when there is a cost
 
 
 def _max_job_hours(org: Organization, flavor_slug: str) -> Decimal:
@@ -47,7 +48,7 @@ def _max_job_hours(org: Organization, flavor_slug: str) -> Decimal:
 def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
     """Where and when (capacity's job_estimate) and at most how much (billing's cost_estimate,
     for the run limit the admission pass holds money for, capped by the spending cap)."""
-    from marketplace.billing.selectors import cost_estimate
+    from marketplace.billing.selectors import balance_coverage, cost_estimate
     from marketplace.capacity.placement import job_estimate
     from marketplace.capacity.policies import residency_parse
     from marketplace.capacity.selectors import placeable_pools
@@ -87,6 +88,7 @@ def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
         + (" — your spending cap stops it before" if capped else "")
         + ". You pay only for the GPU-seconds used."
     )
+    result.coverage = balance_coverage(org, amount=result.cost)
     start = placement.estimated_start
     result.start_now = start is not None and (start - timezone.now()).total_seconds() < 60
     result.estimated_start = start

@@ -265,3 +265,33 @@ class PriceForm(forms.Form):
     price_per_gpu_hour = forms.DecimalField(
         label="€ per GPU-hour", min_value=0, max_digits=10, decimal_places=4
     )
+
+
+class CreditForm(forms.Form):
+    """Add credit: the amount's rules (digits, two decimals, bounds) are billing's."""
+
+    amount = forms.CharField(
+        label="Amount (EUR)",
+        max_length=20,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+        help_text="Digits with at most two decimals, such as 100 or 99.50.",
+    )
+    method = forms.ChoiceField(label="Pay by", widget=forms.RadioSelect)
+
+    def __init__(self, *args: Any, methods: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        method = self.fields["method"]
+        assert isinstance(method, forms.ChoiceField)
+        method.choices = methods
+        method.initial = methods[0][0]
+
+
+class ThresholdForm(forms.Form):
+    low_balance_threshold = forms.CharField(
+        label="Alert me when the balance falls below (EUR)",
+        max_length=20,
+        required=False,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+        help_text="Owners and admins get an e-mail, and webhooks a billing.balance_low event. "
+        "Empty: no alert.",
+    )

@@ -16,6 +16,14 @@ _BASE = (
     "frame-ancestors 'none'"
 )
 PORTAL_POLICY = f"{_BASE}; style-src 'self'"
+
+
+def portal_policy_posting_to(origin: str) -> str:
+    """The portal policy for a page whose form is answered by a redirect to `origin` (the
+    payment provider's checkout page): browsers check form-action on every redirect."""
+    return PORTAL_POLICY.replace("form-action 'self'", f"form-action 'self' {origin}")
+
+
 ADMIN_POLICY = f"{_BASE}; style-src 'self' 'unsafe-inline'"
 
 

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from marketplace.portal.views import account, files, jobs, money_out, offers, staff, usage
+from marketplace.portal.views import account, credit, files, jobs, money_out, offers, staff, usage
 
 app_name = "portal"
 
@@ -83,6 +83,9 @@ urlpatterns = [
     path("invoices/<str:invoice_id>/", usage.invoice_download, name="invoice"),
     path("earnings/", money_out.provider_earnings, name="earnings"),
     path("earnings/payout-details/", money_out.payout_details, name="payout-details"),
+    path("billing/credit/", credit.credit, name="credit"),
+    path("billing/credit/alert/", credit.threshold, name="credit-threshold"),
+    path("billing/topups/<str:topup_id>/proforma/", credit.proforma, name="topup-proforma"),
     # Staff
     path("cockpit/", staff.cockpit, name="cockpit"),
     path("cockpit/billing/", money_out.cockpit_billing, name="cockpit-billing"),
@@ -102,6 +105,11 @@ urlpatterns = [
         name="cockpit-payout-mark",
     ),
     path("cockpit/quotas/", staff.quota_edit, name="cockpit-quota"),
+    path(
+        "cockpit/topups/<str:topup_id>/received/",
+        staff.topup_received,
+        name="cockpit-topup-received",
+    ),
     path("cockpit/pools/<str:pool_id>/price/", staff.price_edit, name="cockpit-price"),
     path("cockpit/pools/<str:pool_id>/review/", staff.pool_review, name="cockpit-pool-review"),
     path(

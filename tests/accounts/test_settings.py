@@ -50,6 +50,22 @@ def _check(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[s
             "DATABASE_URL is required when PARTAGE_ENV=production",
         ),
         ({"DJANGO_SECRET_KEY_FILE": "/nonexistent/secret"}, "DJANGO_SECRET_KEY_FILE points to"),
+        (
+            {
+                "PARTAGE_ENV": "production",
+                "DJANGO_SECRET_KEY": "x" * 50,
+                "DJANGO_ALLOWED_HOSTS": "p.example",
+                "DATABASE_URL": "postgres://u@db.example:5432/partage",
+                "PARTAGE_STRIPE_ENABLED": "true",
+            },
+            "PARTAGE_STRIPE_SECRET_KEY is required when PARTAGE_ENV=production",
+        ),
+        (
+            {"PARTAGE_STRIPE_WEBHOOK_SECRET_FILE": "/nonexistent/whsec"},
+            "PARTAGE_STRIPE_WEBHOOK_SECRET_FILE points to",
+        ),
+        ({"PARTAGE_TOPUP_MIN": "500", "PARTAGE_TOPUP_MAX": "100"}, "PARTAGE_TOPUP_MIN (500)"),
+        ({"PARTAGE_TOPUP_MAX": "0"}, "PARTAGE_TOPUP_MAX='0' is invalid"),
     ],
 )
 def test_bad_settings_fail_clearly(env: dict[str, str], expected: str, tmp_path: Path) -> None:

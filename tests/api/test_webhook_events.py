@@ -187,3 +187,29 @@ def test_quota_thresholds_are_announced_once_per_month(org_a: Any, webhook_recei
 def test_the_sweep_does_nothing_without_subscribers(org_a: Any) -> None:
     assert webhook_scheduled_events_sweep() == 0
     assert not WebhookEvent.objects.exists()
+
+
+def test_a_low_balance_is_announced_to_subscribed_endpoints_once(
+    org_a: Any, org_b: Any, webhook_receiver: Any, eager_celery: None
+) -> None:
+    from decimal import Decimal
+
+    from marketplace.billing.services import low_balance_threshold_set
+
+    endpoint = _subscribe(org_a, webhook_receiver.url, ["billing.balance_low"])
+    _subscribe(org_b, webhook_receiver.url, ["billing.balance_low"])
+    topup_record(organization=org_a, amount="12.00", reference="t-a")
+    low_balance_threshold_set(organization=org_a, threshold=Decimal("20.00"))  # already below
+    topup_record(organization=org_a, amount="1.00", reference="t-a2")  # still below: no repeat
+
+    webhook_receiver.wait(1)
+    [body] = _received(webhook_receiver, endpoint)
+    assert body["type"] == "billing.balance_low"
+    assert body["data"] == {
+        "id": org_a.public_id,
+        "available": "12.00",
+        "threshold": "20.00",
+        "currency": "EUR",
+        "reason": "below_threshold",
+    }
+    assert WebhookEvent.objects.filter(type="billing.balance_low").count() == 1

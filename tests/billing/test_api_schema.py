@@ -9,10 +9,10 @@ serializers_billing.py would otherwise pass unnoticed).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.test import Client
 
 from marketplace.accounts.services import api_key_create
 from marketplace.billing import services as billing
@@ -60,7 +60,12 @@ def billed(
     billing.payout_batch_mark_sent(batch=batch, actor=factories.staff())
     billing.payout_batch_mark_paid(batch=batch, actor=factories.staff())
     run_job(job_new(org_a), pool, clock, 60)
+    pending = billing.topup_start(organization=org_a, amount="40", method="bank_transfer")
+    credited = billing.topup_start(organization=org_a, amount="60", method="bank_transfer")
+    billing.topup_bank_received(topup_id=credited.public_id, actor="carol")
+    billing.low_balance_threshold_set(organization=org_a, threshold=Decimal("20.00"))
     return {
+        "topup_id": pending.public_id,
         "customer_key": key_a,
         "provider_key": api_key_create(organization=provider_org, name="provider-key").secret,
         "invoice_id": invoice.public_id,
@@ -73,6 +78,9 @@ def billed(
 
 JSON_GETS = [
     ("/v1/billing/balance", {}, {}, "customer_key"),
+    ("/v1/billing/settings", {}, {}, "customer_key"),
+    ("/v1/billing/topups", {}, {}, "customer_key"),
+    ("/v1/billing/topups/{topup_id}", {"topup_id": "topup_id"}, {}, "customer_key"),
     ("/v1/billing/usage", {}, {}, "customer_key"),
     ("/v1/billing/usage", {}, {"job": "job_id", "pool": "pool_id"}, "customer_key"),
     ("/v1/billing/invoices", {}, {}, "customer_key"),
@@ -169,22 +177,28 @@ def test_cost_estimate_matches_the_schema_exactly(billed: dict[str, str]) -> Non
     assert body["pool"] == billed["pool_id"] and body["amount"] == "7.50"
 
 
-def test_staff_topup_matches_the_schema_exactly(
-    billed: dict[str, str], carol: Any, org_a: Any
+def test_topup_create_and_settings_update_match_the_schema_exactly(
+    billed: dict[str, str],
 ) -> None:
-    client = Client()
-    client.force_login(carol)
-    csrf = "a" * 32  # the session is cookie-authenticated: DRF checks CSRF
+    headers = {"Authorization": f"Bearer {billed['customer_key']}"}
     case = schema["/v1/billing/topups"]["POST"].Case(
-        body={"organization": org_a.public_id, "amount": "25.00", "reference": "wire-9"},
-        media_type="application/json",
-        cookies={"sessionid": client.cookies["sessionid"].value, "csrftoken": csrf},
+        body={"amount": "25.00", "method": "bank_transfer"}, media_type="application/json"
     )
-    response = case.call_and_validate(headers={"X-CSRFToken": csrf}, checks=CHECKS)
+    response = case.call_and_validate(headers=headers, checks=CHECKS)
     assert response.status_code == 201, response.text
     body = response.json()
     assert_exact_fields(documented("/v1/billing/topups", "POST", "201", "application/json"), body)
-    assert body["organization_id"] == org_a.public_id
+    assert body["status"] == "pending" and body["bank_transfer"]["reference"].startswith("PTG-")
+    case = schema["/v1/billing/settings"]["PATCH"].Case(
+        body={"low_balance_threshold": "15.50"}, media_type="application/json"
+    )
+    response = case.call_and_validate(headers=headers, checks=CHECKS)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_exact_fields(
+        documented("/v1/billing/settings", "PATCH", "200", "application/json"), body
+    )
+    assert body["low_balance_threshold"] == "15.50"
 
 
 @pytest.mark.parametrize("after", ["usage-²", "usage-99999999999999999999999", "usage-", "x"])

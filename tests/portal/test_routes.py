@@ -19,7 +19,12 @@ from django.utils import timezone
 from marketplace.accounts.models import ApiKey, Invitation
 from marketplace.accounts.services import api_key_create, invitation_create
 from marketplace.billing.models import PayoutBatch
-from marketplace.billing.services import invoice_draft, invoice_finalize, month_bounds
+from marketplace.billing.services import (
+    invoice_draft,
+    invoice_finalize,
+    month_bounds,
+    topup_start,
+)
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
@@ -62,6 +67,8 @@ ROUTES: dict[str, Route] = {
     "offers": Route(ORG),
     "offer-book": Route(ORG),
     "usage": Route(ORG),
+    "credit": Route(ORG),
+    "credit-threshold": Route(ORG),
     "api-key-revoke": Route(OWNED, ("key_id",)),
     "invitation-revoke": Route(OWNED, ("invitation_id",)),
     "file": Route(OWNED, ("file_id",)),
@@ -74,6 +81,7 @@ ROUTES: dict[str, Route] = {
     "job-manifest": Route(OWNED, ("job_id",)),
     "offer-booking-cancel": Route(OWNED, ("booking_id",)),
     "invoice": Route(OWNED, ("invoice_id",)),
+    "topup-proforma": Route(OWNED, ("topup_id",)),
     "cockpit": Route(STAFF),
     "cockpit-quota": Route(STAFF),
     "cockpit-price": Route(STAFF, ("pool_id",)),
@@ -85,6 +93,7 @@ ROUTES: dict[str, Route] = {
     "cockpit-period-close-early": Route(STAFF),
     "cockpit-payout-file": Route(STAFF, ("batch_id",)),
     "cockpit-payout-mark": Route(STAFF, ("batch_id",)),
+    "cockpit-topup-received": Route(STAFF, ("topup_id",)),
 }
 
 
@@ -122,7 +131,9 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         total=0,
         payout_count=0,
     )
+    topup = topup_start(organization=org_a, amount="100", method="bank_transfer")
     return {
+        "topup_id": topup.public_id,
         "job": job,
         "booking": booking,
         "key": key,

@@ -2,10 +2,12 @@
 
 The job life cycle calls attempt_meter, job_settle and job_over_budget (usage.py); the admission
 pass calls hold_place (holds_place for a batch; holds.py); capacity's booking services call
-booking_charge and booking_refund. The money rules (rounding, VAT, fee split) live in
+booking_charge and booking_refund; organizations top up their balance (topups.py) and are
+alerted when it runs low (alerts.py). The money rules (rounding, VAT, fee split) live in
 marketplace/billing/money.py.
 """
 
+from marketplace.billing.services.alerts import balance_low_check, low_balance_threshold_set
 from marketplace.billing.services.bookings import (
     booking_charge,
     booking_charged,
@@ -60,6 +62,15 @@ from marketplace.billing.services.statements import (
     statements_build,
     statements_close,
 )
+from marketplace.billing.services.topups import (
+    PaymentProviderUnavailable,
+    WebhookRefused,
+    methods_available,
+    stripe_webhook_handle,
+    topup_amount_parse,
+    topup_bank_received,
+    topup_start,
+)
 from marketplace.billing.services.usage import (
     attempt_meter,
     job_cost_so_far,
@@ -73,10 +84,13 @@ __all__ = [
     "ManualPaymentProvider",
     "PaymentConfirmation",
     "PaymentProvider",
+    "PaymentProviderUnavailable",
+    "WebhookRefused",
     "account_lock",
     "attempt_meter",
     "balance_available",
     "balance_held",
+    "balance_low_check",
     "billing_contact_set",
     "booking_charge",
     "booking_charged",
@@ -97,6 +111,8 @@ __all__ = [
     "job_held",
     "job_over_budget",
     "job_settle",
+    "low_balance_threshold_set",
+    "methods_available",
     "money_parse",
     "month_bounds",
     "payout_batch_create",
@@ -113,5 +129,9 @@ __all__ = [
     "statement_pay",
     "statements_build",
     "statements_close",
+    "stripe_webhook_handle",
+    "topup_amount_parse",
+    "topup_bank_received",
     "topup_record",
+    "topup_start",
 ]

@@ -37,6 +37,7 @@ from marketplace.billing.money import (
     org_vat_rate,
     stream_split,
 )
+from marketplace.billing.services.alerts import balance_low_check
 from marketplace.billing.services.ledger import Leg, account_lock, balance_available, entry_post
 from marketplace.billing.services.usage import metering_lock
 from marketplace.errors import InsufficientFunds, InvalidInput
@@ -194,7 +195,7 @@ def booking_charge(*, booking: Any) -> BookingCharge:
                 f"[{booking.start:%Y-%m-%d %H:%M}, {booking.end:%Y-%m-%d %H:%M}) UTC costs "
                 f"€{split.customer_total} (€{split.net} + €{split.vat} VAT), paid when the "
                 f"booking is confirmed, but organization {booking.organization.slug} has "
-                f"€{available} available. Top up the prepaid balance (ask Partage staff or use "
+                f"€{available} available. Top up the prepaid balance (portal: Usage → Add credit, or "
                 "POST /v1/billing/topups), or book fewer GPUs or a shorter window.",
                 param="balance",
                 details={
@@ -204,7 +205,7 @@ def booking_charge(*, booking: Any) -> BookingCharge:
                 },
             )
         seconds = booking_gpu_seconds(gpus=booking.gpu_count, start=booking.start, end=booking.end)
-        return _record(
+        charge = _record(
             booking,
             "charge",
             split,
@@ -214,6 +215,8 @@ def booking_charge(*, booking: Any) -> BookingCharge:
             f"{int((booking.end - booking.start).total_seconds())} s at "
             f"€{booking.price_per_gpu_hour}/GPU-hour",
         )
+        balance_low_check(accounts={account.organization_id: account})
+        return charge
 
 
 def booking_refund(*, booking: Any, refund_amount: Decimal) -> BookingCharge | None:

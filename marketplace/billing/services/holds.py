@@ -13,8 +13,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from marketplace.billing.models import Account, JobPricing, JournalEntry
+from marketplace.billing.models import Account, BillingAccount, JobPricing, JournalEntry
 from marketplace.billing.money import NO_SPLIT, ZERO, cents_up, org_vat_rate, usage_cost
+from marketplace.billing.services.alerts import balance_low_check
 from marketplace.billing.services.ledger import (
     Leg,
     NewEntry,
@@ -116,6 +117,7 @@ class _Books:
     held: dict[str, Decimal]  # per job
     uncaptured: dict[str, Decimal]  # per job
     pricing: dict[str, JobPricing]  # per job: the locked snapshot rows, then the new ones
+    accounts: dict[int, BillingAccount]  # per org: the locked balance rows
     written: dict[str, JobPricing] = field(default_factory=dict)  # to save, per job
     entries: list[NewEntry] = field(default_factory=list)
 
@@ -136,6 +138,7 @@ def _books_read(requests: Sequence[HoldRequest]) -> _Books:
         held=jobs_held(job_ids=list(jobs)),
         uncaptured=_uncaptured((job, org_vat_rate(job.organization)) for job in jobs.values()),
         pricing={row.job_id: row for row in pricing},
+        accounts=accounts,
     )
 
 
@@ -155,7 +158,7 @@ def _hold_decide(request: HoldRequest, books: _Books) -> Decimal | InsufficientF
         return InsufficientFunds(
             f"Job {job.pk} needs €{shortfall} on hold ({gpus} GPU(s) x {duration} s "
             f"at €{price}/GPU-hour, VAT included) but organization {job.organization.slug} has "
-            f"€{available} available. Top up the prepaid balance (ask Partage staff or use "
+            f"€{available} available. Top up the prepaid balance (portal: Usage → Add credit, or "
             "POST /v1/billing/topups), or lower gpu_count or the maximum duration.",
             param="balance",
             details={"needed": str(shortfall), "available": str(available), "currency": "EUR"},
@@ -233,6 +236,19 @@ def holds_place(requests: Sequence[HoldRequest]) -> dict[str, Decimal | Insuffic
         books = _books_read(requests)
         outcomes = {request.job.pk: _hold_decide(request, books) for request in requests}
         _books_write(books)
+        refused = {
+            request.job.organization_id
+            for request in requests
+            if isinstance(outcomes[request.job.pk], InsufficientFunds)
+        }
+        balance_low_check(
+            accounts=books.accounts,
+            refused=refused,
+            available={
+                org_id: funds - books.accounts[org_id].credit_limit
+                for org_id, funds in books.available.items()
+            },
+        )
     return outcomes
 
 

@@ -4,14 +4,15 @@ implements the same protocol later), and the org's credit line."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Protocol
 
 from django.db import transaction
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import Account, BillingAccount, JournalEntry
-from marketplace.billing.money import CENT
+from marketplace.billing.money import amount_parse
+from marketplace.billing.services.alerts import balance_low_check
 from marketplace.billing.services.ledger import Leg, account_lock, entry_post
 from marketplace.errors import InvalidInput
 
@@ -40,22 +41,14 @@ class ManualPaymentProvider:
 
 
 def money_parse(value: object, *, param: str) -> Decimal:
-    """A positive EUR amount with at most two decimals, or InvalidInput saying what is wrong."""
-    try:
-        amount = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise InvalidInput(
-            f'{param} must be an amount in EUR such as "100.00"; got {value!r}.', param=param
-        ) from None
-    if not amount.is_finite() or amount <= 0:
-        raise InvalidInput(f"{param} must be a positive amount in EUR; got {value!r}.", param=param)
-    if amount != amount.quantize(CENT):
-        raise InvalidInput(
-            f"{param} has more than two decimals ({value!r}); use whole cents.", param=param
-        )
+    """A positive EUR amount with at most two decimals, or InvalidInput saying what is wrong.
+
+    Digits only ("100", "99.50"): "1e3", "-5", "NaN" or "Infinity" are refused, not read as
+    numbers (topups.amount_parse)."""
+    amount = amount_parse(value, param=param)
     if amount >= Decimal("1000000000"):
         raise InvalidInput(f"{param} is too large ({value!r}).", param=param)
-    return amount.quantize(CENT)
+    return amount
 
 
 def topup_record(
@@ -77,8 +70,8 @@ def topup_record(
         )
     confirmation = provider.confirm(reference=reference, amount=amount)
     with transaction.atomic():
-        account_lock(organization_id=organization.pk)
-        return entry_post(
+        account = account_lock(organization_id=organization.pk)
+        entry = entry_post(
             key=f"topup:{provider.name}:{confirmation.reference}",
             kind=JournalEntry.Kind.TOPUP,
             organization_id=organization.pk,
@@ -89,6 +82,8 @@ def topup_record(
                 Leg(Account.CUSTOMER_BALANCE, -confirmation.amount, organization.pk),
             ],
         )
+        balance_low_check(accounts={organization.pk: account}, rearm=True)
+    return entry
 
 
 def credit_limit_set(*, organization: Organization, credit_limit: Decimal) -> BillingAccount:

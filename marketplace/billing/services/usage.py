@@ -32,6 +32,7 @@ from marketplace.billing.money import (
     stream_split,
     usage_cost,
 )
+from marketplace.billing.services.alerts import balance_low_check
 from marketplace.billing.services.ledger import Leg, account_lock, entry_post, job_held
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobStatus
 
@@ -227,7 +228,7 @@ def job_settle(*, job: FineTuningJob) -> None:
     charged is refunded and the provider's payable reversed.
     """
     with transaction.atomic():
-        account_lock(organization_id=job.organization_id)
+        account = account_lock(organization_id=job.organization_id)
         job = FineTuningJob.objects.select_related("organization").get(pk=job.pk)
         due = streams_due([(job, org_vat_rate(job.organization))])[job.pk]
         charged = streams_charged([job.pk])[job.pk]
@@ -254,6 +255,7 @@ def job_settle(*, job: FineTuningJob) -> None:
                     Leg(Account.CUSTOMER_BALANCE, -held, job.organization_id),
                 ],
             )
+        balance_low_check(accounts={job.organization_id: account})
     logger.info("job settled", extra={"job_id": job.pk, "org_id": job.organization_id})
 
 

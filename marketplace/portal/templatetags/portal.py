@@ -92,3 +92,14 @@ def public(status: str) -> str:
 @register.filter
 def tone(status: str) -> str:
     return STATUS_TONES.get(str(status), "muted")
+
+
+@register.filter
+def topup_amount(shortfall: Any) -> str:
+    """The amount an "Add credit" link pre-fills: the shortfall, at least the smallest top-up."""
+    from decimal import Decimal
+
+    from django.conf import settings
+
+    amount = max(Decimal(shortfall), Decimal(settings.PARTAGE_TOPUP_MIN))
+    return f"{amount:.2f}"

@@ -11,6 +11,7 @@ from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from marketplace.billing import selectors as billing_selectors
 from marketplace.billing import services as billing
 from marketplace.capacity import selectors as capacity
 from marketplace.capacity import services as capacity_services
@@ -144,7 +145,12 @@ def booking_new(request: HttpRequest) -> HttpResponse:
         context["quote"] = quote
         if quote.amount is not None:
             # What confirming charges: billing's VAT on the amount, and the total.
-            context["quote_price"] = billing.booking_price(organization=org, amount=quote.amount)
+            price = billing.booking_price(organization=org, amount=quote.amount)
+            context["quote_price"] = price
+            # Confirming charges the balance at once: say so now if it cannot.
+            context["coverage"] = billing_selectors.balance_coverage(
+                org, amount=price.customer_total
+            )
     except PartageError as e:
         form.add_error(None, e.message)
         return page(request, "portal/offers/list.html", context, status=400)

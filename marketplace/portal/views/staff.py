@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from marketplace.accounts.models import Organization, User
+from marketplace.billing.selectors import topups_awaiting_transfer
 from marketplace.capacity import selectors as capacity
 from marketplace.capacity.models import (
     ApprovalStatus,
@@ -83,6 +84,7 @@ def _cockpit_context(request: HttpRequest, quota_form: QuotaForm | None = None) 
         "clusters": ClusterConnection.objects.all(),
         "quota_form": quota_form or _quota_form(initial=_quota_initial(request)),
         "audit": quota_audit()[:25],
+        "awaiting_transfers": topups_awaiting_transfer()[:50],
         "staff_changes": audit.staff_changes(),
     }
 
@@ -193,4 +195,23 @@ def pool_review(request: HttpRequest, pool_id: str) -> HttpResponse:
         error_message(request, e)
     else:
         messages.success(request, f"Pool {pool.name} {'is live' if approve else 'rejected'}.")
+    return redirect("portal:cockpit")
+
+
+@require_POST
+@staff_required
+def topup_received(request: HttpRequest, topup_id: str) -> HttpResponse:
+    try:
+        topup, credited = audit.topup_received(topup_id=topup_id, actor=_actor(request))
+    except PartageError as e:
+        error_message(request, e)
+    else:
+        if credited:
+            messages.success(
+                request,
+                f"€{topup.amount} credited to {topup.organization.name} "
+                f"(transfer {topup.reference}).",
+            )
+        else:
+            messages.info(request, f"Transfer {topup.reference} was already credited.")
     return redirect("portal:cockpit")

@@ -152,7 +152,7 @@ def _funds_reason(error: InsufficientFunds) -> str:
     return (
         f"waiting: not enough funds: this job needs €{details['needed']} on hold for its "
         f"longest run and your organization has €{details['available']} available; "
-        "Top up the prepaid balance (or ask Partage staff), or resubmit with fewer GPUs "
+        "Top up the prepaid balance (portal: Usage → Add credit), or resubmit with fewer GPUs "
         "or a shorter maximum duration"
     )
 

@@ -3,11 +3,15 @@
 Migrates, seeds the demo organization, prints a portal login and an API key, then runs the web
 server (gunicorn on 127.0.0.1:8000) and a Celery worker with beat (filesystem broker, local
 executor) until Ctrl-C. Running it again is harmless: it reuses the demo data.
+
+Card top-ups work in the demo against a local fake of Stripe's HTTP API (tests/fakes/
+stripe_api.py, run in this process) unless PARTAGE_STRIPE_ENABLED is set: no real money moves.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -50,6 +54,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--bind", default="127.0.0.1:8000")
         parser.add_argument("--no-serve", action="store_true", help="Set up and print, then exit.")
+        parser.add_argument(
+            "--no-fake-stripe",
+            action="store_true",
+            help="Do not run the local fake of Stripe (card top-ups are then off, unless "
+            "PARTAGE_STRIPE_* point at a real Stripe account).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -70,13 +80,39 @@ class Command(BaseCommand):
         )
         if options["no_serve"]:
             return
-        self._serve(options["bind"])
+        self._serve(options["bind"], fake_stripe=not options["no_fake_stripe"])
 
-    def _serve(self, bind: str) -> None:
+    def _fake_stripe(self, env: dict[str, str], bind: str) -> Any:
+        """Start the fake Stripe for the demo and point the web server's SDK at it."""
+        if "PARTAGE_STRIPE_ENABLED" in env or settings.PRODUCTION:
+            return None
+        try:
+            from tests.fakes.stripe_api import FakeStripe
+        except ImportError:  # an installed copy without the test tree: cards stay off
+            return None
+        fake = FakeStripe(
+            secret_key=f"sk_test_demo_{secrets.token_hex(12)}",
+            webhook_secret=f"whsec_demo_{secrets.token_hex(16)}",
+            webhook_url=f"http://{bind}/webhooks/stripe",
+        ).serve()
+        env.update(
+            PARTAGE_STRIPE_ENABLED="true",
+            PARTAGE_STRIPE_SECRET_KEY=fake.secret_key,
+            PARTAGE_STRIPE_WEBHOOK_SECRET=fake.webhook_secret,
+            PARTAGE_STRIPE_API_BASE=fake.base_url,
+            PARTAGE_STRIPE_CHECKOUT_ORIGIN=fake.base_url,
+        )
+        self.stdout.write(
+            f"  Card top-ups: a local fake of Stripe at {fake.base_url} (no real money).\n"
+        )
+        return fake
+
+    def _serve(self, bind: str, *, fake_stripe: bool = True) -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "marketplace.settings"}
         # Trainers call back to the address we serve on, unless told otherwise.
         env.setdefault("PARTAGE_INTERNAL_URL", f"http://{bind}")
         env.setdefault("PARTAGE_PUBLIC_URL", f"http://{bind}")
+        stripe_fake = self._fake_stripe(env, bind) if fake_stripe else None
         commands = [
             web_command(bind),
             [
@@ -123,3 +159,5 @@ class Command(BaseCommand):
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+            if stripe_fake is not None:
+                stripe_fake.stop()
