@@ -65,3 +65,19 @@ def vllm(settings: Any, tmp_path: Path) -> Iterator[FakeVllm]:
     settings.PARTAGE_VLLM_ADAPTER_DIR = tmp_path / "adapters"  # the shared volume
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+def local_inference(settings: Any, tmp_path: Path) -> Iterator[str]:
+    """The embedded default's backend: the local inference worker, a process of its own."""
+    from tests.inference.workers import start_worker
+
+    process, url = start_worker(
+        "--max-adapters", "2", env={"PARTAGE_MODEL_CACHE": str(settings.PARTAGE_MODEL_CACHE)}
+    )
+    settings.PARTAGE_INFERENCE_BACKEND = "local"
+    settings.PARTAGE_INFERENCE_URL = url
+    settings.PARTAGE_ADAPTER_DIR = tmp_path / "adapters"
+    yield url
+    process.terminate()
+    process.wait(timeout=30)

@@ -3,18 +3,14 @@ the answers), and the inference worker run as its own process."""
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.inference.workers import start_worker
 from tests.workers.lora.conftest import model_cache, tiny_llama_dir  # noqa: F401 - fixtures
-
-REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def make_adapter(base_dir: pathlib.Path, out: pathlib.Path, *, seed: int, r: int = 4) -> pathlib.Path:
@@ -43,22 +39,6 @@ def make_adapter(base_dir: pathlib.Path, out: pathlib.Path, *, seed: int, r: int
 def adapters(tiny_llama_dir: pathlib.Path, tmp_path_factory: Any) -> list[pathlib.Path]:  # noqa: F811
     root = tmp_path_factory.mktemp("adapters")
     return [make_adapter(tiny_llama_dir, root / f"a{i}", seed=i) for i in range(3)]
-
-
-def start_worker(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "workers.inference", "--bind", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.startswith("listening on "):
-        process.kill()
-        raise RuntimeError(f"the inference worker did not start: {line!r}")
-    return process, line.split()[-1]
 
 
 @pytest.fixture(scope="session")
