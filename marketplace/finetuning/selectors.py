@@ -16,7 +16,7 @@ def files_for_org(org: Organization) -> QuerySet[File]:
 
 def jobs_for_org(org: Organization) -> QuerySet[FineTuningJob]:
     return FineTuningJob.objects.filter(organization=org).select_related(
-        "organization", "training_file", "validation_file", "result_file"
+        "organization", "training_file", "validation_file", "result_file", "eval_file"
     )
 
 
@@ -58,3 +58,18 @@ def base_model_get(model_id: str) -> dict[str, Any] | None:
 
 def fine_tuned_models_for_org(org: Organization) -> QuerySet[FineTuningJob]:
     return jobs_for_org(org).filter(status="succeeded").exclude(fine_tuned_model="")
+
+
+EVAL_MAX_BYTES = 2 * 1024 * 1024
+
+
+def job_eval_report(job: FineTuningJob) -> dict[str, Any] | None:
+    """The job's eval.json (base vs adapter answers), or None before it has one."""
+    import json
+
+    file = job.eval_file
+    if file is None or file.deleted_at is not None or file.bytes > EVAL_MAX_BYTES:
+        return None
+    with file.content.open("rb") as handle:
+        report = json.loads(handle.read())
+    return report if isinstance(report, dict) else None

@@ -63,6 +63,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/live/", jobs.job_live, name="job-live"),
     path("jobs/<str:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<str:job_id>/adapter/", jobs.job_adapter, name="job-adapter"),
+    path("jobs/<str:job_id>/chat/", jobs.job_chat, name="job-chat"),
     path("jobs/<str:job_id>/manifest/", jobs.job_manifest, name="job-manifest"),
     # Capacity
     path("offers/", offers.offer_list, name="offers"),
