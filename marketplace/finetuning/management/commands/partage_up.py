@@ -1,8 +1,8 @@
 """`manage.py partage_up`: the embedded default in one command.
 
 Migrates, seeds the demo organization, prints a portal login and an API key, then runs the web
-server (gunicorn on 127.0.0.1:8000) and a Celery worker with beat (filesystem broker, local
-executor) until Ctrl-C. Running it again is harmless: it reuses the demo data.
+server (gunicorn on 127.0.0.1:8000), a Celery worker with beat (filesystem broker, local
+executor) and the local inference worker (PARTAGE_INFERENCE_URL, 127.0.0.1:8081) until Ctrl-C. Running it again is harmless: it reuses the demo data.
 """
 
 from __future__ import annotations
@@ -85,7 +85,12 @@ class Command(BaseCommand):
                 str(settings.DATA_DIR / "celerybeat-schedule"),
             ],
         ]
-        names = ["web", "worker"]
+        # The inference worker: its own process, so a model never loads into the web server.
+        inference_bind = settings.PARTAGE_INFERENCE_URL.removeprefix("http://")
+        commands.append(
+            [sys.executable, "-m", "workers.inference", "--bind", inference_bind]
+        )
+        names = ["web", "worker", "inference"]
         processes = [subprocess.Popen(c, env=env) for c in commands]
         stopping = False
 
