@@ -95,11 +95,45 @@ def _cache_of(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
+def _accepts(model: Any, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
 def _cache_argument(model: Any) -> str:
     """transformers 5.x names the KV cache `cache` (`past_key_values` is deprecated there)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    parameters = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    return "cache" if _accepts(base, "cache") else "past_key_values"
+
+
+class _IncrementalText:
+    """Detokenize as tokens arrive without re-decoding the whole answer each step (the
+    prefix/read offsets of TGI and vLLM): a multi-byte character split across tokens is held
+    until it is complete."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.text = ""
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        after = decode(self.tokens[self.prefix_offset :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.tokens)
+
+    def flush(self) -> None:
+        """The end: whatever is left, even an incomplete character."""
+        rest = self.tokenizer.decode(self.tokens[self.prefix_offset :], skip_special_tokens=True)
+        done = self.tokenizer.decode(
+            self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True
+        )
+        self.text += rest[len(done) :]
 
 
 @torch.no_grad()
@@ -108,26 +142,30 @@ def generate_stream(
 ) -> Iterator[Delta]:
     """Yield the answer as text deltas; the last Delta carries finish_reason and token counts."""
     device = next(model.parameters()).device
+    # The LoRA layers live inside the base model's modules: calling it directly skips the PEFT
+    # wrapper's per-call work (and `disable_adapter()` still applies).
+    runner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_argument = _cache_argument(model)
+    extra = {"logits_to_keep": 1} if _accepts(runner, "logits_to_keep") else {}
     generator = None
     if decoding.temperature > 0:
         generator = torch.Generator().manual_seed(
             decoding.seed if decoding.seed is not None else torch.seed() % (1 << 63)
         )
     eos = stop_token_ids(tokenizer, model)
-    ids = torch.tensor([prompt_ids], device=device)
-    output = model(input_ids=ids, use_cache=True)
+    output = runner(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, **extra)
     past = _cache_of(output)
     logits = output.logits[0, -1]
-    generated: list[int] = []
+    answer = _IncrementalText(tokenizer)
     emitted = 0
     finish = "length"
-    while len(generated) < decoding.max_new_tokens:
+    while len(answer.tokens) < decoding.max_new_tokens:
         token = _pick(logits, decoding, generator)
         if token in eos:
             finish = "stop"
             break
-        generated.append(token)
-        text = tokenizer.decode(generated, skip_special_tokens=True)
+        answer.add(token)
+        text = answer.text
         cut = _stop_cut(text, decoding.stop)
         if cut is not None:
             if cut > emitted:
@@ -139,21 +177,21 @@ def generate_stream(
         if safe > emitted:
             yield Delta(text[emitted:safe])
             emitted = safe
-        if len(generated) == decoding.max_new_tokens:
+        if len(answer.tokens) == decoding.max_new_tokens:
             break
         step = torch.tensor([[token]], device=device)
-        output = model(input_ids=step, use_cache=True, **{_cache_argument(model): past})
+        output = runner(input_ids=step, use_cache=True, **{cache_argument: past}, **extra)
         past = _cache_of(output)
         logits = output.logits[0, -1]
     if finish == "length":
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        if len(text) > emitted:
-            yield Delta(text[emitted:])
+        answer.flush()
+        if len(answer.text) > emitted:
+            yield Delta(answer.text[emitted:])
     yield Delta(
         "",
         finish_reason=finish,
         prompt_tokens=len(prompt_ids),
-        completion_tokens=len(generated),
+        completion_tokens=len(answer.tokens),
     )
 
 
