@@ -153,10 +153,16 @@ def main() -> int:
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    reference = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype, attn_implementation="sdpa"),
-        str(adapters[0]),
-    ).to(device).eval()
+    reference = (
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(
+                str(base_dir), dtype=dtype, attn_implementation="sdpa"
+            ),
+            str(adapters[0]),
+        )
+        .to(device)
+        .eval()
+    )
     time_peft(reference, tokenizer, 4)
 
     results: dict[str, list[tuple[float, float, int]]] = {"engine": [], "peft-generate": []}
@@ -196,7 +202,9 @@ def main() -> int:
             "engine_swaps": engine.swaps,
             "memory_mib_after_each": [round(m / 2**20, 1) for m in memory],
             "growth_mib_first_to_last": round((memory[-1] - memory[0]) / 2**20, 1),
-            "growth_mib_after_5_to_last": round((memory[-1] - memory[min(4, len(memory) - 1)]) / 2**20, 1),
+            "growth_mib_after_5_to_last": round(
+                (memory[-1] - memory[min(4, len(memory) - 1)]) / 2**20, 1
+            ),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
     }

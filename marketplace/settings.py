@@ -351,9 +351,7 @@ PARTAGE_VLLM_ROUTES = env.get(
     production=PRODUCTION,
     hint='Set it to a JSON object {"<base model id>": "http://<vllm service>:8000"}.',
 )
-PARTAGE_VLLM_ADAPTER_DIR = env.get(
-    "PARTAGE_VLLM_ADAPTER_DIR", Path, default=PARTAGE_ADAPTER_DIR
-)
+PARTAGE_VLLM_ADAPTER_DIR = env.get("PARTAGE_VLLM_ADAPTER_DIR", Path, default=PARTAGE_ADAPTER_DIR)
 
 PARTAGE_SSE_MAX_SECONDS = env.get("PARTAGE_SSE_MAX_SECONDS", env.as_int, default=600)
 # Exposes /v1/_bench/bare, a plain Django JSON view, to compare against in benchmarks.

@@ -103,7 +103,9 @@ def ask(base_url: str, key: str, model: str, question: str) -> None:
         model=model, messages=messages, temperature=0, max_completion_tokens=60
     )
     print(f"{model} answers: {answer.choices[0].message.content}")
-    print(f"  ({answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens)")
+    print(
+        f"  ({answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens)"
+    )
     print("streamed:", end=" ", flush=True)
     stream = client.chat.completions.create(
         model=model, messages=messages, temperature=0, max_completion_tokens=60, stream=True

@@ -43,7 +43,9 @@ class ChatCompletionSerializer(serializers.Serializer):
     max_completion_tokens = serializers.IntegerField(
         required=False, min_value=1, max_value=MAX_COMPLETION_TOKENS
     )
-    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=MAX_COMPLETION_TOKENS)
+    max_tokens = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_COMPLETION_TOKENS
+    )
     temperature = serializers.FloatField(required=False, min_value=0, max_value=2, allow_null=True)
     top_p = serializers.FloatField(required=False, min_value=0, max_value=1, allow_null=True)
     seed = serializers.IntegerField(required=False, allow_null=True)
@@ -54,7 +56,11 @@ class ChatCompletionSerializer(serializers.Serializer):
 
     def validate_stop(self, value: Any) -> list[str]:
         stops = [value] if isinstance(value, str) else value or []
-        if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
+        if (
+            not isinstance(stops, list)
+            or len(stops) > 4
+            or not all(isinstance(s, str) for s in stops)
+        ):
             raise serializers.ValidationError("stop must be a string or a list of up to 4 strings.")
         return stops
 
@@ -70,7 +76,9 @@ class ChatCompletionSerializer(serializers.Serializer):
         )
 
 
-def completion_response(completion: services.Completion, *, stream: bool, include_usage: bool) -> Any:
+def completion_response(
+    completion: services.Completion, *, stream: bool, include_usage: bool
+) -> Any:
     if not stream:
         return completion_object(completion)
     response = StreamingHttpResponse(

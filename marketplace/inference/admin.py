@@ -21,7 +21,11 @@ class InferencePriceAdmin(admin.ModelAdmin):
         "created_by",
     )
     list_filter = ("base_model",)
-    fields = ("base_model", "price_per_million_prompt_tokens", "price_per_million_completion_tokens")
+    fields = (
+        "base_model",
+        "price_per_million_prompt_tokens",
+        "price_per_million_completion_tokens",
+    )
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None  # the add form only: a price in use never changes
@@ -29,14 +33,24 @@ class InferencePriceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def save_model(self, request: HttpRequest, obj: InferencePrice, form: Any, change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: InferencePrice, form: Any, change: bool
+    ) -> None:
         obj.created_by = request.user  # type: ignore[assignment]
         super().save_model(request, obj, form, change)
 
 
 @admin.register(InferenceUsage)
 class InferenceUsageAdmin(admin.ModelAdmin):
-    list_display = ("key", "organization", "model", "prompt_tokens", "completion_tokens", "amount", "created_at")
+    list_display = (
+        "key",
+        "organization",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "amount",
+        "created_at",
+    )
     list_filter = ("organization",)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

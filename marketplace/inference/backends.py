@@ -78,7 +78,10 @@ def adapter_unpack(job: FineTuningJob, root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{job.id}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    with job.result_file.content.open("rb") as handle, tarfile.open(fileobj=handle, mode="r:gz") as tar:
+    with (
+        job.result_file.content.open("rb") as handle,
+        tarfile.open(fileobj=handle, mode="r:gz") as tar,
+    ):
         tar.extractall(tmp, filter="data")
     try:
         tmp.rename(target)

@@ -61,7 +61,9 @@ def fine_tuned_model_resolve(org: Organization, model: str) -> FineTuningJob:
 
 def price_for(base_model: str) -> InferencePrice | None:
     """The latest price staff set for a base model; None: not priced (served at no charge)."""
-    return InferencePrice.objects.filter(base_model=base_model).order_by("-created_at", "-id").first()
+    return (
+        InferencePrice.objects.filter(base_model=base_model).order_by("-created_at", "-id").first()
+    )
 
 
 def usage_for_org(org: Organization) -> QuerySet[InferenceUsage]:

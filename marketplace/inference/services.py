@@ -48,7 +48,9 @@ class Completion:
     finish_reason: str | None = None
 
 
-def completion_cost(price: InferencePrice | None, prompt_tokens: int, completion_tokens: int) -> Decimal:
+def completion_cost(
+    price: InferencePrice | None, prompt_tokens: int, completion_tokens: int
+) -> Decimal:
     if price is None:
         return Decimal(0)
     return (
@@ -59,7 +61,8 @@ def completion_cost(price: InferencePrice | None, prompt_tokens: int, completion
 
 def _funds_check(organization: Organization, price: InferencePrice | None) -> None:
     if price is None or (
-        price.price_per_million_prompt_tokens == 0 and price.price_per_million_completion_tokens == 0
+        price.price_per_million_prompt_tokens == 0
+        and price.price_per_million_completion_tokens == 0
     ):
         return
     account = BillingAccount.objects.filter(organization=organization).first()
@@ -85,7 +88,9 @@ def chat_completion_start(
     return completion
 
 
-def _metered(completion: Completion, upstream: Iterator[Delta], org: Organization) -> Iterator[Delta]:
+def _metered(
+    completion: Completion, upstream: Iterator[Delta], org: Organization
+) -> Iterator[Delta]:
     """Pass the deltas through; record the usage when the server reports it (the last delta)."""
     for delta in upstream:
         if delta.prompt_tokens is not None or delta.finish_reason is not None:
@@ -141,7 +146,11 @@ def usage_record(
                 job_id=job.id,
                 memo=f"Inference on {model}: {prompt_tokens}+{completion_tokens} tokens",
                 legs=[
-                    Leg(Account.CUSTOMER_BALANCE, (net - before_net) + (vat - before_vat), organization.pk),
+                    Leg(
+                        Account.CUSTOMER_BALANCE,
+                        (net - before_net) + (vat - before_vat),
+                        organization.pk,
+                    ),
                     Leg(Account.PLATFORM_REVENUE, -(net - before_net)),
                     Leg(Account.VAT_PAYABLE, -(vat - before_vat)),
                 ],

@@ -63,7 +63,9 @@ def completion_events(completion: Completion, *, include_usage: bool) -> Iterato
                 yield _event(_chunk(completion, {"content": delta.text}, None))
     except PartageError as e:  # the server failed mid-answer: say so in the stream
         logger.warning("inference stream of %s failed: %s", completion.id, e.message)
-        yield _event({"error": {"message": e.message, "type": e.error_type, "param": None, "code": e.code}})
+        yield _event(
+            {"error": {"message": e.message, "type": e.error_type, "param": None, "code": e.code}}
+        )
         yield "data: [DONE]\n\n"
         return
     yield _event(_chunk(completion, {}, completion.finish_reason or "stop"))

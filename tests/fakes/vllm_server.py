@@ -51,14 +51,16 @@ class FakeVllm:
                     {"error": {"message": message, "type": type_, "param": None, "code": status}},
                 )
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path != "/v1/models":
                     self._error(404, "Not Found", "NotFoundError")
                     return
                 names = [fake.base_model, *fake.adapters]
-                self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+                self._send(
+                    200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+                )
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 with fake.lock:
                     fake.requests.append((self.path, body))
@@ -66,9 +68,17 @@ class FakeVllm:
                     self._load(body)
                 elif self.path == "/v1/unload_lora_adapter":
                     if fake.adapters.pop(body.get("lora_name"), None) is None:
-                        self._error(404, f"The lora adapter '{body.get('lora_name')}' cannot be found.", "NotFoundError")
+                        self._error(
+                            404,
+                            f"The lora adapter '{body.get('lora_name')}' cannot be found.",
+                            "NotFoundError",
+                        )
                     else:
-                        self._send(200, f"Success: LoRA adapter '{body['lora_name']}' removed successfully.", "text/plain")
+                        self._send(
+                            200,
+                            f"Success: LoRA adapter '{body['lora_name']}' removed successfully.",
+                            "text/plain",
+                        )
                 elif self.path == "/v1/chat/completions":
                     self._chat(body)
                 else:
@@ -77,15 +87,27 @@ class FakeVllm:
             def _load(self, body: dict[str, Any]) -> None:
                 name, path = body.get("lora_name"), body.get("lora_path")
                 if name in fake.adapters:
-                    self._error(400, f"The lora adapter '{name}' has already been loaded.", "BadRequestError")
+                    self._error(
+                        400,
+                        f"The lora adapter '{name}' has already been loaded.",
+                        "BadRequestError",
+                    )
                     return
                 config_path = Path(str(path)) / "adapter_config.json"
                 if not config_path.is_file():
-                    self._error(400, f"Loading lora {name} failed: No adapter found for {path}", "BadRequestError")
+                    self._error(
+                        400,
+                        f"Loading lora {name} failed: No adapter found for {path}",
+                        "BadRequestError",
+                    )
                     return
                 rank = json.loads(config_path.read_text()).get("r", 0)
                 if rank > fake.max_lora_rank:
-                    self._error(400, f"LoRA rank {rank} is greater than max_lora_rank {fake.max_lora_rank}.", "BadRequestError")
+                    self._error(
+                        400,
+                        f"LoRA rank {rank} is greater than max_lora_rank {fake.max_lora_rank}.",
+                        "BadRequestError",
+                    )
                     return
                 fake.adapters[str(name)] = str(path)
                 self._send(200, f"Success: LoRA adapter '{name}' added successfully.", "text/plain")
@@ -126,10 +148,28 @@ class FakeVllm:
                     self.wfile.write(f"data: {text}\n\n".encode())
 
                 chunk = {**base, "object": "chat.completion.chunk"}
-                send({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+                send(
+                    {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": ""},
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
                 for index, word in enumerate(answer):
                     piece = word if index == 0 else f" {word}"
-                    send({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                    send(
+                        {
+                            **chunk,
+                            "choices": [
+                                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                            ],
+                        }
+                    )
                 send({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
                 if (body.get("stream_options") or {}).get("include_usage"):
                     send({**chunk, "choices": [], "usage": usage})

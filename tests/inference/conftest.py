@@ -39,11 +39,15 @@ def adapter_archive(adapter_dir: Path | None = None, *, rank: int = 4) -> bytes:
     return buffer.getvalue()
 
 
-def fine_tuned(org: Any, *, status: str = "succeeded", archive: bytes | None = None) -> FineTuningJob:
+def fine_tuned(
+    org: Any, *, status: str = "succeeded", archive: bytes | None = None
+) -> FineTuningJob:
     job = job_for(org, status=status, events=0, checkpoints=0)
     if status == "succeeded":
         job.result_file = result_file_create(
-            job=job, stream=io.BytesIO(archive or adapter_archive()), filename=f"{job.id}-adapter.tar.gz"
+            job=job,
+            stream=io.BytesIO(archive or adapter_archive()),
+            filename=f"{job.id}-adapter.tar.gz",
         )
         job.save(update_fields=["result_file"])
     else:  # the name it will have once it succeeds

@@ -54,9 +54,27 @@ def test_each_answer_is_billed_by_its_tokens_at_the_staff_price(client_a, org_a,
 
 def test_recording_the_same_completion_twice_changes_nothing(org_a, vllm):
     job = fine_tuned(org_a)
-    price_set(base_model="partage/tiny-llama", prompt_per_million=Decimal("10000"), completion_per_million=Decimal("10000"))
-    first = usage_record(organization=org_a, job=job, model="m", completion_id="chatcmpl-1", prompt_tokens=3, completion_tokens=5)
-    again = usage_record(organization=org_a, job=job, model="m", completion_id="chatcmpl-1", prompt_tokens=3, completion_tokens=5)
+    price_set(
+        base_model="partage/tiny-llama",
+        prompt_per_million=Decimal("10000"),
+        completion_per_million=Decimal("10000"),
+    )
+    first = usage_record(
+        organization=org_a,
+        job=job,
+        model="m",
+        completion_id="chatcmpl-1",
+        prompt_tokens=3,
+        completion_tokens=5,
+    )
+    again = usage_record(
+        organization=org_a,
+        job=job,
+        model="m",
+        completion_id="chatcmpl-1",
+        prompt_tokens=3,
+        completion_tokens=5,
+    )
     assert again.pk == first.pk and InferenceUsage.objects.count() == 1
     assert JournalEntry.objects.filter(key="inference:chatcmpl-1").count() == 1
 
@@ -70,7 +88,14 @@ def test_recording_the_same_completion_twice_changes_nothing(org_a, vllm):
 def test_the_ledger_always_holds_the_rounded_running_total(org_a_factory, tokens):
     org, job = org_a_factory()
     for index, (prompt, answer) in enumerate(tokens):
-        usage_record(organization=org, job=job, model="m", completion_id=f"c-{org.pk}-{index}", prompt_tokens=prompt, completion_tokens=answer)
+        usage_record(
+            organization=org,
+            job=job,
+            model="m",
+            completion_id=f"c-{org.pk}-{index}",
+            prompt_tokens=prompt,
+            completion_tokens=answer,
+        )
     exact = sum((Decimal(p) * 7 + Decimal(a) * 11) / 10**6 for p, a in tokens)
     net = cents(exact)
     assert _charged(org) == net + cents(net * org_vat_rate(org))
@@ -80,7 +105,11 @@ def test_the_ledger_always_holds_the_rounded_running_total(org_a_factory, tokens
 def org_a_factory(db):
     from marketplace.accounts.services import organization_create
 
-    price_set(base_model="partage/tiny-llama", prompt_per_million=Decimal("7"), completion_per_million=Decimal("11"))
+    price_set(
+        base_model="partage/tiny-llama",
+        prompt_per_million=Decimal("7"),
+        completion_per_million=Decimal("11"),
+    )
     counter = iter(range(10**6))
 
     def make():
@@ -99,7 +128,11 @@ def test_an_unpriced_base_model_is_metered_at_no_charge(client_a, org_a, vllm):
 
 
 def test_an_org_without_funds_is_refused_before_anything_runs(client_a, org_a, vllm):
-    price_set(base_model="partage/tiny-llama", prompt_per_million=Decimal("1"), completion_per_million=Decimal("1"))
+    price_set(
+        base_model="partage/tiny-llama",
+        prompt_per_million=Decimal("1"),
+        completion_per_million=Decimal("1"),
+    )
     job = fine_tuned(org_a)
     response = ask(client_a, job.fine_tuned_model)
     assert response.status_code == 402
@@ -109,4 +142,8 @@ def test_an_org_without_funds_is_refused_before_anything_runs(client_a, org_a, v
 
 def test_a_price_names_a_catalog_model(db):
     with pytest.raises(InvalidInput):
-        price_set(base_model="nope/model", prompt_per_million=Decimal("1"), completion_per_million=Decimal("1"))
+        price_set(
+            base_model="nope/model",
+            prompt_per_million=Decimal("1"),
+            completion_per_million=Decimal("1"),
+        )

@@ -38,7 +38,10 @@ def test_alice_asks_her_model_and_vllm_loads_the_adapter_once(client_a, org_a, v
     }
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
     [load] = vllm.calls("/v1/load_lora_adapter")
-    assert load == {"lora_name": job.id, "lora_path": str(settings.PARTAGE_VLLM_ADAPTER_DIR / job.id)}
+    assert load == {
+        "lora_name": job.id,
+        "lora_path": str(settings.PARTAGE_VLLM_ADAPTER_DIR / job.id),
+    }
     assert (settings.PARTAGE_ADAPTER_DIR / job.id / "adapter_config.json").is_file()
     assert ask(client_a, job.fine_tuned_model).status_code == 200
     assert len(vllm.calls("/v1/load_lora_adapter")) == 1  # still loaded: not again
@@ -50,13 +53,19 @@ def test_alice_asks_her_model_and_vllm_loads_the_adapter_once(client_a, org_a, v
 def test_streaming_sends_openai_chunks_then_done(client_a, org_a, vllm):
     job = fine_tuned(org_a)
     response = ask(
-        client_a, job.fine_tuned_model, stream=True, stream_options={"include_usage": True}, max_tokens=3
+        client_a,
+        job.fine_tuned_model,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=3,
     )
     assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
     events = sse(response)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert all(
+        c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks
+    )
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == f"{job.id} says: hello"

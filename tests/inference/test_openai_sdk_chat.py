@@ -27,7 +27,12 @@ def eager_celery(settings: Any) -> Any:
 
 
 def test_the_sdk_chats_with_the_fine_tuned_model(
-    live_callbacks: str, key_a: str, key_b: str, eager_celery: Any, local_inference: str, settings: Any
+    live_callbacks: str,
+    key_a: str,
+    key_b: str,
+    eager_celery: Any,
+    local_inference: str,
+    settings: Any,
 ) -> None:
     settings.PARTAGE_API_RATE_LIMIT = 0
     sdk = OpenAI(base_url=f"{live_callbacks}/v1", api_key=key_a, max_retries=0, timeout=120)
@@ -39,7 +44,9 @@ def test_the_sdk_chats_with_the_fine_tuned_model(
         seed=7,
     )
     finished = wait_for(
-        lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status in {"succeeded", "failed"} and j,
+        lambda: (
+            (j := sdk.fine_tuning.jobs.retrieve(job.id)).status in {"succeeded", "failed"} and j
+        ),
         timeout=240,
         interval=1,
         what=f"job {job.id} to finish",
@@ -72,7 +79,9 @@ def test_the_sdk_chats_with_the_fine_tuned_model(
     chunks = list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text
-    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == answer.usage.total_tokens
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.total_tokens == answer.usage.total_tokens
+    )
 
     # Bob's organization does not see it.
     bob = OpenAI(base_url=f"{live_callbacks}/v1", api_key=key_b, max_retries=0)

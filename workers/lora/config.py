@@ -60,7 +60,7 @@ class JobConfig:
     hyperparameters: Hyperparameters
     lora: LoraSettings
     max_rank: int
-    evaluation: EvalSettings = EvalSettings()
+    evaluation: EvalSettings = dataclasses.field(default_factory=EvalSettings)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,7 @@ def holdout_lines(lines: list[int], *, seed: int, max_samples: int) -> set[int]:
     count = min(max_samples, len(lines) // HOLDOUT_FRACTION)
     if len(lines) < HOLDOUT_MIN_EXAMPLES or count <= 0:
         return set()
-    return set(random.Random(seed).sample(sorted(lines), count))
+    return set(random.Random(seed).sample(sorted(lines), count))  # noqa: S311 - not secrets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _mean(values: list[float]) -> float | None:
 def choose(examples: list[Example], count: int, seed: int) -> list[Example]:
     if len(examples) <= count:
         return list(examples)
-    picked = set(random.Random(seed).sample(range(len(examples)), count))
+    picked = set(random.Random(seed).sample(range(len(examples)), count))  # noqa: S311
     return [e for i, e in enumerate(examples) if i in picked]
 
 

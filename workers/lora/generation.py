@@ -120,7 +120,9 @@ class _IncrementalText:
     def add(self, token: int) -> None:
         self.tokens.append(token)
         decode = self.tokenizer.decode
-        before = decode(self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        before = decode(
+            self.tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True
+        )
         after = decode(self.tokens[self.prefix_offset :], skip_special_tokens=True)
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.text += after[len(before) :]

@@ -193,11 +193,23 @@ def job_chat(request: HttpRequest, job_id: str) -> HttpResponse:
     except PartageError as e:
         if streaming:
             return JsonResponse(
-                {"error": {"message": e.message, "type": e.error_type, "param": e.param, "code": e.code}},
+                {
+                    "error": {
+                        "message": e.message,
+                        "type": e.error_type,
+                        "param": e.param,
+                        "code": e.code,
+                    }
+                },
                 status=e.http_status,
             )
         error_message(request, e)
-        return page(request, "portal/jobs/detail.html", _detail_context(job, chat_question=question), status=e.http_status)
+        return page(
+            request,
+            "portal/jobs/detail.html",
+            _detail_context(job, chat_question=question),
+            status=e.http_status,
+        )
     if streaming:
         response = StreamingHttpResponse(
             completion_events(completion, include_usage=True), content_type="text/event-stream"

@@ -17,7 +17,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(trans
 
 
 def test_alice_asks_her_model_from_the_job_page(
-    chromium: Any, live_server: Any, alice: Any, org_a: Any, vllm: Any  # noqa: F811
+    chromium: Any,
+    live_server: Any,
+    alice: Any,
+    org_a: Any,
+    vllm: Any,  # noqa: F811
 ) -> None:
     job = _with_eval(fine_tuned(org_a))
     expected = f"{job.id} says: which colour is the sky"
@@ -27,13 +31,19 @@ def test_alice_asks_her_model_from_the_job_page(
         page = with_js.page
         page.goto(f"/jobs/{job.id}/")
         evaluation = page.locator("#evaluation")
-        assert "banana banana" in evaluation.inner_text() and "Item 3 is green." in evaluation.inner_text()
+        assert (
+            "banana banana" in evaluation.inner_text()
+            and "Item 3 is green." in evaluation.inner_text()
+        )
         page.get_by_label("Your message").fill("which colour is the sky")
         page.get_by_role("button", name="Ask").click()
         page.wait_for_function(
-            "expected => document.getElementById('chat-answer').textContent === expected", arg=expected
+            "expected => document.getElementById('chat-answer').textContent === expected",
+            arg=expected,
         )
-        page.wait_for_function("() => /completion tokens/.test(document.getElementById('chat-usage').textContent)")
+        page.wait_for_function(
+            "() => /completion tokens/.test(document.getElementById('chat-usage').textContent)"
+        )
         assert page.url.endswith(f"/jobs/{job.id}/")  # streamed in place: no navigation
         assert page.locator("#chat-usage").inner_text() == "5 prompt + 7 completion tokens"
         assert_accessible(with_js)

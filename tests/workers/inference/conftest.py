@@ -13,7 +13,9 @@ from tests.inference.workers import start_worker
 from tests.workers.lora.conftest import model_cache, tiny_llama_dir  # noqa: F401 - fixtures
 
 
-def make_adapter(base_dir: pathlib.Path, out: pathlib.Path, *, seed: int, r: int = 4) -> pathlib.Path:
+def make_adapter(
+    base_dir: pathlib.Path, out: pathlib.Path, *, seed: int, r: int = 4
+) -> pathlib.Path:
     """A servable PEFT adapter for the tiny model whose lora_B is random (so it changes outputs)."""
     import torch
     from peft import LoraConfig, get_peft_model

@@ -36,7 +36,10 @@ def test_an_adapter_is_loaded_by_name_and_answers_in_the_openai_shape(inference_
     answer = _chat(url, model="ft-a0", messages=HI, max_tokens=6, temperature=0).json()
     assert answer["object"] == "chat.completion" and answer["id"].startswith("chatcmpl-")
     [choice] = answer["choices"]
-    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in {"stop", "length"}
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in {
+        "stop",
+        "length",
+    }
     usage = answer["usage"]
     assert usage["completion_tokens"] <= 6 and usage["prompt_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]

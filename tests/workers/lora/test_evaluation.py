@@ -30,7 +30,9 @@ def test_without_a_validation_file_a_seeded_slice_is_held_out_and_answered(
     assert code == EXIT_OK
     report = events[0]
     held = report["held_out_for_eval"]
-    assert len(held) == 2 and held == sorted(holdout_lines(list(range(1, 21)), seed=7, max_samples=2))
+    assert len(held) == 2 and held == sorted(
+        holdout_lines(list(range(1, 21)), seed=7, max_samples=2)
+    )
     # 18 examples trained on, batch 4: 5 micro-batches per epoch, 3 epochs
     assert [e for e in events if e["event"] == "progress"][-1]["total_steps"] == 15
     result = _eval_of(events)
@@ -44,7 +46,12 @@ def test_without_a_validation_file_a_seeded_slice_is_held_out_and_answered(
         assert sample["messages"] == expected[:2]
         assert isinstance(sample["base_answer"], str) and isinstance(sample["adapter_answer"], str)
         assert sample["adapter_loss"] < sample["base_loss"]  # it learned the task's shape
-    assert result["decoding"] == {"greedy": True, "temperature": 0.0, "max_new_tokens": 8, "seed": 7}
+    assert result["decoding"] == {
+        "greedy": True,
+        "temperature": 0.0,
+        "max_new_tokens": 8,
+        "seed": 7,
+    }
     assert any(s["base_answer"] != s["adapter_answer"] for s in result["samples"])
 
 

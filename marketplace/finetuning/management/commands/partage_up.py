@@ -87,9 +87,7 @@ class Command(BaseCommand):
         ]
         # The inference worker: its own process, so a model never loads into the web server.
         inference_bind = settings.PARTAGE_INFERENCE_URL.removeprefix("http://")
-        commands.append(
-            [sys.executable, "-m", "workers.inference", "--bind", inference_bind]
-        )
+        commands.append([sys.executable, "-m", "workers.inference", "--bind", inference_bind])
         names = ["web", "worker", "inference"]
         processes = [subprocess.Popen(c, env=env) for c in commands]
         stopping = False
