@@ -50,22 +50,24 @@ def memory_bytes(torch: Any) -> int:
     return rss_bytes()
 
 
-def make_adapter(base_dir: pathlib.Path, model_id: str, out: pathlib.Path, seed: int) -> None:
+def make_adapters(base_dir: pathlib.Path, model_id: str, outs: list[pathlib.Path]) -> None:
+    """One PEFT model, re-drawn and saved once per adapter (loading the base once)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(str(base_dir)),
         LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
     model.peft_config["default"].base_model_name_or_path = model_id
-    model.save_pretrained(str(out))
+    for seed, out in enumerate(outs):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
+        model.save_pretrained(str(out))
 
 
 def time_engine(engine: Any, name: str, tokens: int) -> tuple[float, float, int]:
@@ -142,10 +144,8 @@ def main() -> int:
         model_id = DEMO if cached else "partage/tiny-llama"
     base_dir = catalog.resolve(model_id)
     work = pathlib.Path(tempfile.mkdtemp(prefix="inference-bench-"))
-    adapters = []
-    for index in range(args.swaps + 1):
-        make_adapter(base_dir, model_id, work / f"a{index}", seed=index)
-        adapters.append(work / f"a{index}")
+    adapters = [work / f"a{index}" for index in range(args.swaps + 1)]
+    make_adapters(base_dir, model_id, adapters)
 
     engine = LocalEngine(max_adapters=2)
     engine.register("warm", adapters[0])

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 
@@ -176,7 +177,7 @@ def price_set(
     base_model: str,
     prompt_per_million: Decimal,
     completion_per_million: Decimal,
-    created_by: object | None = None,
+    created_by: Any = None,
 ) -> InferencePrice:
     """Staff set the per-token price of a base model (a new row; earlier usage keeps its own)."""
     from workers import catalog

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     print(f"listening on http://{bound_host}:{bound_port}", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)

@@ -112,7 +112,7 @@ class LocalEngine:
         except catalog.CatalogError as e:
             raise UnknownModelError(base_model) from e
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype, attn_implementation="sdpa"
         )
         model.to(self.device).eval()

@@ -169,7 +169,7 @@ CHAT_MAX_TOKENS = 128
 
 @require_POST
 @org_required
-def job_chat(request: HttpRequest, job_id: str) -> HttpResponse:
+def job_chat(request: HttpRequest, job_id: str) -> HttpResponse | StreamingHttpResponse:
     """The job page's chat box: the same service and OpenAI shapes as POST /v1/chat/completions.
     With JavaScript the answer streams (Accept: text/event-stream); without, the form posts and
     the page comes back with the answer."""
