@@ -76,6 +76,32 @@ class ChatCompletionSerializer(serializers.Serializer):
         )
 
 
+class ChatMessageObject(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["assistant"])
+    content = serializers.CharField()
+
+
+class ChatChoiceObject(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = ChatMessageObject()
+    finish_reason = serializers.ChoiceField(choices=["stop", "length"])
+
+
+class UsageObject(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class ChatCompletionObject(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.ChoiceField(choices=["chat.completion"])
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = ChatChoiceObject(many=True)
+    usage = UsageObject()
+
+
 def completion_response(
     completion: services.Completion, *, stream: bool, include_usage: bool
 ) -> Any:
@@ -96,9 +122,12 @@ class ChatCompletionsView(APIView):
         operation_id="chat_completions_create",
         request=ChatCompletionSerializer,
         responses={
-            200: OpenApiResponse(description="A chat.completion object."),
+            (200, "application/json"): ChatCompletionObject,
             (200, "text/event-stream"): OpenApiResponse(
-                description="chat.completion.chunk events, then `data: [DONE]`."
+                {"type": "string"},
+                description="Server-Sent Events: `data: <chat.completion.chunk>` per piece of "
+                "the answer, a usage chunk when stream_options.include_usage, then "
+                "`data: [DONE]`.",
             ),
         },
     )
