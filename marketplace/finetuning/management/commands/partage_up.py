@@ -52,6 +52,8 @@ class Command(BaseCommand):
         # Trainers call back to the address we serve on, unless told otherwise.
         env.setdefault("PARTAGE_INTERNAL_URL", f"http://{bind}")
         env.setdefault("PARTAGE_PUBLIC_URL", f"http://{bind}")
+        # The inference worker resolves base models in the same cache as the trainers.
+        env.setdefault("PARTAGE_MODEL_CACHE", str(settings.PARTAGE_MODEL_CACHE))
         commands = [
             [
                 sys.executable,
