@@ -77,6 +77,19 @@ def as_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def as_url_map(text: str) -> dict[str, str]:
+    """A JSON object of names to http(s) URLs, e.g. {"base/model": "http://vllm:8000"}."""
+    import json
+
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.startswith(("http://", "https://"))
+        for k, v in value.items()
+    ):
+        raise ValueError('expected a JSON object of names to URLs, {"name": "http://host:port"}')
+    return {k: v.rstrip("/") for k, v in value.items()}
+
+
 def one_of(choices: Iterable[str]) -> Callable[[str], str]:
     allowed = tuple(choices)
 

@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "marketplace.quotas",
     "marketplace.billing",
     "marketplace.finetuning",
+    "marketplace.inference",
     "marketplace.api",
     "marketplace.portal",
     "marketplace.notifications",
@@ -456,6 +457,27 @@ if PRODUCTION and PARTAGE_WEBHOOK_ALLOW_PRIVATE:
         "PARTAGE_WEBHOOK_ALLOW_PRIVATE=true is refused in production: webhooks would reach "
         "Partage's internal network."
     )
+# Inference on fine-tuned models (marketplace/inference/backends.py).
+PARTAGE_INFERENCE_BACKEND = env.get(
+    "PARTAGE_INFERENCE_BACKEND", env.one_of(["local", "vllm"]), default="local"
+)
+PARTAGE_INFERENCE_URL = env.get(
+    "PARTAGE_INFERENCE_URL", str, default="http://127.0.0.1:8081"
+).rstrip("/")
+PARTAGE_INFERENCE_TIMEOUT_SECONDS = env.get(
+    "PARTAGE_INFERENCE_TIMEOUT_SECONDS", env.as_int, default=120
+)
+PARTAGE_ADAPTER_DIR = env.get("PARTAGE_ADAPTER_DIR", Path, default=DATA_DIR / "adapters")
+PARTAGE_VLLM_ROUTES = env.get(
+    "PARTAGE_VLLM_ROUTES",
+    env.as_url_map,
+    default={},
+    required_in_production=PARTAGE_INFERENCE_BACKEND == "vllm",
+    production=PRODUCTION,
+    hint='Set it to a JSON object {"<base model id>": "http://<vllm service>:8000"}.',
+)
+PARTAGE_VLLM_ADAPTER_DIR = env.get("PARTAGE_VLLM_ADAPTER_DIR", Path, default=PARTAGE_ADAPTER_DIR)
+
 PARTAGE_SSE_MAX_SECONDS = env.get("PARTAGE_SSE_MAX_SECONDS", env.as_int, default=600)
 # Exposes /v1/_bench/bare, a plain Django JSON view, to compare against in benchmarks.
 PARTAGE_API_BENCH_VIEW = env.get("PARTAGE_API_BENCH_VIEW", env.as_bool, default=False)

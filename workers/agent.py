@@ -281,9 +281,11 @@ class Relay:
     def spool_adapter(self, event: dict[str, Any]) -> None:
         adapter_dir = Path(event["adapter_dir"])
         manifest = (adapter_dir / "manifest.json").read_text(encoding="utf-8")
-        self.spool.put(
-            "adapter", {"attempt": str(self.attempt), "manifest": manifest}, tar_dir(adapter_dir)
-        )
+        fields = {"attempt": str(self.attempt), "manifest": manifest}
+        eval_file = event.get("eval_file")
+        if eval_file and Path(eval_file).is_file():  # the evaluation: a result file beside it
+            fields["eval"] = Path(eval_file).read_text(encoding="utf-8")
+        self.spool.put("adapter", fields, tar_dir(adapter_dir))
 
 
 def prepare(callback: Callback, run_dir: Path) -> tuple[Path, bool]:

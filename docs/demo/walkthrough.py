@@ -1,8 +1,11 @@
-"""The partner path in Python: upload → fine-tune → watch → download → load with peft → compare.
+"""The partner path in Python: upload → fine-tune → watch → ask the fine-tuned model → compare.
 
-    python docs/demo/walkthrough.py --key "$PARTAGE_KEY"
+    python docs/demo/walkthrough.py --key "$PARTAGE_KEY" [--download]
 
-Uses only `requests` against the OpenAI-compatible /v1 API, then `peft` to load the adapter.
+Uses `requests` against the OpenAI-compatible /v1 API for the job, then the unchanged `openai`
+SDK to ask the fine-tuned model, and prints the job's evaluation (the base model's and the
+adapter's answers to held-out prompts). `--download` also unpacks the adapter and compares
+with peft locally.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def main() -> int:
     parser.add_argument("--out", default="adapter")
     parser.add_argument("--question", default="What is the capital of Italy?")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--download", action="store_true", help="also load the adapter with peft")
     args = parser.parse_args()
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {args.key}"
@@ -72,6 +76,15 @@ def main() -> int:
         print("job did not succeed:", state.get("error"), file=sys.stderr)
         return 1
 
+    ask(args.base_url, args.key, state["fine_tuned_model"], args.question)
+    evaluation = api.get(f"{args.base_url}/files/{state['result_files'][1]}/content").json()
+    for sample in evaluation["samples"][:3]:
+        print(f"\nprompt:       {sample['prompt']}")
+        print(f"base model:   {sample['base_answer']}")
+        print(f"with adapter: {sample['adapter_answer']}")
+        print(f"reference:    {sample['reference']}")
+    if not args.download:
+        return 0
     archive = api.get(f"{args.base_url}/files/{state['result_files'][0]}/content")
     archive.raise_for_status()
     out = Path(args.out)
@@ -79,6 +92,28 @@ def main() -> int:
         tar.extractall(out, filter="data")
     print("adapter in", out, sorted(p.name for p in out.iterdir()))
     return compare(args.model, out, args.question)
+
+
+def ask(base_url: str, key: str, model: str, question: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=key)
+    messages = [{"role": "user", "content": question}]
+    answer = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_completion_tokens=60
+    )
+    print(f"{model} answers: {answer.choices[0].message.content}")
+    print(
+        f"  ({answer.usage.prompt_tokens} prompt + {answer.usage.completion_tokens} completion tokens)"
+    )
+    print("streamed:", end=" ", flush=True)
+    stream = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_completion_tokens=60, stream=True
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            print(chunk.choices[0].delta.content, end="", flush=True)
+    print()
 
 
 def compare(model_id: str, adapter_dir: Path, question: str) -> int:

@@ -180,9 +180,15 @@ class AdapterUploadView(InternalView):
         archive = request.FILES.get("archive")
         if archive is None:
             raise InvalidInput("Send the adapter as multipart field 'archive'.", param="archive")
-        manifest = services.manifest_from_json(body_of(request).get("manifest") or "")
+        fields = body_of(request)
+        manifest = services.manifest_from_json(fields.get("manifest") or "")
+        eval_report = services.eval_from_json(fields.get("eval") or "")
         job = services.adapter_store(
-            job_id=job.id, attempt_number=number, archive=archive, manifest=manifest
+            job_id=job.id,
+            attempt_number=number,
+            archive=archive,
+            manifest=manifest,
+            eval_report=eval_report,
         )
         return Response({"status": job.status, "result_file": job.result_file_id})
 

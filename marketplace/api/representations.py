@@ -51,7 +51,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
         "method": {"type": "supervised", "supervised": {"hyperparameters": openai_hp}},
         "training_file": job.training_file_id,
         "validation_file": job.validation_file_id,
-        "result_files": [job.result_file_id] if job.result_file_id else [],
+        "result_files": [f for f in (job.result_file_id, job.eval_file_id) if f],
         "trained_tokens": job.trained_tokens,
         "seed": job.seed,
         "estimated_finish": unix(job.estimated_finish),

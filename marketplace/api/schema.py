@@ -24,6 +24,14 @@ ERROR_STATUSES = {
     "429": "Rate limit or quota exceeded; see the Retry-After header.",
 }
 
+# Errors only some operations answer with.
+EXTRA_ERROR_STATUSES = {
+    "chat_completions_create": {
+        "402": "The organization's balance is used up: top it up.",
+        "503": "The inference server for the model is unreachable or refused the adapter.",
+    }
+}
+
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "marketplace.api.authentication.ApiKeyAuthentication"
@@ -60,6 +68,10 @@ def postprocess_errors_and_idempotency(result: dict[str, Any], **kwargs: Any) ->
                 continue
             responses = operation["responses"]
             for status, description in ERROR_STATUSES.items():
+                responses.setdefault(status, {"description": description, "content": error_ref})
+            for status, description in EXTRA_ERROR_STATUSES.get(
+                operation.get("operationId"), {}
+            ).items():
                 responses.setdefault(status, {"description": description, "content": error_ref})
             if method == "post":
                 params = operation.setdefault("parameters", [])

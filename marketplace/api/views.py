@@ -125,12 +125,17 @@ class FileContentView(FileDetailView):
         responses={
             (200, "application/jsonl"): OpenApiTypes.BINARY,
             (200, "application/gzip"): OpenApiTypes.BINARY,
+            (200, "application/json"): OpenApiTypes.BINARY,
         },
     )
     def get(self, request: Request, file_id: str) -> FileResponse:  # type: ignore[override]
         file = self._file(request, file_id)
         content_type = (
-            "application/gzip" if file.purpose == "fine-tune-results" else "application/jsonl"
+            "application/jsonl"
+            if file.purpose != "fine-tune-results"
+            else "application/json"
+            if file.filename.endswith(".json")
+            else "application/gzip"
         )
         return FileResponse(
             file.content.open("rb"),

@@ -16,7 +16,7 @@ from marketplace.accounts.models import ApiKey, Organization
 class File(models.Model):
     class Purpose(models.TextChoices):
         FINE_TUNE = "fine-tune", "Training data"
-        RESULTS = "fine-tune-results", "Fine-tuning results (adapter archive)"
+        RESULTS = "fine-tune-results", "Fine-tuning results (adapter archive, eval.json)"
 
     class Status(models.TextChoices):
         UPLOADED = "uploaded"
@@ -111,6 +111,10 @@ class FineTuningJob(models.Model):
     trained_tokens = models.BigIntegerField(null=True, blank=True)
     fine_tuned_model = models.CharField(max_length=255, blank=True)
     result_file = models.ForeignKey(
+        File, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # eval.json: the base model's and the adapter's answers to held-out prompts (a result file)
+    eval_file = models.ForeignKey(
         File, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     manifest = models.JSONField(null=True, blank=True)

@@ -18,7 +18,7 @@ def files_for_org(org: Organization) -> QuerySet[File]:
 
 def jobs_for_org(org: Organization) -> QuerySet[FineTuningJob]:
     return FineTuningJob.objects.filter(organization=org).select_related(
-        "organization", "training_file", "validation_file", "result_file"
+        "organization", "training_file", "validation_file", "result_file", "eval_file"
     )
 
 
@@ -71,3 +71,18 @@ def job_announcements(job: FineTuningJob, *, after: int = 0) -> QuerySet[DomainE
         after=after,
         parent_key="fine_tuning_job_id",
     )
+
+
+EVAL_MAX_BYTES = 2 * 1024 * 1024
+
+
+def job_eval_report(job: FineTuningJob) -> dict[str, Any] | None:
+    """The job's eval.json (base vs adapter answers), or None before it has one."""
+    import json
+
+    file = job.eval_file
+    if file is None or file.deleted_at is not None or file.bytes > EVAL_MAX_BYTES:
+        return None
+    with file.content.open("rb") as handle:
+        report = json.loads(handle.read())
+    return report if isinstance(report, dict) else None

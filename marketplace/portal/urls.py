@@ -73,6 +73,7 @@ urlpatterns = [
         jobs.job_attempt_log,
         name="job-attempt-log",
     ),
+    path("jobs/<str:job_id>/chat/", jobs.job_chat, name="job-chat"),
     path("jobs/<str:job_id>/manifest/", jobs.job_manifest, name="job-manifest"),
     # Capacity
     path("offers/", offers.offer_list, name="offers"),

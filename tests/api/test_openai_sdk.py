@@ -18,7 +18,7 @@ from django.conf import settings as django_settings
 from openai import OpenAI
 
 from tests.conftest import chat_lines, jsonl, wait_for
-from tests.finetuning.adapters import assert_adapter_changes_logits, extract
+from tests.finetuning.adapters import assert_adapter_changes_logits, assert_eval_report, extract
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -146,7 +146,8 @@ def test_openai_sdk_drives_the_whole_flow(
     assert checkpoints[0].step_number >= 50 and checkpoints[0].metrics.train_loss is not None
 
     # The adapter: result_files holds the archive's file id; it loads with peft.
-    [result_id] = finished.result_files
+    [result_id, eval_id] = finished.result_files
+    assert_eval_report(sdk.files.content(eval_id).read(), job_id=job.id)
     archive = sdk.files.content(result_id).read()
     adapter_dir = extract(archive, tmp_path / "adapter")
     config = json.loads((adapter_dir / "adapter_config.json").read_text())

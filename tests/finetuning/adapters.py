@@ -43,3 +43,18 @@ def assert_adapter_changes_logits(adapter_dir: Path, base_model_id: str, cache_d
     with torch.no_grad():
         after = model(**inputs).logits
     assert not torch.allclose(before, after), "the adapter does not change the logits"
+
+
+def assert_eval_report(raw: bytes, *, job_id: str, base_model: str = "partage/tiny-llama") -> dict:
+    """eval.json, as every succeeded job delivers it: base and adapter answers side by side."""
+    import json
+
+    report = json.loads(raw)
+    assert report["format"] == "partage-eval/1" and "error" not in report, report.get("error")
+    assert report["job_id"] == job_id and report["base_model"] == base_model
+    assert report["source"] in {"validation_file", "training_holdout", "training_file"}
+    assert report["samples"], "the evaluation answered no prompt"
+    for sample in report["samples"]:
+        assert {"prompt", "reference", "base_answer", "adapter_answer"} <= set(sample)
+        assert isinstance(sample["base_loss"], float) and isinstance(sample["adapter_loss"], float)
+    return report

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from tests.conftest import catches_signal, chat_lines, jsonl, wait_for
-from tests.finetuning.adapters import assert_adapter_changes_logits, extract
+from tests.finetuning.adapters import assert_adapter_changes_logits, assert_eval_report, extract
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def run_partner_path(
     assert body["status"] == "succeeded", (body, [a.logs[-3000:] for a in job.attempts.all()])
     assert body["fine_tuned_model"].startswith("ft:partage/tiny-llama:org-a:colours:")
     assert body["trained_tokens"] and body["trained_tokens"] > 0
-    assert len(body["result_files"]) == 1
+    assert len(body["result_files"]) == 2  # the adapter archive, then eval.json
 
     events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
     metrics = [e for e in events if e["type"] == "metrics"]
@@ -71,6 +71,11 @@ def run_partner_path(
     assert_adapter_changes_logits(
         adapter_dir, "partage/tiny-llama", Path(settings.PARTAGE_MODEL_CACHE)
     )
+    evaluation = client.get(f"/v1/files/{body['result_files'][1]}/content")
+    assert evaluation.status_code == 200 and evaluation["Content-Type"] == "application/json"
+    report = assert_eval_report(b"".join(evaluation.streaming_content), job_id=job_id)
+    # 16 examples, no validation file: one is held out of training and answered
+    assert report["source"] == "training_holdout" and len(report["samples"]) == 1
     return job
 
 

@@ -230,7 +230,7 @@ def test_partner_path_on_kubernetes(
     reconciler: Any,
     tmp_path: Path,
 ) -> None:
-    from tests.finetuning.adapters import extract
+    from tests.finetuning.adapters import assert_eval_report, extract
 
     celery_worker_process()
     job_id = submit(client_a, upload)
@@ -253,7 +253,9 @@ def test_partner_path_on_kubernetes(
         lambda: cluster.get("jobs", NS, attempt.name)["status"].get("succeeded") == 1, timeout=60
     )
     body = client_a.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-    assert body["status"] == "succeeded" and len(body["result_files"]) == 1
+    assert body["status"] == "succeeded" and len(body["result_files"]) == 2
+    evaluation = client_a.get(f"/v1/files/{body['result_files'][1]}/content")
+    assert_eval_report(b"".join(evaluation.streaming_content), job_id=job_id)
     events = client_a.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=100").json()["data"]
     assert any(e["type"] == "metrics" for e in events)
     archive = client_a.get(f"/v1/files/{body['result_files'][0]}/content")

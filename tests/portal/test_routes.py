@@ -76,6 +76,7 @@ ROUTES: dict[str, Route] = {
     "job": Route(OWNED, ("job_id",)),
     "job-live": Route(OWNED, ("job_id",)),
     "job-cancel": Route(OWNED, ("job_id",)),
+    "job-chat": Route(OWNED, ("job_id",)),
     "job-adapter": Route(OWNED, ("job_id",)),
     "job-attempt-log": Route(OWNED, ("job_id", "number=attempt")),
     "job-manifest": Route(OWNED, ("job_id",)),
@@ -224,6 +225,7 @@ def test_alice_reaches_her_own_objects(alice_web: Client, world: dict[str, Any])
             "api-key-revoke",
             "invitation-revoke",
             "job-cancel",
+            "job-chat",
         }:
             if name == "offer-booking-cancel":
                 continue

@@ -8,6 +8,8 @@ import math
 import pathlib
 from typing import Any
 
+from workers.lora.evaluation_settings import EvalSettings
+
 
 class UserError(Exception):
     """Bad data or settings supplied by the user: exit code 3."""
@@ -58,6 +60,7 @@ class JobConfig:
     hyperparameters: Hyperparameters
     lora: LoraSettings
     max_rank: int
+    evaluation: EvalSettings = dataclasses.field(default_factory=EvalSettings)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class JobConfig:
                 ),
             },
             "max_rank": self.max_rank,
+            "evaluation": dataclasses.asdict(self.evaluation),
         }
 
 
@@ -90,6 +94,7 @@ _TOP_KEYS = {
     "hyperparameters",
     "lora",
     "max_rank",
+    "evaluation",
 }
 
 
@@ -195,6 +200,20 @@ def parse_lora(raw: Any, max_rank: int) -> LoraSettings:
     )
 
 
+def parse_evaluation(raw: Any) -> EvalSettings:
+    if raw is None:
+        return EvalSettings()
+    if not isinstance(raw, dict):
+        raise UserError("evaluation must be an object", param="evaluation")
+    sec = "evaluation."
+    _unknown(sec, raw, {f.name for f in dataclasses.fields(EvalSettings)})
+    d = EvalSettings()
+    return EvalSettings(
+        max_samples=_int(sec, "max_samples", raw.get("max_samples", d.max_samples), 0),
+        max_new_tokens=_int(sec, "max_new_tokens", raw.get("max_new_tokens", d.max_new_tokens), 1),
+    )
+
+
 def _path(key: str, value: Any, *, must_exist: bool) -> pathlib.Path:
     if not isinstance(value, str) or not value:
         raise UserError(f"{key} must be a path string", param=key)
@@ -228,6 +247,7 @@ def parse_config(raw: Any) -> JobConfig:
         hyperparameters=parse_hyperparameters(raw.get("hyperparameters")),
         lora=parse_lora(raw.get("lora"), max_rank),
         max_rank=max_rank,
+        evaluation=parse_evaluation(raw.get("evaluation")),
     )
 
 

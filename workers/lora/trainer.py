@@ -23,6 +23,7 @@ import torch
 from workers import catalog
 from workers.lora import adapter as adapter_io
 from workers.lora import checkpoint as ckpt
+from workers.lora import evaluation
 from workers.lora.batching import Batch, Schedule, collate
 from workers.lora.config import JobConfig, UserError
 from workers.lora.data import Example, load_examples
@@ -119,7 +120,22 @@ class Trainer:
         if self.config.validation_file is not None:
             self.valid, vr = self._load(self.config.validation_file)
             valid_report = vr.as_event()
-        emit("data_report", **report.as_event(), validation=valid_report)
+        # Without a validation file, the evaluation's prompts are a slice held out of training.
+        self.held_out: list[Example] = []
+        if self.config.validation_file is None:
+            held = evaluation.holdout_lines(
+                [e.line for e in self.train],
+                seed=self.config.seed,
+                max_samples=self.config.evaluation.max_samples,
+            )
+            self.held_out = [e for e in self.train if e.line in held]
+            self.train = [e for e in self.train if e.line not in held]
+        emit(
+            "data_report",
+            **report.as_event(),
+            validation=valid_report,
+            held_out_for_eval=[e.line for e in self.held_out],
+        )
         self.schedule = Schedule(
             n_examples=len(self.train),
             batch_size=self.hp.batch_size,
@@ -366,6 +382,49 @@ class Trainer:
         emit("preempted", step=step, checkpoint=str(latest) if latest else None)
         return EXIT_PREEMPTED
 
+    def _evaluate_answers(self, valid_loss: float | None) -> pathlib.Path | None:
+        """eval.json: base vs adapter answers on held-out prompts. A failure here is reported in
+        the file and the log; the adapter is already written and verified, the job stands."""
+        settings = self.config.evaluation
+        if self.config.validation_file is not None:
+            source, path, pool = "validation_file", self.config.validation_file, self.valid
+            held_out = True
+        elif self.held_out:
+            source, path, pool = "training_holdout", self.config.training_file, self.held_out
+            held_out = True
+        else:
+            source, path, pool = "training_file", self.config.training_file, self.train
+            held_out = False
+        chosen = evaluation.choose(pool, settings.max_samples, self.config.seed)
+        evaluator = evaluation.Evaluator(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            batch_of=lambda example: self._batch([0], [example]),
+            loss_sum=self._loss_sum,
+            settings=settings,
+            seed=self.config.seed,
+            autocast=self._autocast,
+        )
+        try:
+            report = evaluation.run_eval(
+                evaluator,
+                examples=chosen,
+                path=path,
+                source=source,
+                held_out=held_out,
+                validation_loss=valid_loss,
+            )
+        except Exception as e:  # the adapter is verified: an evaluation bug must not lose it
+            log(f"evaluation failed: {type(e).__name__}: {e}")
+            report = {"format": evaluation.EVAL_FORMAT, "error": f"{type(e).__name__}: {e}"}
+        report["job_id"] = self.config.job_id
+        report["base_model"] = self.config.base_model
+        return evaluation.write_eval(self.output_dir, report)
+
+    def _loss_sum(self, model: Any, batch: Batch) -> torch.Tensor:
+        with self._autocast():
+            return loss_sum(model, batch)
+
     def _finish(self, step: int, progress: dict[str, Any], *, stopped_early: bool) -> int:
         valid_loss = self.evaluate()
         if valid_loss is not None:
@@ -410,8 +469,10 @@ class Trainer:
             base_model_id=self.config.base_model,
             max_rank=self.config.max_rank,
         )
+        eval_path = self._evaluate_answers(valid_loss)
         fields: dict[str, Any] = {
             "adapter_dir": str(adapter_dir),
+            "eval_file": str(eval_path) if eval_path else None,
             "trained_tokens": progress["trained_tokens"],
             "train_loss": progress["train_loss"],
             "valid_loss": valid_loss,

@@ -49,6 +49,7 @@ from marketplace.finetuning.services.options import (
 from marketplace.finetuning.services.reports import (
     adapter_store,
     checkpoint_store,
+    eval_from_json,
     manifest_from_json,
     trainer_events_record,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "attempt_logs_capture",
     "attempt_training_started",
     "checkpoint_store",
+    "eval_from_json",
     "file_create",
     "file_delete",
     "job_admit",

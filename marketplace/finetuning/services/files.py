@@ -195,10 +195,12 @@ def file_delete(*, organization: Organization, file_id: str) -> File:
 
 
 def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) -> File:
+    """A file the job delivers: the adapter archive (`….tar.gz`) or its `eval.json`."""
     sha256, total = stream_digest(stream)
     file_id = _new_id("file")
+    extension = ".json" if filename.endswith(".json") else ".tar.gz"
     stored = default_storage.save(
-        f"results/{job.organization_id}/{file_id}.tar.gz", DjangoFile(stream)
+        f"results/{job.organization_id}/{file_id}{extension}", DjangoFile(stream)
     )
     return File.objects.create(
         id=file_id,

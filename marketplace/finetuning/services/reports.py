@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import IO, Any
 
@@ -145,9 +146,14 @@ def checkpoint_store(
 
 
 def adapter_store(
-    *, job_id: str, attempt_number: int, archive: IO[bytes], manifest: dict[str, Any]
+    *,
+    job_id: str,
+    attempt_number: int,
+    archive: IO[bytes],
+    manifest: dict[str, Any],
+    eval_report: dict[str, Any] | None = None,
 ) -> FineTuningJob:
-    """The trainer delivered the adapter: running → finalizing → succeeded."""
+    """The trainer delivered the adapter (and its evaluation): running → finalizing → succeeded."""
     attempt = _current_attempt(job_id, attempt_number)
     job = attempt.job
     if job.status == S.SUCCEEDED:
@@ -160,18 +166,39 @@ def adapter_store(
             attempt_training_started(attempt=attempt)
         job_transition(job_id=job_id, to=S.FINALIZING, message="Finalizing: storing the adapter")
         result = result_file_create(job=job, stream=archive, filename=f"{job_id}-adapter.tar.gz")
+        evaluation = None
+        if eval_report is not None:
+            evaluation = result_file_create(
+                job=job,
+                stream=io.BytesIO(json.dumps(eval_report, ensure_ascii=False).encode()),
+                filename=f"{job_id}-eval.json",
+            )
         suffix = f":{job.suffix}" if job.suffix else ""
         job = job_transition(
             job_id=job_id,
             to=S.SUCCEEDED,
             message="The job has successfully completed",
             result_file=result,
+            eval_file=evaluation,
             manifest=manifest,
             fine_tuned_model=f"ft:{job.model}:{job.organization.slug}{suffix}:{job_id.removeprefix('ftjob-')[:8]}",
             trained_tokens=manifest.get("trained_tokens") or job.trained_tokens,
         )
         _job_ended(job)
     return job
+
+
+def eval_from_json(text: str) -> dict[str, Any] | None:
+    """The trainer's eval.json (optional: agents before the evaluation send none)."""
+    if not text:
+        return None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"eval is not valid JSON: {e.msg}", param="eval") from e
+    if not isinstance(report, dict) or not isinstance(report.get("samples", []), list):
+        raise InvalidInput("eval must be a JSON object with a list of samples", param="eval")
+    return report
 
 
 def manifest_from_json(text: str) -> dict[str, Any]:

@@ -6,7 +6,14 @@ import json
 from typing import Any
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
@@ -15,6 +22,9 @@ from marketplace.finetuning import selectors as ft
 from marketplace.finetuning import services as ft_services
 from marketplace.finetuning.models import FineTuningJob, JobEvent
 from marketplace.finetuning.states import TERMINAL, public_status
+from marketplace.inference import services as inference
+from marketplace.inference.backends import ChatRequest
+from marketplace.inference.shapes import completion_events, completion_object
 from marketplace.portal import estimates
 from marketplace.portal.charts import loss_chart
 from marketplace.portal.context import error_message, org_required, page
@@ -134,6 +144,10 @@ model = PeftModel.from_pretrained(base, "adapter")
 @org_required
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     job = _job_or_404(request, job_id)
+    return page(request, "portal/jobs/detail.html", _detail_context(job))
+
+
+def _detail_context(job: FineTuningJob, **extra: Any) -> dict[str, Any]:
     events = ft.events_for_job(job).exclude(type=JobEvent.Type.METRICS)[:60]
     train, valid, _last = _loss_points(job, after=0)
     context = {
@@ -154,8 +168,76 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
         "cost": estimates.job_cost(job=job),
         # The page's cursor in the outbox: what the live endpoint announces after it is new.
         "announced_after": _last_announcement(job),
+        "evaluation": ft.job_eval_report(job),
+        "chat_max_tokens": CHAT_MAX_TOKENS,
     }
-    return page(request, "portal/jobs/detail.html", context)
+    return {**context, **extra}
+
+
+CHAT_MAX_TOKENS = 128
+
+
+@require_POST
+@org_required
+def job_chat(request: HttpRequest, job_id: str) -> HttpResponse | StreamingHttpResponse:
+    """The job page's chat box: the same service and OpenAI shapes as POST /v1/chat/completions.
+    With JavaScript the answer streams (Accept: text/event-stream); without, the form posts and
+    the page comes back with the answer."""
+    job = _job_or_404(request, job_id)
+    question = (request.POST.get("message") or "").strip()
+    streaming = "text/event-stream" in request.headers.get("Accept", "")
+    try:
+        if not question:
+            raise InvalidInput("Type a message for the model first.", param="message")
+        completion = inference.chat_completion_start(
+            organization=request.org,  # type: ignore[attr-defined]
+            # before success the name is not stored: the would-be name gets "not ready"
+            model=job.fine_tuned_model
+            or f"ft:{job.model}:{job.organization.slug}:{job.id.removeprefix('ftjob-')[:8]}",
+            request=ChatRequest(
+                messages=[{"role": "user", "content": question[:4000]}],
+                max_tokens=CHAT_MAX_TOKENS,
+                temperature=0.0,
+            ),
+        )
+    except PartageError as e:
+        if streaming:
+            return JsonResponse(
+                {
+                    "error": {
+                        "message": e.message,
+                        "type": e.error_type,
+                        "param": e.param,
+                        "code": e.code,
+                    }
+                },
+                status=e.http_status,
+            )
+        error_message(request, e)
+        return page(
+            request,
+            "portal/jobs/detail.html",
+            _detail_context(job, chat_question=question),
+            status=e.http_status,
+        )
+    if streaming:
+        response = StreamingHttpResponse(
+            completion_events(completion, include_usage=True), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    answer = completion_object(completion)
+    return page(
+        request,
+        "portal/jobs/detail.html",
+        _detail_context(
+            job,
+            chat_question=question,
+            chat_answer=answer["choices"][0]["message"]["content"],
+            chat_usage=answer["usage"],
+        ),
+    )
 
 
 def _last_announcement(job: FineTuningJob) -> int:

@@ -1,8 +1,9 @@
 """`manage.py partage_up`: the embedded default in one command.
 
 Migrates, seeds the demo organization, prints a portal login and an API key, then runs the web
-server (gunicorn on 127.0.0.1:8000) and a Celery worker with beat (filesystem broker, local
-executor) until Ctrl-C. Running it again is harmless: it reuses the demo data.
+server (gunicorn on 127.0.0.1:8000), a Celery worker with beat (filesystem broker, local
+executor) and the local inference worker (PARTAGE_INFERENCE_URL, 127.0.0.1:8081) until Ctrl-C.
+Running it again is harmless: it reuses the demo data.
 
 Card top-ups work in the demo against a local fake of Stripe's HTTP API (tests/fakes/
 stripe_api.py, run in this process) unless PARTAGE_STRIPE_ENABLED is set: no real money moves.
@@ -113,6 +114,8 @@ class Command(BaseCommand):
         env.setdefault("PARTAGE_INTERNAL_URL", f"http://{bind}")
         env.setdefault("PARTAGE_PUBLIC_URL", f"http://{bind}")
         stripe_fake = self._fake_stripe(env, bind) if fake_stripe else None
+        # The inference worker resolves base models in the same cache as the trainers.
+        env.setdefault("PARTAGE_MODEL_CACHE", str(settings.PARTAGE_MODEL_CACHE))
         commands = [
             web_command(bind),
             [
@@ -131,7 +134,10 @@ class Command(BaseCommand):
                 str(settings.DATA_DIR / "celerybeat-schedule"),
             ],
         ]
-        names = ["web", "worker"]
+        # The inference worker: its own process, so a model never loads into the web server.
+        inference_bind = settings.PARTAGE_INFERENCE_URL.removeprefix("http://")
+        commands.append([sys.executable, "-m", "workers.inference", "--bind", inference_bind])
+        names = ["web", "worker", "inference"]
         processes = [subprocess.Popen(c, env=env) for c in commands]
         stopping = False
 

@@ -157,7 +157,62 @@
     poll();
   }
 
+  // The job page's chat box: the form works without JavaScript (the page comes back with the
+  // answer); with it, the answer streams in as OpenAI chat.completion.chunk events.
+  function chatBox(form) {
+    var block = document.getElementById("chat-answer-block");
+    var answer = document.getElementById("chat-answer");
+    var usage = document.getElementById("chat-usage");
+    var button = form.querySelector("button[type=submit]");
+    form.addEventListener("submit", function (ev) {
+      if (!window.fetch || !window.TextDecoder || !window.ReadableStream) { return; }
+      ev.preventDefault();
+      block.hidden = false;
+      answer.textContent = "";
+      usage.textContent = "…";
+      button.disabled = true;
+      var buffer = "";
+      function handle(event) {
+        var data = event.replace(/^data: /, "");
+        if (data === "[DONE]") { return; }
+        var chunk = JSON.parse(data);
+        if (chunk.error) { usage.textContent = chunk.error.message; return; }
+        if (chunk.usage) {
+          usage.textContent = chunk.usage.prompt_tokens + " prompt + " + chunk.usage.completion_tokens + " completion tokens";
+        }
+        (chunk.choices || []).forEach(function (c) {
+          if (c.delta && c.delta.content) { answer.textContent += c.delta.content; }
+        });
+      }
+      fetch(form.action, {
+        method: "POST", body: new FormData(form), credentials: "same-origin",
+        headers: { "Accept": "text/event-stream" }
+      }).then(function (response) {
+        if (!response.ok) {
+          return response.json().then(function (body) {
+            usage.textContent = (body.error && body.error.message) || ("Error " + response.status);
+          });
+        }
+        var reader = response.body.getReader(), decoder = new TextDecoder();
+        function pump() {
+          return reader.read().then(function (part) {
+            if (part.done) { return; }
+            buffer += decoder.decode(part.value, { stream: true });
+            var events = buffer.split("\n\n");
+            buffer = events.pop();
+            events.forEach(function (e) { if (e) { handle(e); } });
+            return pump();
+          });
+        }
+        return pump();
+      }).catch(function () { usage.textContent = "The answer could not be fetched; try again."; })
+        .then(function () { button.disabled = false; });
+    });
+  }
+
   onReady(function () {
+    var chat = document.getElementById("chat-form");
+    if (chat) { chatBox(chat); }
     document.querySelectorAll("[data-autosubmit]").forEach(function (node) {
       node.addEventListener("change", function () { node.form.submit(); });
     });
