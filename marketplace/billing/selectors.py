@@ -10,7 +10,13 @@ from typing import Any
 from django.db.models import Exists, OuterRef, QuerySet
 
 from marketplace.accounts.models import Organization
-from marketplace.billing.models import BillingAccount, Invoice, ProviderStatement, UsageRecord
+from marketplace.billing.models import (
+    BillingAccount,
+    Invoice,
+    LedgerLine,
+    ProviderStatement,
+    UsageRecord,
+)
 from marketplace.billing.money import cents, fee_percent, org_vat_rate, usage_cost
 from marketplace.billing.services.ledger import balance_available, balance_held
 from marketplace.errors import InvalidInput, NotFound
@@ -152,3 +158,12 @@ def cost_estimate(
 
 def platform_fee_percent() -> Decimal:
     return fee_percent()
+
+
+def ledger_lines_for_org(org: Organization) -> QuerySet[LedgerLine]:
+    """Every ledger line booked to the organization's own accounts, oldest first."""
+    return (
+        LedgerLine.objects.filter(organization=org)
+        .select_related("entry")
+        .order_by("entry__created_at", "entry_id", "id")
+    )

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import time_machine
 
+from tests.fakes.adapter import adapter_archive
 from marketplace.accounts.models import Organization
 from marketplace.billing import services as billing
 from marketplace.billing.models import (
@@ -99,7 +100,7 @@ def succeed(job: FineTuningJob, attempt: JobAttempt) -> None:
     jobs.adapter_store(
         job_id=job.id,
         attempt_number=attempt.number,
-        archive=io.BytesIO(b"adapter"),
+        archive=adapter_archive(),
         manifest={"tokens_trained": 10},
     )
     jobs.attempt_ended(attempt_id=attempt.pk, phase=Phase.SUCCEEDED, exit_code=0)

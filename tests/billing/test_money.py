@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.adapter import adapter_archive
 from marketplace.billing import money
 from marketplace.billing import services as billing
 from marketplace.billing.models import (
@@ -208,7 +209,7 @@ def test_adapter_before_exit_is_charged_when_the_attempt_ends(
     attempt = start(job)
     clock.shift(timedelta(seconds=3600))
     jobs.adapter_store(
-        job_id=job.id, attempt_number=1, archive=__import__("io").BytesIO(b"x"), manifest={}
+        job_id=job.id, attempt_number=1, archive=adapter_archive(), manifest={}
     )
     assert billing.balance_held(organization=org_a) == Decimal("3.00")  # kept until the exit
     clock.shift(timedelta(seconds=2))

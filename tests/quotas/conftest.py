@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.adapter import adapter_archive
 from marketplace.accounts.models import Organization
 from marketplace.accounts.services import organization_create
 from marketplace.billing.services import topup_record
@@ -155,7 +156,7 @@ def job_finish(job_id: str) -> FineTuningJob:
     ft.adapter_store(
         job_id=job_id,
         attempt_number=attempt.number,
-        archive=io.BytesIO(b"adapter"),
+        archive=adapter_archive(),
         manifest={"tokens_trained": 10},
     )
     return ft.attempt_ended(attempt_id=attempt.pk, phase=Phase.SUCCEEDED, exit_code=0)

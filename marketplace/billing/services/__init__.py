@@ -16,6 +16,10 @@ from marketplace.billing.services.bookings import (
     booking_refunded,
 )
 from marketplace.billing.services.holds import HoldRequest, hold_place, holds_place
+from marketplace.billing.services.pseudonymise import (
+    organization_billing_pseudonymise,
+    user_billing_pseudonymise,
+)
 from marketplace.billing.services.invoices import (
     invoice_draft,
     invoice_finalize,
@@ -55,6 +59,8 @@ from marketplace.billing.services.usage import (
 )
 
 __all__ = [
+    "organization_billing_pseudonymise",
+    "user_billing_pseudonymise",
     "HoldRequest",
     "Leg",
     "ManualPaymentProvider",

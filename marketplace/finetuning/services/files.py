@@ -16,7 +16,7 @@ from django.utils import timezone
 from marketplace.accounts.models import Organization
 from marketplace.errors import Conflict, InvalidInput, NotFound
 from marketplace.finetuning import states
-from marketplace.finetuning.models import File, FineTuningJob
+from marketplace.finetuning.models import Checkpoint, File, FineTuningJob
 from marketplace.finetuning.validation import validate_lines
 
 
@@ -54,6 +54,30 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
         yield raw.rstrip(b"\r\n")
 
 
+def residency_check_storage(
+    *, organization_id: int, what: str = "files", job: FineTuningJob | None = None
+) -> None:
+    """Refuse to store an organization's data where its residency policy does not allow.
+
+    Partage has one storage backend; PARTAGE_STORAGE_COUNTRY says where its bytes live. An
+    EU-only organization on a platform whose storage is outside the EU gets a clear refusal,
+    never a silent copy elsewhere.
+    """
+    from marketplace.capacity.selectors import residency_for_job, residency_for_org
+
+    residency = (
+        residency_for_job(job) if job else residency_for_org(Organization(pk=organization_id))
+    )
+    country = settings.PARTAGE_STORAGE_COUNTRY
+    if not residency.allows(country):
+        raise Conflict(
+            f"Cannot store {what}: this platform's storage is in {country}, and the "
+            f"organization's residency policy ({residency.describe()}) does not allow it. "
+            "Ask your platform operator for storage in an allowed country.",
+            code="residency_storage",
+        )
+
+
 def file_create(
     *,
     organization: Organization,
@@ -74,6 +98,7 @@ def file_create(
             code="file_too_large",
             param="file",
         )
+    residency_check_storage(organization_id=organization.pk)
     sha256, total = stream_digest(stream, limit=limit)
     report = validate_lines(_lines(stream), max_lines=settings.PARTAGE_MAX_TRAINING_LINES)
     if not report.ok:
@@ -147,3 +172,18 @@ def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) 
         content=stored,
         status=File.Status.PROCESSED,
     )
+
+
+def checkpoint_delete(*, checkpoint_id: int) -> Checkpoint | None:
+    """Delete a checkpoint: its bytes first, then its row (a retry finds the row and finishes).
+
+    A job keeps rendering without it; resuming needs a checkpoint, so callers only delete those
+    of finished jobs.
+    """
+    checkpoint = Checkpoint.objects.filter(pk=checkpoint_id).first()
+    if checkpoint is None:
+        return None
+    if checkpoint.archive:
+        default_storage.delete(checkpoint.archive.name)
+    Checkpoint.objects.filter(pk=checkpoint.pk).delete()
+    return checkpoint
