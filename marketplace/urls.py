@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from marketplace.api.internal import health_live, health_ready, metrics
+from marketplace.api.views_privacy import provenance_public_key
 
 urlpatterns = [
     path("v1/", include("marketplace.api.urls")),
@@ -11,6 +12,11 @@ urlpatterns = [
     path("healthz", health_live, name="health-live"),
     path("readyz", health_ready, name="health-ready"),
     path("metrics", metrics, name="metrics"),
+    path(
+        ".well-known/partage-provenance.pem",
+        provenance_public_key,
+        name="provenance-public-key",
+    ),
     path("admin/", admin.site.urls),
     path("", include("marketplace.portal.urls")),
 ]
