@@ -71,13 +71,15 @@ def organization_erasure_request(
             f"To confirm, type the organization's identifier exactly: {organization.slug}.",
             param="confirm",
         )
+    now = timezone.now()
     grace = timedelta(days=settings.PARTAGE_ERASURE_GRACE_DAYS)
     try:
         with transaction.atomic():
             erasure = OrganizationErasure.objects.create(
                 organization=organization,
                 requested_by=requested_by,
-                erase_after=timezone.now() + grace,
+                requested_at=now,
+                erase_after=now + grace,
             )
             announce.announce(
                 event_type=announce.ERASURE_SCHEDULED,
