@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from marketplace.portal.views import account, files, jobs, offers, staff, usage
+from marketplace.portal.views import account, files, jobs, offers, privacy, staff, usage
 
 app_name = "portal"
 
@@ -52,6 +52,22 @@ urlpatterns = [
     path("team/", account.members, name="members"),
     path("api-keys/", account.api_keys, name="api-keys"),
     path("api-keys/<int:key_id>/revoke/", account.api_key_revoke_view, name="api-key-revoke"),
+    # Data protection
+    path("privacy/", privacy.privacy, name="privacy"),
+    path("privacy/retention/", privacy.retention_update, name="privacy-retention"),
+    path("privacy/exports/", privacy.export_request, name="privacy-export"),
+    path(
+        "privacy/exports/<str:export_id>/download/",
+        privacy.export_download,
+        name="privacy-export-download",
+    ),
+    path("privacy/delete/", privacy.organization_delete, name="privacy-org-delete"),
+    path(
+        "privacy/delete/cancel/",
+        privacy.organization_delete_cancel,
+        name="privacy-org-delete-cancel",
+    ),
+    path("account/delete/", privacy.account_delete, name="account-delete"),
     # Training data
     path("data/", files.file_list, name="files"),
     path("data/<str:file_id>/", files.file_detail, name="file"),

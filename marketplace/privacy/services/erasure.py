@@ -31,6 +31,7 @@ from marketplace.billing.services import (
 )
 from marketplace.capacity.models import ResidencyPolicy
 from marketplace.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
+from marketplace.events.models import DomainEvent
 from marketplace.finetuning import states
 from marketplace.finetuning.models import File, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.services import checkpoint_delete, job_cancel
@@ -256,7 +257,10 @@ def _people_erase(org: Organization) -> dict[str, int]:
     OrganizationPrivacy.objects.filter(organization=org).delete()
     ResidencyPolicy.objects.filter(organization=org).delete()
     StaffAccess.objects.filter(organization=org).delete()
-    return {"memberships": memberships, "api_keys": keys}
+    # The outbox's past events of the organization (ids and figures): the erasure's own event
+    # is recorded after this.
+    events, _ = DomainEvent.objects.filter(organization_id=org.pk).delete()
+    return {"memberships": memberships, "api_keys": keys, "domain_events": events}
 
 
 def _organization_pseudonymise(org: Organization, pseudonym: str) -> None:

@@ -23,6 +23,7 @@ from marketplace.billing import selectors as billing
 from marketplace.billing.exports import invoice_csv, invoice_pdf
 from marketplace.capacity import selectors as capacity
 from marketplace.errors import Conflict, Forbidden, NotFound
+from marketplace.events.models import DomainEvent
 from marketplace.finetuning import selectors as ft
 from marketplace.finetuning.models import File, FineTuningJob, JobEvent
 from marketplace.privacy import announce
@@ -309,6 +310,14 @@ def _write_access(org: Organization, writer: ArchiveWriter) -> None:
     writer.add_jsonl(
         "audit/quota_changes.jsonl",
         (row(entry) for entry in quota_audit(organization=org)),
+        kind="audit",
+    )
+    writer.add_jsonl(
+        "audit/events.jsonl",
+        (
+            row(event)
+            for event in DomainEvent.objects.filter(organization_id=org.pk).order_by("id").iterator()
+        ),
         kind="audit",
     )
     writer.add_jsonl(
