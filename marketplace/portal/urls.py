@@ -90,6 +90,7 @@ urlpatterns = [
     # Staff
     path("cockpit/", staff.cockpit, name="cockpit"),
     path("cockpit/quotas/", staff.quota_edit, name="cockpit-quota"),
+    path("cockpit/content/", staff.content_open, name="cockpit-content"),
     path("cockpit/pools/<str:pool_id>/price/", staff.price_edit, name="cockpit-price"),
     path("cockpit/pools/<str:pool_id>/review/", staff.pool_review, name="cockpit-pool-review"),
     path(

@@ -194,3 +194,37 @@ def pool_review(request: HttpRequest, pool_id: str) -> HttpResponse:
     else:
         messages.success(request, f"Pool {pool.name} {'is live' if approve else 'rejected'}.")
     return redirect("portal:cockpit")
+
+
+@staff_required
+def content_open(request: HttpRequest) -> HttpResponse:
+    """Support work on a customer's job or file: asks why, records it, then shows it."""
+    from django.http import FileResponse
+
+    from marketplace.finetuning import selectors as ft
+    from marketplace.finetuning.models import File
+    from marketplace.privacy.models import StaffAccess
+    from marketplace.privacy.services import staff_content_open
+
+    subject_id = request.GET.get("subject", "")
+    reason = request.GET.get("reason", "")
+    context: dict[str, Any] = {"subject": subject_id, "reason": reason}
+    if subject_id:
+        try:
+            subject = staff_content_open(
+                staff=_actor(request), subject_id=subject_id, reason=reason,
+                via=StaffAccess.Via.COCKPIT,
+            )
+        except PartageError as e:
+            context["problem"] = e.message
+            return page(request, "portal/staff/content.html", context, status=400)
+        if isinstance(subject, File):
+            return FileResponse(
+                subject.content.open("rb"), as_attachment=True, filename=subject.filename
+            )
+        context.update(
+            job=subject,
+            events=ft.events_for_job(subject).order_by("seq")[:500],
+            attempts=ft.attempts_for_job(subject),
+        )
+    return page(request, "portal/staff/content.html", context)

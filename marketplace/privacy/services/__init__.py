@@ -22,7 +22,7 @@ from marketplace.privacy.services.retention import (
     retention_set,
     retention_sweep,
 )
-from marketplace.privacy.services.staff_access import staff_access_record
+from marketplace.privacy.services.staff_access import staff_access_record, staff_content_open
 
 __all__ = [
     "erasure_pending",
@@ -39,5 +39,6 @@ __all__ = [
     "retention_set",
     "retention_sweep",
     "staff_access_record",
+    "staff_content_open",
     "user_delete",
 ]

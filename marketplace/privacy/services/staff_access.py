@@ -9,7 +9,8 @@ from __future__ import annotations
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization, User
-from marketplace.errors import Forbidden, InvalidInput
+from marketplace.errors import Forbidden, InvalidInput, NotFound
+from marketplace.finetuning.models import File, FineTuningJob
 from marketplace.privacy.models import StaffAccess
 
 MIN_REASON = 10
@@ -47,3 +48,32 @@ def staff_access_record(
         reason=reason[:500],
         created_at=timezone.now(),
     )
+
+
+def staff_content_open(
+    *, staff: User, subject_id: str, reason: str, via: str
+) -> FineTuningJob | File:
+    """Look up a job (to view) or a file (to download) of any organization for support work,
+    after recording who, what and why. Unknown ids raise NotFound and record nothing."""
+    subject_id = subject_id.strip()
+    subject: FineTuningJob | File | None
+    if subject_id.startswith("ftjob-"):
+        subject = FineTuningJob.objects.filter(pk=subject_id).first()
+        kind, action = "job", StaffAccess.Action.VIEW
+    else:
+        subject = File.objects.filter(pk=subject_id, deleted_at__isnull=True).first()
+        kind, action = "file", StaffAccess.Action.DOWNLOAD
+    if subject is None:
+        raise NotFound(
+            f"No job or file {subject_id!r} (ids look like ftjob-… or file-…).", param="subject"
+        )
+    staff_access_record(
+        staff=staff,
+        organization=subject.organization_id,
+        subject_type=kind,
+        subject_id=subject.pk,
+        reason=reason,
+        via=via,
+        action=action,
+    )
+    return subject
