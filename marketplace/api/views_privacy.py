@@ -154,7 +154,9 @@ class ExportDetailView(APIView):
 
     @extend_schema(operation_id="organization_exports_retrieve", responses=ExportObject)
     def get(self, request: Request, export_id: str) -> Response:
-        return Response(export_object(selectors.export_for_org(org_of(request), export_id), request))
+        return Response(
+            export_object(selectors.export_for_org(org_of(request), export_id), request)
+        )
 
 
 class ExportContentView(APIView):
@@ -194,8 +196,13 @@ class StaffAccessListView(APIView):
     def get(self, request: Request) -> Response:
         accesses = selectors.staff_accesses_for_org(org_of(request))
         return Response(
-            page(request, accesses, staff_access_object, id_of=lambda a: f"access_{a.pk}",
-                 cursor=_access_cursor)
+            page(
+                request,
+                accesses,
+                staff_access_object,
+                id_of=lambda a: f"access_{a.pk}",
+                cursor=_access_cursor,
+            )
         )
 
 

@@ -92,7 +92,8 @@ def statement_for(
     return {
         "_type": STATEMENT_TYPE,
         "subject": [
-            {"name": name, "digest": {"sha256": digest}} for name, digest in sorted(subjects.items())
+            {"name": name, "digest": {"sha256": digest}}
+            for name, digest in sorted(subjects.items())
         ],
         "predicateType": PREDICATE_TYPE,
         "predicate": {

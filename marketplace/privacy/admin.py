@@ -67,10 +67,15 @@ class ReasonRequired:
         )
 
 
-def _gated(model: type[models.Model], base: type[admin.ModelAdmin], subject: str, **extra: Any) -> None:
+def _gated(
+    model: type[models.Model], base: type[admin.ModelAdmin], subject: str, **extra: Any
+) -> None:
     admin.site.unregister(model)
     admin.site.register(
-        model, type(f"{base.__name__}WithReason", (ReasonRequired, base), {"subject_type": subject, **extra})
+        model,
+        type(
+            f"{base.__name__}WithReason", (ReasonRequired, base), {"subject_type": subject, **extra}
+        ),
     )
 
 
@@ -86,7 +91,16 @@ _gated(Checkpoint, ft_admin.CheckpointAdmin, "checkpoint", organization_of=_job_
 
 @admin.register(StaffAccess)
 class StaffAccessAdmin(ft_admin.ReadOnlyAdmin):
-    list_display = ["created_at", "staff_username", "action", "via", "organization", "subject_type", "subject_id", "reason"]
+    list_display = [
+        "created_at",
+        "staff_username",
+        "action",
+        "via",
+        "organization",
+        "subject_type",
+        "subject_id",
+        "reason",
+    ]
     list_filter = ["via", "action"]
     search_fields = ["staff_username", "subject_id", "organization__slug"]
 

@@ -88,7 +88,7 @@ class ArchiveWriter:
                 spool.write(chunk)
                 size += len(chunk)
             spool.seek(0)
-            return self.add_stream(path, spool, size, kind=kind, object_id=object_id)  # type: ignore[arg-type]
+            return self.add_stream(path, spool, size, kind=kind, object_id=object_id)
 
     def add_bytes(self, path: str, data: bytes, *, kind: str, object_id: str = "") -> str:
         return self.add_chunks(path, [data], kind=kind, object_id=object_id)
@@ -109,7 +109,7 @@ class ArchiveWriter:
         sums = "".join(f"{item['sha256']}  {item['path']}\n" for item in self.index)
         index = {**description, "objects": self.index, "object_count": count}
         data = json_bytes(index)
-        self._tar.addfile(self._member("index.json", len(data)), _Hashing(_BytesIO(data)))
+        self._tar.addfile(self._member("index.json", len(data)), _BytesIO(data))
         sums_data = sums.encode()
         self._tar.addfile(self._member("SHA256SUMS", len(sums_data)), _BytesIO(sums_data))
         self._tar.close()

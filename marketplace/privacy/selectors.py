@@ -29,6 +29,5 @@ def export_for_org(org: Organization, public_id: str) -> DataExport:
     return export
 
 
-
 def staff_accesses_for_org(org: Organization) -> QuerySet[StaffAccess]:
     return StaffAccess.objects.filter(organization=org).order_by("-created_at", "-id")

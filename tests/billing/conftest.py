@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import time_machine
 
-from tests.fakes.adapter import adapter_archive
 from marketplace.accounts.models import Organization
 from marketplace.billing import services as billing
 from marketplace.billing.models import (
@@ -35,6 +34,7 @@ from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from tests.capacity import factories
 from tests.conftest import chat_lines, jsonl
+from tests.fakes.adapter import adapter_archive
 from workers.executors.base import EXIT_PREEMPTED, Phase
 
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)

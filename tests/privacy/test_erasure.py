@@ -110,17 +110,20 @@ def test_erasure_after_the_grace_period_leaves_no_row_or_byte_of_the_org(
     # every ledger line; the books still balance.
     invoice = Invoice.objects.get(pk=acme.invoice.pk)
     assert invoice.customer_name == erasure.pseudonym
-    assert Invoice.objects.values("number", "subtotal", "vat", "total").get(
-        pk=invoice.pk
-    ) == invoice_before
+    assert (
+        Invoice.objects.values("number", "subtotal", "vat", "total").get(pk=invoice.pk)
+        == invoice_before
+    )
     assert invoice.total > Decimal(0)
     assert (
         sorted(LedgerLine.objects.filter(organization=org).values_list("entry_id", "amount"))
         == ledger_before
     )
-    assert not JournalEntry.objects.filter(created_by__in=["test", "alice"]).filter(
-        organization=org
-    ).exists()
+    assert (
+        not JournalEntry.objects.filter(created_by__in=["test", "alice"])
+        .filter(organization=org)
+        .exists()
+    )
     assert_invariants()
     # The job row stays (its invoice line bills it), with nothing of the customer in it.
     job = FineTuningJob.objects.get(pk=acme.job.pk)

@@ -105,9 +105,10 @@ def test_export_round_trip_index_lists_every_object_with_matching_checksums(
     checkpoint = acme.checkpoint
     assert members[f"jobs/{job.id}/checkpoints/step-000005.tar.gz"].endswith(SECRET_TEXT.encode())
     assert json.loads(members[f"jobs/{job.id}/eval.json"]) == {"valid_loss": 1.2}
-    assert checkpoint.sha256 == hashlib.sha256(
-        members[f"jobs/{job.id}/checkpoints/step-000005.tar.gz"]
-    ).hexdigest()
+    assert (
+        checkpoint.sha256
+        == hashlib.sha256(members[f"jobs/{job.id}/checkpoints/step-000005.tar.gz"]).hexdigest()
+    )
     events = members[f"jobs/{job.id}/events.jsonl"].decode()
     assert SECRET_TEXT in events
     assert "training loss" in members[f"jobs/{job.id}/metrics.jsonl"].decode()

@@ -85,20 +85,28 @@ def test_the_signed_statement_names_every_file_and_the_job(
     }
     build = statement["predicate"]["buildDefinition"]
     assert build["externalParameters"]["training_file"] == acme.file.id
-    assert {"uri": f"partage:file/{acme.file.id}", "name": "training_file",
-            "digest": {"sha256": acme.file.sha256}} in build["resolvedDependencies"]
+    assert {
+        "uri": f"partage:file/{acme.file.id}",
+        "name": "training_file",
+        "digest": {"sha256": acme.file.sha256},
+    } in build["resolvedDependencies"]
     assert statement["predicate"]["runDetails"]["metadata"]["invocationId"] == acme.job.id
 
     result = _verify(archive, key)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK: 3 file(s) signed by Partage") and acme.job.id in result.stdout
+    assert (
+        result.stdout.startswith("OK: 3 file(s) signed by Partage") and acme.job.id in result.stdout
+    )
 
 
 @pytest.mark.parametrize(
     ("tamper", "reason"),
     [
         (lambda m: {**m, "adapter_model.safetensors": b"other weights"}, "was changed"),
-        (lambda m: {**m, "manifest.json": m["manifest.json"].replace(b"r", b"R", 1)}, "was changed"),
+        (
+            lambda m: {**m, "manifest.json": m["manifest.json"].replace(b"r", b"R", 1)},
+            "was changed",
+        ),
         (lambda m: {**m, "extra.bin": b"smuggled"}, "not in the signed statement"),
         (lambda m: {k: v for k, v in m.items() if k != "adapter_config.json"}, "missing"),
         (lambda m: {k: v for k, v in m.items() if k != "provenance.intoto.json"}, "not signed"),
@@ -123,7 +131,9 @@ def test_a_rewritten_statement_or_another_key_is_refused(
     statement = json.loads(base64.b64decode(envelope["payload"]))
     statement["subject"][0]["digest"]["sha256"] = "0" * 64
     envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
-    archive.write_bytes(_repack({**members, "provenance.intoto.json": json.dumps(envelope).encode()}))
+    archive.write_bytes(
+        _repack({**members, "provenance.intoto.json": json.dumps(envelope).encode()})
+    )
     result = _verify(archive, key)
     assert result.returncode == 1 and "no signature" in result.stderr
 

@@ -86,13 +86,19 @@ def test_the_command_records_its_reason_and_the_org_reads_the_record(
         call_command("customer_content", acme.file.id, staff="carol", reason="")
     out = tmp_path / "data.jsonl"
     call_command(
-        "customer_content", acme.file.id, staff="carol", reason="ticket 9: re-run validation",
+        "customer_content",
+        acme.file.id,
+        staff="carol",
+        reason="ticket 9: re-run validation",
         output=str(out),
     )
     assert SECRET_TEXT in out.read_text()
     printed = io.StringIO()
     call_command(
-        "customer_content", acme.job.id, staff="carol", reason="ticket 9: job events",
+        "customer_content",
+        acme.job.id,
+        staff="carol",
+        reason="ticket 9: job events",
         stdout=printed,
     )
     assert SECRET_TEXT in printed.getvalue()
@@ -100,7 +106,9 @@ def test_the_command_records_its_reason_and_the_org_reads_the_record(
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {acme.key_secret}")
     record = api.get("/v1/organization/staff_access").json()
-    assert [(r["staff"], r["via"], r["action"], r["subject_id"], r["reason"]) for r in record["data"]] == [
+    assert [
+        (r["staff"], r["via"], r["action"], r["subject_id"], r["reason"]) for r in record["data"]
+    ] == [
         ("carol", "command", "view", acme.job.id, "ticket 9: job events"),
         ("carol", "command", "download", acme.file.id, "ticket 9: re-run validation"),
     ]

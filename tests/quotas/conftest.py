@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.adapter import adapter_archive
 from marketplace.accounts.models import Organization
 from marketplace.accounts.services import organization_create
 from marketplace.billing.services import topup_record
@@ -24,6 +23,7 @@ from marketplace.quotas import services as quotas
 from marketplace.quotas.models import Plan
 from tests.capacity import factories as capacity_factories
 from tests.conftest import chat_lines, jsonl
+from tests.fakes.adapter import adapter_archive
 from workers.executors.base import EXIT_PREEMPTED, Phase
 
 _counter = itertools.count(1)

@@ -16,10 +16,6 @@ from marketplace.billing.services.bookings import (
     booking_refunded,
 )
 from marketplace.billing.services.holds import HoldRequest, hold_place, holds_place
-from marketplace.billing.services.pseudonymise import (
-    organization_billing_pseudonymise,
-    user_billing_pseudonymise,
-)
 from marketplace.billing.services.invoices import (
     invoice_draft,
     invoice_finalize,
@@ -45,6 +41,10 @@ from marketplace.billing.services.payments import (
     money_parse,
     topup_record,
 )
+from marketplace.billing.services.pseudonymise import (
+    organization_billing_pseudonymise,
+    user_billing_pseudonymise,
+)
 from marketplace.billing.services.statements import (
     statement_build,
     statement_finalize,
@@ -59,8 +59,6 @@ from marketplace.billing.services.usage import (
 )
 
 __all__ = [
-    "organization_billing_pseudonymise",
-    "user_billing_pseudonymise",
     "HoldRequest",
     "Leg",
     "ManualPaymentProvider",
@@ -91,6 +89,7 @@ __all__ = [
     "job_settle",
     "money_parse",
     "month_bounds",
+    "organization_billing_pseudonymise",
     "period_parse",
     "provider_payable",
     "statement_build",
@@ -98,4 +97,5 @@ __all__ = [
     "statement_pay",
     "statements_build",
     "topup_record",
+    "user_billing_pseudonymise",
 ]

@@ -21,9 +21,7 @@ def organization_billing_pseudonymise(
     *, organization: Organization, pseudonym: str
 ) -> dict[str, int]:
     with transaction.atomic():
-        invoices = Invoice.objects.filter(organization=organization).update(
-            customer_name=pseudonym
-        )
+        invoices = Invoice.objects.filter(organization=organization).update(customer_name=pseudonym)
         entries = (
             _entries()
             .filter(organization=organization)

@@ -184,6 +184,6 @@ def checkpoint_delete(*, checkpoint_id: int) -> Checkpoint | None:
     if checkpoint is None:
         return None
     if checkpoint.archive:
-        default_storage.delete(checkpoint.archive.name)
+        default_storage.delete(checkpoint.archive.name or "")
     Checkpoint.objects.filter(pk=checkpoint.pk).delete()
     return checkpoint

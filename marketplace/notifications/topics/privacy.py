@@ -24,11 +24,11 @@ def export_ready(event: DomainEvent) -> list[EmailMessage]:
     )
     if export is None:  # expired or erased since: nothing to download
         return []
-    owners = list(
+    owners: list[str] = list(
         Membership.objects.filter(organization=export.organization, role=Membership.Role.OWNER)
         .exclude(user__email__isnull=True)
         .exclude(user__email="")
-        .values_list("user__email", flat=True)
+        .values_list("user__email", flat=True)  # type: ignore[arg-type]
     )
     if not owners:
         return []

@@ -131,11 +131,11 @@ def account_delete(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return redirect("portal:login")
     user = request.user
-    if not user.check_password(request.POST.get("password", "")):  # type: ignore[union-attr]
+    if not user.check_password(request.POST.get("password", "")):
         messages.error(request, "That password is not right: your account was not deleted.")
         return redirect("portal:privacy")
     try:
-        services.user_delete(user=user)  # type: ignore[arg-type]
+        services.user_delete(user=user)
     except PartageError as e:
         error_message(request, e)
         return redirect("portal:privacy")

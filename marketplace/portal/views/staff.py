@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -197,7 +198,7 @@ def pool_review(request: HttpRequest, pool_id: str) -> HttpResponse:
 
 
 @staff_required
-def content_open(request: HttpRequest) -> HttpResponse:
+def content_open(request: HttpRequest) -> HttpResponseBase:
     """Support work on a customer's job or file: asks why, records it, then shows it."""
     from django.http import FileResponse
 
@@ -212,7 +213,9 @@ def content_open(request: HttpRequest) -> HttpResponse:
     if subject_id:
         try:
             subject = staff_content_open(
-                staff=_actor(request), subject_id=subject_id, reason=reason,
+                staff=_actor(request),
+                subject_id=subject_id,
+                reason=reason,
                 via=StaffAccess.Via.COCKPIT,
             )
         except PartageError as e:

@@ -9,6 +9,7 @@ pseudonym; the organization row itself stays as that pseudonym, because they ref
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -140,10 +141,9 @@ def _jobs_stop(org: Organization) -> int:
     for job_id in FineTuningJob.objects.filter(
         organization=org, status__in=states.UNFINISHED
     ).values_list("id", flat=True):
-        try:
+        # Already cancelling, or finalizing: it ends on its own.
+        with contextlib.suppress(InvalidTransition):
             job_cancel(organization=org, job_id=job_id)
-        except InvalidTransition:
-            pass  # already cancelling, or finalizing: it ends on its own
     return FineTuningJob.objects.filter(organization=org, status__in=states.UNFINISHED).count()
 
 
@@ -198,10 +198,10 @@ def _content_erase(org: Organization) -> dict[str, int]:
         if checkpoint_id is not None and checkpoint_delete(checkpoint_id=checkpoint_id):
             report["checkpoints"] += 1
     for file in File.objects.filter(organization=org):
-        report["stored_objects"] += _stored_delete(file.content.name if file.content else "")
+        report["stored_objects"] += _stored_delete(file.content.name or "")
         report["files"] += 1
     for export in DataExport.objects.filter(organization=org):
-        report["stored_objects"] += _stored_delete(export.archive.name if export.archive else "")
+        report["stored_objects"] += _stored_delete(export.archive.name or "")
     DataExport.objects.filter(organization=org).delete()
     report["run_dirs"] = _run_dirs_delete(org)
     with transaction.atomic():
@@ -284,9 +284,7 @@ def user_delete(*, user: User) -> dict[str, int]:
         for m in Membership.objects.filter(user=user, role=Membership.Role.OWNER).select_related(
             "organization"
         )
-        if not Membership.objects.filter(
-            organization=m.organization, role=Membership.Role.OWNER
-        )
+        if not Membership.objects.filter(organization=m.organization, role=Membership.Role.OWNER)
         .exclude(user=user)
         .exists()
         and erasure_pending(m.organization) is None
@@ -303,7 +301,11 @@ def user_delete(*, user: User) -> dict[str, int]:
         sessions = _sessions_delete(user)
         memberships, _ = Membership.objects.filter(user=user).delete()
         user.delete()
-    return {"journal_entries_pseudonymised": entries, "sessions": sessions}
+    return {
+        "journal_entries_pseudonymised": entries,
+        "sessions": sessions,
+        "memberships": memberships,
+    }
 
 
 def _sessions_delete(user: User) -> int:

@@ -22,7 +22,7 @@ from marketplace.accounts.services import new_public_id
 from marketplace.billing import selectors as billing
 from marketplace.billing.exports import invoice_csv, invoice_pdf
 from marketplace.capacity import selectors as capacity
-from marketplace.errors import Conflict, Forbidden, NotFound
+from marketplace.errors import Conflict, Forbidden
 from marketplace.events.models import DomainEvent
 from marketplace.finetuning import selectors as ft
 from marketplace.finetuning.models import File, FineTuningJob, JobEvent
@@ -199,7 +199,7 @@ def _write_files(org: Organization, writer: ArchiveWriter) -> None:
                 object_id=file.id,
             )
         if file.deleted_at is None and file.content:
-            with default_storage.open(file.content.name, "rb") as stream:
+            with default_storage.open(file.content.name or "", "rb") as stream:
                 writer.add_stream(
                     f"{base}/{_safe(file.filename)}",
                     stream,
@@ -244,14 +244,14 @@ def _write_jobs(org: Organization, writer: ArchiveWriter) -> None:
 def _write_job_files(job: FineTuningJob, base: str, writer: ArchiveWriter) -> None:
     result: File | None = job.result_file
     if result is not None and result.deleted_at is None and result.content:
-        with default_storage.open(result.content.name, "rb") as stream:
+        with default_storage.open(result.content.name or "", "rb") as stream:
             writer.add_stream(
                 f"{base}/adapter.tar.gz", stream, result.bytes, kind="adapter", object_id=result.id
             )
     for checkpoint in ft.checkpoints_for_job(job).order_by("step"):
         if not checkpoint.archive:
             continue
-        with default_storage.open(checkpoint.archive.name, "rb") as stream:
+        with default_storage.open(checkpoint.archive.name or "", "rb") as stream:
             writer.add_stream(
                 f"{base}/checkpoints/step-{checkpoint.step:06d}.tar.gz",
                 stream,
@@ -316,7 +316,9 @@ def _write_access(org: Organization, writer: ArchiveWriter) -> None:
         "audit/events.jsonl",
         (
             row(event)
-            for event in DomainEvent.objects.filter(organization_id=org.pk).order_by("id").iterator()
+            for event in DomainEvent.objects.filter(organization_id=org.pk)
+            .order_by("id")
+            .iterator()
         ),
         kind="audit",
     )
@@ -337,9 +339,7 @@ def exports_expire(*, now: Any = None) -> int:
     due = DataExport.objects.filter(status=DataExport.Status.READY, expires_at__lte=now)
     for export in due:
         if export.archive:
-            default_storage.delete(export.archive.name)
-        DataExport.objects.filter(pk=export.pk).update(
-            status=DataExport.Status.EXPIRED, archive=""
-        )
+            default_storage.delete(export.archive.name or "")
+        DataExport.objects.filter(pk=export.pk).update(status=DataExport.Status.EXPIRED, archive="")
         expired += 1
     return expired

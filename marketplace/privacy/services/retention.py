@@ -75,9 +75,7 @@ def file_expiries(org: Organization) -> list[Expiry]:
             organization=org, purpose=File.Purpose.FINE_TUNE, deleted_at__isnull=True
         )
         .annotate(
-            in_use=Exists(
-                FineTuningJob.objects.filter(_using("pk"), status__in=states.UNFINISHED)
-            ),
+            in_use=Exists(FineTuningJob.objects.filter(_using("pk"), status__in=states.UNFINISHED)),
             last_end=Subquery(
                 FineTuningJob.objects.filter(_using("pk"), finished_at__isnull=False)
                 .order_by("-finished_at")
@@ -91,7 +89,7 @@ def file_expiries(org: Organization) -> list[Expiry]:
         job_ids = FineTuningJob.objects.filter(
             Q(training_file=file) | Q(validation_file=file)
         ).values_list("id", flat=True)
-        start = file.last_end or file.created_at  # type: ignore[attr-defined]
+        start: datetime = file.last_end or file.created_at
         expiries.append(
             Expiry("file", file.id, file.filename, start + days, tuple(sorted(job_ids)))
         )
@@ -103,16 +101,11 @@ def checkpoint_expiries(org: Organization) -> list[Expiry]:
     checkpoints = Checkpoint.objects.filter(
         job__organization=org, job__status__in=states.TERMINAL, job__finished_at__isnull=False
     ).select_related("job")
-    return [
-        Expiry(
-            "checkpoint",
-            str(c.pk),
-            c.public_id,
-            c.job.finished_at + days,  # type: ignore[operator]
-            (c.job_id,),
-        )
-        for c in checkpoints
-    ]
+    expiries = []
+    for c in checkpoints:
+        finished: datetime = c.job.finished_at  # type: ignore[assignment]  # filtered not null
+        expiries.append(Expiry("checkpoint", str(c.pk), c.public_id, finished + days, (c.job_id,)))
+    return expiries
 
 
 def retention_schedule(org: Organization) -> list[Expiry]:

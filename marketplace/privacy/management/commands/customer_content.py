@@ -45,9 +45,13 @@ class Command(BaseCommand):
             raise CommandError(e.message) from e
         if isinstance(subject, FineTuningJob):
             for event in ft.events_for_job(subject).order_by("seq"):
-                self.stdout.write(f"{event.seq}\t{event.created_at:%Y-%m-%dT%H:%M:%S}\t{event.message}")
+                self.stdout.write(
+                    f"{event.seq}\t{event.created_at:%Y-%m-%dT%H:%M:%S}\t{event.message}"
+                )
             for attempt in ft.attempts_for_job(subject):
-                self.stdout.write(f"--- attempt {attempt.number} ({attempt.status})\n{attempt.logs}")
+                self.stdout.write(
+                    f"--- attempt {attempt.number} ({attempt.status})\n{attempt.logs}"
+                )
             return
         with subject.content.open("rb") as source:
             if options["output"]:
