@@ -275,10 +275,6 @@ if not 1 <= PARTAGE_RETENTION_DEFAULT_DAYS <= PARTAGE_RETENTION_MAX_DAYS:
 PARTAGE_PRIVACY_SWEEP_SECONDS = env.get("PARTAGE_PRIVACY_SWEEP_SECONDS", env.as_int, default=3600)
 PARTAGE_EXPORT_TTL_DAYS = env.get("PARTAGE_EXPORT_TTL_DAYS", env.as_int, default=7)
 PARTAGE_ERASURE_GRACE_DAYS = env.get("PARTAGE_ERASURE_GRACE_DAYS", env.as_int, default=14)
-# Invoices and ledger entries: Code de commerce L123-22 (10 years in France).
-PARTAGE_ACCOUNTING_RETENTION_YEARS = env.get(
-    "PARTAGE_ACCOUNTING_RETENTION_YEARS", env.as_int, default=10
-)
 # The country where the default storage (MEDIA_ROOT, or the bucket behind it) keeps its bytes:
 # an organization whose residency policy excludes it cannot store files there.
 PARTAGE_STORAGE_COUNTRY = env.get(
