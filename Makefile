@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PG_URL ?= postgres://postgres@127.0.0.1:5432/partage
 PG_REDIS_URL ?= redis://127.0.0.1:6379/1
 
-.PHONY: run test lint install install-dev demo-model browser services
+.PHONY: run test lint install install-dev demo-model browser faketime services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Chromium first: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# libfaketime from Debian's packages: the retention operation test moves the worker's clock.
+faketime:
+	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime >/dev/null; \
+	  else echo "Install libfaketime first: sudo apt-get install faketime" >&2; exit 1; fi; }
+
 services:
 	bash .ci/services
 
@@ -46,7 +52,7 @@ lint: install-dev
 	PARTAGE_ENV=test $(BIN)/python manage.py makemigrations --check --dry-run
 
 # 2. Install the test dependencies and run the whole test suite (SQLite pass, then PostgreSQL+Redis pass).
-test: install-dev browser services
+test: install-dev browser faketime services
 	$(MAKE) lint
 	HF_HUB_OFFLINE=1 PARTAGE_ENV=test $(BIN)/pytest -m "not pg" -p no:cacheprovider
 	HF_HUB_OFFLINE=1 PARTAGE_ENV=test DATABASE_URL=$(PG_URL) REDIS_URL=$(PG_REDIS_URL) $(BIN)/pytest -m pg -p no:cacheprovider

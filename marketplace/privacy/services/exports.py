@@ -215,7 +215,7 @@ def _write_jobs(org: Organization, writer: ArchiveWriter) -> None:
         base = f"jobs/{job.id}"
         writer.add_json(
             f"{base}/job.json",
-            {"job": row(job), "attempts": [row(a, exclude={"logs"}) for a in job.attempts.all()]},
+            {"job": row(job), "attempts": [row(a) for a in job.attempts.all()]},
             kind="job",
             object_id=job.id,
         )
