@@ -124,7 +124,9 @@ def _org_b_statement(org_b: Organization, settings: Any) -> str:
 def _org_b_export(org_b: Organization) -> str:
     from marketplace.privacy.services import export_build, export_request
 
-    return export_build(export_id=export_request(organization=org_b, requested_by=None).pk).public_id
+    return export_build(
+        export_id=export_request(organization=org_b, requested_by=None).pk
+    ).public_id
 
 
 # Path parameter → a function (org B, settings) returning the id of one of org B's objects.

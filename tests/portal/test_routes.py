@@ -24,6 +24,7 @@ from marketplace.capacity.services import booking_create
 from marketplace.finetuning.models import FineTuningJob
 from marketplace.portal import urls as portal_urls
 from marketplace.portal.invites import invite_token
+from marketplace.privacy.services import export_build, export_request
 from tests.capacity import factories
 from tests.portal.conftest import make_file, make_job
 
@@ -62,6 +63,13 @@ ROUTES: dict[str, Route] = {
     "offers": Route(ORG),
     "offer-book": Route(ORG),
     "usage": Route(ORG),
+    "privacy": Route(ORG),
+    "privacy-retention": Route(ORG),
+    "privacy-export": Route(ORG),
+    "privacy-org-delete": Route(ORG),
+    "privacy-org-delete-cancel": Route(ORG),
+    "account-delete": Route(ORG),
+    "privacy-export-download": Route(OWNED, ("export_id",)),
     "api-key-revoke": Route(OWNED, ("key_id",)),
     "file": Route(OWNED, ("file_id",)),
     "file-download": Route(OWNED, ("file_id",)),
@@ -74,6 +82,7 @@ ROUTES: dict[str, Route] = {
     "invoice": Route(OWNED, ("invoice_id",)),
     "cockpit": Route(STAFF),
     "cockpit-quota": Route(STAFF),
+    "cockpit-content": Route(STAFF),
     "cockpit-price": Route(STAFF, ("pool_id",)),
     "cockpit-pool-review": Route(STAFF, ("pool_id",)),
     "cockpit-provider-review": Route(STAFF, ("org_id",)),
@@ -103,6 +112,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         invoice=invoice_draft(organization=org_a, period_start=period[0], period_end=period[1])
     )
     provider = factories.provider("gpu-cloud-lyon", approved=False)
+    export = export_build(export_id=export_request(organization=org_a, requested_by=alice).pk)
     return {
         "job": job,
         "booking": booking,
@@ -116,6 +126,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         "invoice_id": invoice.public_id,
         "pool_id": pool.public_id,
         "org_id": provider.public_id,
+        "export_id": export.public_id,
         "invite": invite_token(organization=org_a, role="member"),
         "uidb64": "MQ",
         "token": "set-password",
