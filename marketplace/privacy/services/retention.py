@@ -21,7 +21,7 @@ from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
-from marketplace.errors import Conflict, InvalidInput
+from marketplace.errors import Conflict, InvalidInput, NotFound
 from marketplace.finetuning import states
 from marketplace.finetuning.models import Checkpoint, File, FineTuningJob
 from marketplace.finetuning.services import checkpoint_delete, file_delete, job_event_add
@@ -119,6 +119,8 @@ def _file_expire(org: Organization, expiry: Expiry) -> bool:
     try:
         file = file_delete(organization=org, file_id=expiry.object_id)
     except Conflict:  # a job started using it since the schedule was read: keep it
+        return False
+    except NotFound:  # deleted since (by its owner, or a concurrent sweep)
         return False
     with transaction.atomic():
         for job_id in expiry.job_ids:
