@@ -27,7 +27,11 @@ class DomainEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["event_type", "id"], name="event_type_id")]
+        indexes = [
+            models.Index(fields=["event_type", "id"], name="event_type_id"),
+            # A reader's "what happened to this subject since my cursor" (job page, SSE).
+            models.Index(fields=["subject_id", "id"], name="event_subject_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.public_id} {self.event_type} {self.subject_id}"

@@ -22,6 +22,7 @@ from marketplace.quotas.world import (
     Flavor,
     LiveAllocation,
     OrgFlavorUsage,
+    PendingJob,
     PoolState,
     World,
     next_month_start,
@@ -45,20 +46,6 @@ PLACEMENT_HOW: dict[str, str] = {
     str(K.BOOKED): "on your booking",
     str(K.BORROWED): "on idle capacity borrowed above your guarantee (may be preempted)",
 }
-
-
-@dataclass
-class PendingJob:
-    id: str
-    org_id: int
-    flavor_slug: str
-    gpus: int
-    priority: int
-    created_at: datetime
-    residency: dict[str, Any]
-    attempt_count: int = 0
-    pending_reason: str = ""
-    estimated_start: datetime | None = None
 
 
 @dataclass

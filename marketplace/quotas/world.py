@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Any
 
 from django.db.models import DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, TextField
 from django.db.models.functions import Cast, Coalesce
@@ -37,10 +37,23 @@ from marketplace.errors import InvalidInput
 from marketplace.finetuning.models import FineTuningJob, JobAttempt, JobStatus
 from marketplace.quotas.models import Allocation
 
-if TYPE_CHECKING:
-    from marketplace.quotas.decide import PendingJob
-
 ZERO = Decimal("0")
+
+
+@dataclass
+class PendingJob:
+    """A queued job as the admission pass decides it (loaded by `pending_jobs_load`)."""
+
+    id: str
+    org_id: int
+    flavor_slug: str
+    gpus: int
+    priority: int
+    created_at: datetime
+    residency: dict[str, Any]
+    attempt_count: int = 0
+    pending_reason: str = ""
+    estimated_start: datetime | None = None
 
 
 @dataclass
@@ -367,8 +380,6 @@ def _load_pools(
 
 def pending_jobs_load() -> list[PendingJob]:
     """The queue, in one query."""
-    from marketplace.quotas.decide import PendingJob
-
     rows = (
         FineTuningJob.objects.filter(status=JobStatus.QUEUED)
         # As text: most jobs have no residency of their own ("{}"), and decoding each one

@@ -528,13 +528,13 @@ def test_pass_query_count_does_not_grow_with_the_queue(h100) -> None:
 #   the re-check (pools, maintenance, bookings, live allocations, budget, residency,
 #   overrides; flavors and plans come from the pass, the org quota is the locked row),
 #   the allocation row, release/commit;
-# capacity 7 — drop a stale placement, usage (maintenance, bookings, allocations twice,
+# capacity 6 — drop a stale placement, usage (maintenance, bookings, live allocations,
 #   placements), the placement row (the pool lock is the caller's);
 # billing 12 — the balance lock, metered-but-uncaptured usage (charges, usage records),
 #   held for the job, the pricing row (read, write), available funds, the hold entry
 #   (idempotency read, savepoint, entry, lines, release);
 # finetuning 3 — the conditional status UPDATE (with the event number), the number, the event.
-STATEMENTS_PER_BATCH = 32
+STATEMENTS_PER_BATCH = 31
 
 
 def test_an_admission_batch_sends_a_fixed_number_of_statements(h100, settings) -> None:
