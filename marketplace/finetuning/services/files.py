@@ -17,6 +17,7 @@ from marketplace.accounts.models import Organization
 from marketplace.errors import Conflict, InvalidInput, NotFound
 from marketplace.finetuning import states
 from marketplace.finetuning.models import Checkpoint, File, FineTuningJob
+from marketplace.finetuning.storage import storage_refusal
 from marketplace.finetuning.validation import validate_lines
 
 
@@ -63,17 +64,11 @@ def residency_check_storage(
     EU-only organization on a platform whose storage is outside the EU gets a clear refusal,
     never a silent copy elsewhere.
     """
-    from marketplace.capacity.selectors import residency_for_job, residency_for_org
-
-    residency = (
-        residency_for_job(job) if job else residency_for_org(Organization(pk=organization_id))
-    )
-    country = settings.PARTAGE_STORAGE_COUNTRY
-    if not residency.allows(country):
+    why = storage_refusal(organization_id, job.residency if job else None)
+    if why:
         raise Conflict(
-            f"Cannot store {what}: this platform's storage is in {country}, and the "
-            f"organization's residency policy ({residency.describe()}) does not allow it. "
-            "Ask your platform operator for storage in an allowed country.",
+            f"Cannot store {what}: {why}. Ask your platform operator for storage in an "
+            "allowed country.",
             code="residency_storage",
         )
 

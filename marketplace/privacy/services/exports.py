@@ -65,7 +65,7 @@ def _owner_check(organization: Organization, user: User | None) -> None:
 def export_request(*, organization: Organization, requested_by: User | None) -> DataExport:
     """Queue an export. `requested_by` None: an API key of the organization asked."""
     _owner_check(organization, requested_by)
-    from marketplace.privacy.tasks import export_build_task
+    from workers.celery import task_send
 
     with transaction.atomic():
         busy = DataExport.objects.filter(
@@ -82,7 +82,8 @@ def export_request(*, organization: Organization, requested_by: User | None) -> 
             organization=organization,
             requested_by=requested_by,
         )
-        transaction.on_commit(lambda: export_build_task.delay(export.pk))
+        # By name: privacy/tasks.py imports these services.
+        transaction.on_commit(lambda: task_send("partage.privacy_export_build", export.pk))
     return export
 
 
