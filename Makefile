@@ -36,10 +36,10 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Chromium first: sudo apt-get install chromium" >&2; exit 1; fi; }
 
-# libfaketime from Debian's packages: the billing operation test runs Celery worker and beat
-# under a clock moved across a period boundary (tests/billing/test_period_close_live_pg.py).
+# libfaketime from Debian's packages: operation tests run Celery worker and beat under a moved clock
+# (billing periods: tests/billing/test_period_close_live_pg.py; retention: tests/privacy).
 faketime:
-	@command -v faketime >/dev/null 2>&1 || { \
+	@{ command -v faketime && test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime >/dev/null; \
 	  else echo "Install libfaketime first: sudo apt-get install faketime" >&2; exit 1; fi; }
 

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "marketplace.billing",
     "marketplace.finetuning",
     "marketplace.inference",
+    "marketplace.privacy",
     "marketplace.api",
     "marketplace.portal",
     "marketplace.notifications",
@@ -382,6 +383,75 @@ PARTAGE_BANK_IBAN = env.get(
 )
 PARTAGE_BANK_BIC = env.get("PARTAGE_BANK_BIC", str, default="" if PRODUCTION else "AGRIFRPPXXX")
 PARTAGE_TOPUP_PROFORMA_DAYS = env.get("PARTAGE_TOPUP_PROFORMA_DAYS", env.as_int, default=30)
+# Data protection (marketplace/privacy; docs/data-protection.md says what each one promises).
+# Training files and checkpoints are kept this many days after the last job that used them ended;
+# an organization may choose up to the maximum.
+PARTAGE_RETENTION_DEFAULT_DAYS = env.get("PARTAGE_RETENTION_DEFAULT_DAYS", env.as_int, default=30)
+PARTAGE_RETENTION_MAX_DAYS = env.get("PARTAGE_RETENTION_MAX_DAYS", env.as_int, default=365)
+if not 1 <= PARTAGE_RETENTION_DEFAULT_DAYS <= PARTAGE_RETENTION_MAX_DAYS:
+    raise ImproperlyConfigured(
+        "PARTAGE_RETENTION_DEFAULT_DAYS must be from 1 to PARTAGE_RETENTION_MAX_DAYS "
+        f"({PARTAGE_RETENTION_MAX_DAYS}); it is {PARTAGE_RETENTION_DEFAULT_DAYS}."
+    )
+# How often the beat runs the data-protection sweep (retention, expired exports, erasures due).
+PARTAGE_PRIVACY_SWEEP_SECONDS = env.get("PARTAGE_PRIVACY_SWEEP_SECONDS", env.as_int, default=3600)
+PARTAGE_EXPORT_TTL_DAYS = env.get("PARTAGE_EXPORT_TTL_DAYS", env.as_int, default=7)
+PARTAGE_ERASURE_GRACE_DAYS = env.get("PARTAGE_ERASURE_GRACE_DAYS", env.as_int, default=14)
+# The country where the default storage (MEDIA_ROOT, or the bucket behind it) keeps its bytes:
+# an organization whose residency policy excludes it cannot store files there.
+PARTAGE_STORAGE_COUNTRY = env.get(
+    "PARTAGE_STORAGE_COUNTRY", str.upper, default=PARTAGE_PLATFORM_COUNTRY
+)
+
+
+def _provenance_key() -> str:
+    """The platform's Ed25519 private key (PEM, PKCS#8) that signs adapter provenance."""
+    pem = env.get(
+        "PARTAGE_PROVENANCE_KEY",
+        str,
+        default="",
+        required_in_production=True,
+        production=PRODUCTION,
+        hint="Generate one with: openssl genpkey -algorithm ed25519 (mount it as "
+        "PARTAGE_PROVENANCE_KEY_FILE).",
+    )
+    if pem:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        try:
+            key = serialization.load_pem_private_key(pem.encode(), password=None)
+        except ValueError as e:
+            raise ImproperlyConfigured(
+                f"PARTAGE_PROVENANCE_KEY is not a PEM private key ({e}). "
+                "Generate one with: openssl genpkey -algorithm ed25519"
+            ) from e
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ImproperlyConfigured(
+                "PARTAGE_PROVENANCE_KEY must be an Ed25519 key (openssl genpkey -algorithm ed25519)."
+            )
+        return pem
+    # Embedded default: one key generated on first run and kept beside the secret key.
+    key_file = DATA_DIR / "provenance_ed25519.pem"
+    if not key_file.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = key_file.with_suffix(".tmp")
+        tmp.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        tmp.chmod(0o600)
+        tmp.replace(key_file)
+    return key_file.read_text(encoding="utf-8")
+
+
+PARTAGE_PROVENANCE_KEY = _provenance_key()
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from marketplace.api.internal import health_live, health_ready, metrics
 from marketplace.api.views_billing import stripe_webhook
+from marketplace.api.views_privacy import provenance_public_key
 
 urlpatterns = [
     path("v1/", include("marketplace.api.urls")),
@@ -15,6 +16,11 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     # Payment providers' webhooks: signed by the provider, no API key.
     path("webhooks/stripe", stripe_webhook, name="webhook-stripe"),
+    path(
+        ".well-known/partage-provenance.pem",
+        provenance_public_key,
+        name="provenance-public-key",
+    ),
     path("admin/", admin.site.urls),
     path("", include("marketplace.portal.urls")),
 ]

@@ -67,6 +67,7 @@ urlpatterns = [
     path("", include("marketplace.api.routes_billing")),
     path("", include("marketplace.api.routes_webhooks")),
     path("", include("marketplace.api.routes_inference")),
+    path("", include("marketplace.api.routes_privacy")),
     # Last: anything else under /v1 is a 404 in the API's error shape.
     re_path(r"^(?P<unmatched>.*)$", views.not_found, name="not-found"),
 ]

@@ -13,6 +13,7 @@ from marketplace.accounts.models import Organization
 from marketplace.billing.models import (
     BillingAccount,
     Invoice,
+    LedgerLine,
     Payout,
     PayoutBatch,
     ProviderStatement,
@@ -235,3 +236,12 @@ def balance_coverage(org: Organization, *, amount: Decimal) -> Coverage:
     available = balance["available"] + balance["credit_limit"]
     shortfall = max(Decimal(amount) - available, Decimal("0.00"))
     return Coverage(needed=Decimal(amount), available=available, shortfall=shortfall)
+
+
+def ledger_lines_for_org(org: Organization) -> QuerySet[LedgerLine]:
+    """Every ledger line booked to the organization's own accounts, oldest first."""
+    return (
+        LedgerLine.objects.filter(organization=org)
+        .select_related("entry")
+        .order_by("entry__created_at", "entry_id", "id")
+    )

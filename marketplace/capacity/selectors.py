@@ -98,6 +98,23 @@ def residency_for_org(org: Organization) -> Residency:
     return residency_parse({"eu_only": policy.eu_only, "countries": policy.countries})
 
 
+def storage_refusal(organization_id: int, job_residency: dict[str, Any] | None = None) -> str:
+    """Why the organization's data (or a job's, narrowed by its own request) may not be stored
+    in PARTAGE_STORAGE_COUNTRY; "" when it may."""
+    from django.conf import settings
+
+    residency = residency_for_org(Organization(pk=organization_id))
+    if job_residency:
+        residency = residency.narrowed(residency_parse(job_residency))
+    country = settings.PARTAGE_STORAGE_COUNTRY
+    if residency.allows(country):
+        return ""
+    return (
+        f"this platform's storage is in {country}, and the residency policy "
+        f"({residency.describe()}) does not allow it"
+    )
+
+
 def residency_for_job(job: FineTuningJob) -> Residency:
     """The org's policy is a floor; a job may narrow it further, never widen it."""
     return residency_for_org(job.organization).narrowed(residency_parse(job.residency))

@@ -36,6 +36,27 @@ EVENT_TYPES: dict[str, EventType] = {
         "Usage of a quota crossed a threshold (data names the quota and the threshold).",
         "quota-sample",
     ),
+    # Data protection (marketplace/privacy).
+    "organization.export.ready": EventType(
+        "An export of the organization's data is ready to download.", "export-sample"
+    ),
+    "file.expired": EventType(
+        "A training file was deleted because its retention period ended.", "file-sample"
+    ),
+    "fine_tuning.job.checkpoint.expired": EventType(
+        "A checkpoint was deleted because its retention period ended.", "ftckpt-sample-1"
+    ),
+    "organization.erasure.scheduled": EventType(
+        "An owner asked to delete the organization; it is erased after the grace period.",
+        "org-sample",
+    ),
+    "organization.erasure.cancelled": EventType(
+        "The scheduled deletion of the organization was cancelled.", "org-sample"
+    ),
+    "organization.erased": EventType(
+        "The organization's data was erased (accounting records kept, pseudonymised).",
+        "org-sample",
+    ),
 }
 
 # Job states (internal) whose arrival is announced, and the event type that announces it.

@@ -22,14 +22,15 @@ class FileAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
         "organization",
-        "filename",
         "purpose",
         "bytes",
         "line_count",
         "created_at",
     ]
     list_filter = ["purpose", "status"]
-    search_fields = ["id", "filename", "sha256", "organization__slug"]
+    # Names and messages are the customer's content: lists show metadata only, and opening one
+    # object asks staff for a reason (marketplace/privacy/admin.py records it).
+    search_fields = ["id", "sha256", "organization__slug"]
 
 
 ATTEMPT_FIELDS: list[Any] = [
@@ -71,7 +72,7 @@ class FineTuningJobAdmin(ReadOnlyAdmin):
 
 @admin.register(JobEvent)
 class JobEventAdmin(ReadOnlyAdmin):
-    list_display = ["job", "seq", "level", "type", "message", "created_at"]
+    list_display = ["job", "seq", "level", "type", "created_at"]
     list_filter = ["level", "type"]
     search_fields = ["job__id"]
 

@@ -3,7 +3,17 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from marketplace.portal.views import account, credit, files, jobs, money_out, offers, staff, usage
+from marketplace.portal.views import (
+    account,
+    credit,
+    files,
+    jobs,
+    money_out,
+    offers,
+    privacy,
+    staff,
+    usage,
+)
 
 app_name = "portal"
 
@@ -57,6 +67,22 @@ urlpatterns = [
     ),
     path("api-keys/", account.api_keys, name="api-keys"),
     path("api-keys/<int:key_id>/revoke/", account.api_key_revoke_view, name="api-key-revoke"),
+    # Data protection
+    path("privacy/", privacy.privacy, name="privacy"),
+    path("privacy/retention/", privacy.retention_update, name="privacy-retention"),
+    path("privacy/exports/", privacy.export_request, name="privacy-export"),
+    path(
+        "privacy/exports/<str:export_id>/download/",
+        privacy.export_download,
+        name="privacy-export-download",
+    ),
+    path("privacy/delete/", privacy.organization_delete, name="privacy-org-delete"),
+    path(
+        "privacy/delete/cancel/",
+        privacy.organization_delete_cancel,
+        name="privacy-org-delete-cancel",
+    ),
+    path("account/delete/", privacy.account_delete, name="account-delete"),
     # Training data
     path("data/", files.file_list, name="files"),
     path("data/<str:file_id>/", files.file_detail, name="file"),
@@ -111,6 +137,7 @@ urlpatterns = [
         staff.topup_received,
         name="cockpit-topup-received",
     ),
+    path("cockpit/content/", staff.content_open, name="cockpit-content"),
     path("cockpit/pools/<str:pool_id>/price/", staff.price_edit, name="cockpit-price"),
     path("cockpit/pools/<str:pool_id>/review/", staff.pool_review, name="cockpit-pool-review"),
     path(

@@ -66,6 +66,19 @@ def _check(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[s
         ),
         ({"PARTAGE_TOPUP_MIN": "500", "PARTAGE_TOPUP_MAX": "100"}, "PARTAGE_TOPUP_MIN (500)"),
         ({"PARTAGE_TOPUP_MAX": "0"}, "PARTAGE_TOPUP_MAX='0' is invalid"),
+        (
+            {
+                "PARTAGE_ENV": "production",
+                "DJANGO_SECRET_KEY": "x" * 50,
+                "DJANGO_ALLOWED_HOSTS": "p.example",
+                "DATABASE_URL": "postgres://p@db.invalid:5432/p",
+            },
+            "PARTAGE_PROVENANCE_KEY is required when PARTAGE_ENV=production",
+        ),
+        (
+            {"PARTAGE_PROVENANCE_KEY": "not a key"},
+            "PARTAGE_PROVENANCE_KEY is not a PEM private key",
+        ),
     ],
 )
 def test_bad_settings_fail_clearly(env: dict[str, str], expected: str, tmp_path: Path) -> None:
@@ -80,6 +93,19 @@ def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert _check({}, tmp_path).returncode == 0
     assert (tmp_path / "secret_key").read_text() == first
     assert oct((tmp_path / "secret_key").stat().st_mode)[-3:] == "600"
+
+
+def test_the_provenance_key_is_generated_once_or_read_from_a_file(tmp_path: Path) -> None:
+    from tests.fakes.keys import provenance_key_pem
+
+    assert _check({}, tmp_path).returncode == 0
+    generated = tmp_path / "provenance_ed25519.pem"
+    first = generated.read_text()
+    assert _check({}, tmp_path).returncode == 0 and generated.read_text() == first
+    assert oct(generated.stat().st_mode)[-3:] == "600"
+    mounted = tmp_path / "mounted-key"
+    mounted.write_text(provenance_key_pem())
+    assert _check({"PARTAGE_PROVENANCE_KEY_FILE": str(mounted)}, tmp_path).returncode == 0
 
 
 def test_secret_can_come_from_a_file(tmp_path: Path) -> None:

@@ -156,6 +156,25 @@ def test_openai_sdk_drives_the_whole_flow(
     assert_adapter_changes_logits(
         adapter_dir, "partage/tiny-llama", Path(django_settings.PARTAGE_MODEL_CACHE)
     )
+    # Its signed provenance verifies offline with the published key (docs/data-protection.md).
+    import subprocess
+    import sys
+
+    import requests
+
+    (tmp_path / "adapter.tar.gz").write_bytes(archive)
+    key = requests.get(f"{live_callbacks}/.well-known/partage-provenance.pem", timeout=30)
+    (tmp_path / "partage.pem").write_bytes(key.content)
+    verifier = Path(__file__).resolve().parents[2] / "tools" / "verify_adapter.py"
+    verified = subprocess.run(
+        [sys.executable, "-I", str(verifier), "adapter.tar.gz", "partage.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0 and job.id in verified.stdout, verified.stderr
 
     # Models: the base catalog and the fine-tune.
     model_ids = [m.id for m in sdk.models.list()]

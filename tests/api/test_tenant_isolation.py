@@ -127,6 +127,14 @@ def _org_b_topup(org_b: Organization) -> str:
     return topup_start(organization=org_b, amount="50", method="bank_transfer").public_id
 
 
+def _org_b_export(org_b: Organization) -> str:
+    from marketplace.privacy.services import export_build, export_request
+
+    return export_build(
+        export_id=export_request(organization=org_b, requested_by=None).pk
+    ).public_id
+
+
 # Path parameter → a function (org B, settings) returning the id of one of org B's objects.
 ID_FACTORIES: dict[str, Callable[[Organization, Any], str]] = {
     "file_id": lambda org_b, settings: file_for(org_b).id,
@@ -143,6 +151,7 @@ ID_FACTORIES: dict[str, Callable[[Organization, Any], str]] = {
     "export_format": lambda org_b, settings: "csv",  # not an id: a valid value
     "statement_id": _org_b_statement,
     "topup_id": lambda org_b, settings: _org_b_topup(org_b),
+    "export_id": lambda org_b, settings: _org_b_export(org_b),
     # staff-only routes (below): the organization and flavor are names, not private ids
     "organization": lambda org_b, settings: org_b.slug,
     "flavor": lambda org_b, settings: "h100-80g",

@@ -19,6 +19,7 @@ from marketplace.api.webhooks.targets import webhook_url_check
 from marketplace.errors import InvalidInput
 from marketplace.finetuning import services as ft
 from marketplace.finetuning.models import File, FineTuningJob, JobStatus
+from tests.fakes.keys import provenance_key_pem
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -331,6 +332,7 @@ def _production_settings(extra: dict[str, str], tmp_path: Any) -> Any:
         "DJANGO_SECRET_KEY": "s" * 50,
         "DJANGO_ALLOWED_HOSTS": "partage.example",
         "DATABASE_URL": "postgres://partage@db.invalid:5432/partage",
+        "PARTAGE_PROVENANCE_KEY": provenance_key_pem(),
         "DJANGO_SETTINGS_MODULE": "marketplace.settings",
         **extra,
     }

@@ -34,6 +34,7 @@ from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from tests.capacity import factories
 from tests.conftest import chat_lines, jsonl
+from tests.fakes.adapter import adapter_archive
 from workers.executors.base import EXIT_PREEMPTED, Phase
 
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
@@ -99,7 +100,7 @@ def succeed(job: FineTuningJob, attempt: JobAttempt) -> None:
     jobs.adapter_store(
         job_id=job.id,
         attempt_number=attempt.number,
-        archive=io.BytesIO(b"adapter"),
+        archive=adapter_archive(),
         manifest={"tokens_trained": 10},
     )
     jobs.attempt_ended(attempt_id=attempt.pk, phase=Phase.SUCCEEDED, exit_code=0)

@@ -35,6 +35,7 @@ from tests.billing.conftest import (
     topup,
 )
 from tests.capacity import factories
+from tests.fakes.adapter import adapter_archive
 
 pytestmark = pytest.mark.django_db
 
@@ -207,9 +208,7 @@ def test_adapter_before_exit_is_charged_when_the_attempt_ends(
     admit(job, pool)
     attempt = start(job)
     clock.shift(timedelta(seconds=3600))
-    jobs.adapter_store(
-        job_id=job.id, attempt_number=1, archive=__import__("io").BytesIO(b"x"), manifest={}
-    )
+    jobs.adapter_store(job_id=job.id, attempt_number=1, archive=adapter_archive(), manifest={})
     assert billing.balance_held(organization=org_a) == Decimal("3.00")  # kept until the exit
     clock.shift(timedelta(seconds=2))
     jobs.attempt_ended(attempt_id=attempt.pk, phase="succeeded", exit_code=0)

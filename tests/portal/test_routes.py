@@ -29,6 +29,7 @@ from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.portal import urls as portal_urls
+from marketplace.privacy.services import export_build, export_request
 from tests.capacity import factories
 from tests.portal.conftest import make_file, make_job
 
@@ -69,6 +70,13 @@ ROUTES: dict[str, Route] = {
     "usage": Route(ORG),
     "credit": Route(ORG),
     "credit-threshold": Route(ORG),
+    "privacy": Route(ORG),
+    "privacy-retention": Route(ORG),
+    "privacy-export": Route(ORG),
+    "privacy-org-delete": Route(ORG),
+    "privacy-org-delete-cancel": Route(ORG),
+    "account-delete": Route(ORG),
+    "privacy-export-download": Route(OWNED, ("export_id",)),
     "api-key-revoke": Route(OWNED, ("key_id",)),
     "invitation-revoke": Route(OWNED, ("invitation_id",)),
     "file": Route(OWNED, ("file_id",)),
@@ -85,6 +93,7 @@ ROUTES: dict[str, Route] = {
     "topup-proforma": Route(OWNED, ("topup_id",)),
     "cockpit": Route(STAFF),
     "cockpit-quota": Route(STAFF),
+    "cockpit-content": Route(STAFF),
     "cockpit-price": Route(STAFF, ("pool_id",)),
     "cockpit-pool-review": Route(STAFF, ("pool_id",)),
     "cockpit-provider-review": Route(STAFF, ("org_id",)),
@@ -133,6 +142,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         payout_count=0,
     )
     topup = topup_start(organization=org_a, amount="100", method="bank_transfer")
+    export = export_build(export_id=export_request(organization=org_a, requested_by=alice).pk)
     return {
         "topup_id": topup.public_id,
         "job": job,
@@ -151,6 +161,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         "invite": invitation.token,
         "invitation_id": invitation.invitation.pk,
         "batch_id": batch.public_id,
+        "export_id": export.public_id,
         "uidb64": "MQ",
         "token": "set-password",
     }

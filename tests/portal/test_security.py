@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 
 from marketplace.finetuning.models import FineTuningJob
+from tests.fakes.keys import provenance_key_pem
 from tests.portal.conftest import assert_list_queries_flat, make_file, make_job
 
 pytestmark = pytest.mark.django_db
@@ -210,6 +211,7 @@ def test_session_and_csrf_cookies_are_secure_in_production(tmp_path: Any) -> Non
             "DJANGO_SECRET_KEY": "p7-" + "x9Yq2" * 10,
             "DJANGO_ALLOWED_HOSTS": "partage.example",
             "DATABASE_URL": "postgres://partage@db.invalid:5432/partage",
+            "PARTAGE_PROVENANCE_KEY": provenance_key_pem(),
         },
         tmp_path,
     )

@@ -23,6 +23,7 @@ from marketplace.quotas import services as quotas
 from marketplace.quotas.models import Plan
 from tests.capacity import factories as capacity_factories
 from tests.conftest import chat_lines, jsonl
+from tests.fakes.adapter import adapter_archive
 from workers.executors.base import EXIT_PREEMPTED, Phase
 
 _counter = itertools.count(1)
@@ -155,7 +156,7 @@ def job_finish(job_id: str) -> FineTuningJob:
     ft.adapter_store(
         job_id=job_id,
         attempt_number=attempt.number,
-        archive=io.BytesIO(b"adapter"),
+        archive=adapter_archive(),
         manifest={"tokens_trained": 10},
     )
     return ft.attempt_ended(attempt_id=attempt.pk, phase=Phase.SUCCEEDED, exit_code=0)

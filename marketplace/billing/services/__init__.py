@@ -55,6 +55,10 @@ from marketplace.billing.services.periods import (
     periods_close_due,
     periods_due,
 )
+from marketplace.billing.services.pseudonymise import (
+    organization_billing_pseudonymise,
+    user_billing_pseudonymise,
+)
 from marketplace.billing.services.statements import (
     statement_build,
     statement_finalize,
@@ -115,6 +119,7 @@ __all__ = [
     "methods_available",
     "money_parse",
     "month_bounds",
+    "organization_billing_pseudonymise",
     "payout_batch_create",
     "payout_batch_mark_paid",
     "payout_batch_mark_sent",
@@ -134,4 +139,5 @@ __all__ = [
     "topup_bank_received",
     "topup_record",
     "topup_start",
+    "user_billing_pseudonymise",
 ]

@@ -22,6 +22,7 @@ from marketplace.finetuning.services.attempts import (
     attempt_training_started,
 )
 from marketplace.finetuning.services.files import (
+    checkpoint_delete,
     file_create,
     file_delete,
     result_file_create,
@@ -75,6 +76,7 @@ __all__ = [
     "attempt_launched",
     "attempt_logs_capture",
     "attempt_training_started",
+    "checkpoint_delete",
     "checkpoint_store",
     "eval_from_json",
     "file_create",

@@ -24,7 +24,8 @@ from django.utils import timezone
 from marketplace.accounts.models import Organization
 from marketplace.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from marketplace.finetuning import states
-from marketplace.finetuning.models import File, FineTuningJob
+from marketplace.finetuning.models import Checkpoint, File, FineTuningJob
+from marketplace.finetuning.storage import storage_refusal
 from marketplace.finetuning.validation import Report, read_lines, validate_lines
 
 
@@ -72,6 +73,24 @@ def _report_summary(report: Report) -> str:
     )
 
 
+def residency_check_storage(
+    *, organization_id: int, what: str = "files", job: FineTuningJob | None = None
+) -> None:
+    """Refuse to store an organization's data where its residency policy does not allow.
+
+    Partage has one storage backend; PARTAGE_STORAGE_COUNTRY says where its bytes live. An
+    EU-only organization on a platform whose storage is outside the EU gets a clear refusal,
+    never a silent copy elsewhere.
+    """
+    why = storage_refusal(organization_id, job.residency if job else None)
+    if why:
+        raise Conflict(
+            f"Cannot store {what}: {why}. Ask your platform operator for storage in an "
+            "allowed country.",
+            code="residency_storage",
+        )
+
+
 def file_create(
     *,
     organization: Organization,
@@ -92,6 +111,7 @@ def file_create(
             f"The file is {size} bytes; the limit is {limit} bytes. Split it into smaller files.",
             param="file",
         )
+    residency_check_storage(organization_id=organization.pk)
     sha256, total = stream_digest(stream, limit=limit)
     report: Report | None = None
     if total <= settings.PARTAGE_UPLOAD_INLINE_VALIDATION_BYTES:
@@ -212,3 +232,18 @@ def result_file_create(*, job: FineTuningJob, stream: IO[bytes], filename: str) 
         content=stored,
         status=File.Status.PROCESSED,
     )
+
+
+def checkpoint_delete(*, checkpoint_id: int) -> Checkpoint | None:
+    """Delete a checkpoint: its bytes first, then its row (a retry finds the row and finishes).
+
+    A job keeps rendering without it; resuming needs a checkpoint, so callers only delete those
+    of finished jobs.
+    """
+    checkpoint = Checkpoint.objects.filter(pk=checkpoint_id).first()
+    if checkpoint is None:
+        return None
+    if checkpoint.archive:
+        default_storage.delete(checkpoint.archive.name or "")
+    Checkpoint.objects.filter(pk=checkpoint.pk).delete()
+    return checkpoint

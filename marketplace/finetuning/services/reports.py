@@ -17,7 +17,11 @@ from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import Checkpoint, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.attempts import attempt_training_started
-from marketplace.finetuning.services.files import result_file_create, stream_digest
+from marketplace.finetuning.services.files import (
+    residency_check_storage,
+    result_file_create,
+    stream_digest,
+)
 from marketplace.finetuning.services.jobs import _job_ended
 from marketplace.finetuning.services.transitions import job_event_add, job_transition
 from workers.protocol import TrainerEvent
@@ -109,6 +113,9 @@ def checkpoint_store(
     *, job_id: str, attempt_number: int, step: int, metrics: dict[str, Any], archive: IO[bytes]
 ) -> Checkpoint:
     attempt = _current_attempt(job_id, attempt_number)
+    residency_check_storage(
+        organization_id=attempt.job.organization_id, what="checkpoints", job=attempt.job
+    )
     sha256, size = stream_digest(archive)
     existing = Checkpoint.objects.filter(job_id=job_id, step=step).first()
     if existing:
@@ -158,6 +165,31 @@ def adapter_store(
     job = attempt.job
     if job.status == S.SUCCEEDED:
         return job
+    from marketplace.finetuning.provenance import adapter_archive_sign
+
+    residency_check_storage(organization_id=job.organization_id, what="the adapter", job=job)
+    # Signed before the transaction: re-packing streams the whole archive once.
+    signed = adapter_archive_sign(job=job, archive=archive, manifest=manifest)
+    try:
+        return _adapter_record(
+            job_id=job_id,
+            attempt=attempt,
+            archive=signed,
+            manifest=manifest,
+            eval_report=eval_report,
+        )
+    finally:
+        signed.close()
+
+
+def _adapter_record(
+    *,
+    job_id: str,
+    attempt: JobAttempt,
+    archive: IO[bytes],
+    manifest: dict[str, Any],
+    eval_report: dict[str, Any] | None,
+) -> FineTuningJob:
     with transaction.atomic():
         job = FineTuningJob.objects.select_for_update().get(pk=job_id)
         if job.status == S.SUCCEEDED:

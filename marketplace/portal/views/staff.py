@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -215,3 +216,39 @@ def topup_received(request: HttpRequest, topup_id: str) -> HttpResponse:
         else:
             messages.info(request, f"Transfer {topup.reference} was already credited.")
     return redirect("portal:cockpit")
+
+
+@staff_required
+def content_open(request: HttpRequest) -> HttpResponseBase:
+    """Support work on a customer's job or file: asks why, records it, then shows it."""
+    from django.http import FileResponse
+
+    from marketplace.finetuning import selectors as ft
+    from marketplace.finetuning.models import File
+    from marketplace.privacy.models import StaffAccess
+    from marketplace.privacy.services import staff_content_open
+
+    subject_id = request.GET.get("subject", "")
+    reason = request.GET.get("reason", "")
+    context: dict[str, Any] = {"subject": subject_id, "reason": reason}
+    if subject_id:
+        try:
+            subject = staff_content_open(
+                staff=_actor(request),
+                subject_id=subject_id,
+                reason=reason,
+                via=StaffAccess.Via.COCKPIT,
+            )
+        except PartageError as e:
+            context["problem"] = e.message
+            return page(request, "portal/staff/content.html", context, status=400)
+        if isinstance(subject, File):
+            return FileResponse(
+                subject.content.open("rb"), as_attachment=True, filename=subject.filename
+            )
+        context.update(
+            job=subject,
+            events=ft.events_for_job(subject).order_by("seq")[:500],
+            attempts=ft.attempts_for_job(subject),
+        )
+    return page(request, "portal/staff/content.html", context)
