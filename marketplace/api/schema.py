@@ -70,7 +70,7 @@ def postprocess_errors_and_idempotency(result: dict[str, Any], **kwargs: Any) ->
             for status, description in ERROR_STATUSES.items():
                 responses.setdefault(status, {"description": description, "content": error_ref})
             for status, description in EXTRA_ERROR_STATUSES.get(
-                operation.get("operationId"), {}
+                str(operation.get("operationId", "")), {}
             ).items():
                 responses.setdefault(status, {"description": description, "content": error_ref})
             if method == "post":
