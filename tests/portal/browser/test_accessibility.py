@@ -58,6 +58,9 @@ def _startup_pages(org: Any, captured: Any) -> list[str]:
         end=start + timedelta(hours=6),
         pool_id=pool.public_id,
     )
+    from marketplace.billing.services import topup_start
+
+    topup_start(organization=org, amount="250", method="bank_transfer")  # a pending transfer
     return [
         "/overview/",
         "/data/",
@@ -68,6 +71,7 @@ def _startup_pages(org: Any, captured: Any) -> list[str]:
         f"/jobs/{done.id}/",
         "/offers/",
         "/usage/",
+        "/billing/credit/",
         "/team/",
         "/api-keys/",
     ]
