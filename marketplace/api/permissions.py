@@ -70,7 +70,19 @@ ROUTE_RIGHTS: dict[str, tuple[str, str]] = {
     "billing-statements": (READ, BILLING),
     "billing-statement": (READ, BILLING),
     "billing-cost-estimate": (READ, READ),
-    "billing-topups": (ADMIN, ADMIN),
+    "billing-topups": (READ, BILLING),
+    "billing-topup": (READ, BILLING),
+    "billing-topup-proforma": (READ, BILLING),
+    "billing-settings": (READ, BILLING),
+    "billing-payouts": (READ, BILLING),
+    # inference on fine-tuned models: it runs (and bills) the organization's models
+    "chat-completions": (JOBS, JOBS),
+    # data protection: an export holds everything the organization has, so it is admin's
+    "organization-exports": (READ, ADMIN),
+    "organization-export": (READ, ADMIN),
+    "organization-export-content": (ADMIN, ADMIN),
+    "organization-retention": (READ, ADMIN),
+    "organization-staff-access": (READ, READ),
     # webhooks
     "webhook-endpoints": (READ, ADMIN),
     "webhook-endpoint": (READ, ADMIN),
