@@ -194,6 +194,7 @@ def _report_apply(
                 services.adapter_store(
                     job_id=job_id, attempt_number=number, archive=stream,
                     manifest=services.manifest_from_json(body["manifest"]),
+                    eval_report=services.eval_from_json(body.get("eval") or ""),
                 )  # fmt: skip
 
 

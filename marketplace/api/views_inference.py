@@ -87,7 +87,7 @@ class ChatChoiceObject(serializers.Serializer):
     finish_reason = serializers.ChoiceField(choices=["stop", "length"])
 
 
-class UsageObject(serializers.Serializer):
+class ChatUsageObject(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
@@ -99,7 +99,7 @@ class ChatCompletionObject(serializers.Serializer):
     created = serializers.IntegerField()
     model = serializers.CharField()
     choices = ChatChoiceObject(many=True)
-    usage = UsageObject()
+    usage = ChatUsageObject()
 
 
 def completion_response(

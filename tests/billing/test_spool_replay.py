@@ -3,7 +3,6 @@ until it gave up, or it died): the adapter is stored, the job succeeds, billed o
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from marketplace.billing.models import UsageRecord
 from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import JobEvent
 from tests.billing.conftest import admit, job_new, start, topup
+from tests.fakes.adapter import adapter_archive
 from workers.agent import backoff_delay
 from workers.dispatch import spool_replay
 from workers.spool import Spool
@@ -26,7 +26,7 @@ def _spool_a_finished_attempt(directory: Path, number: int) -> Spool:
     spool.put(
         "adapter",
         {"attempt": str(number), "manifest": json.dumps({"trained_tokens": 12})},
-        io.BytesIO(b"an adapter archive"),
+        adapter_archive(),
     )
     spool.put("exit", {"attempt": number, "exit_code": 0, "logs": "trained"})
     return spool
