@@ -211,10 +211,16 @@ def test_worker_and_beat_close_the_month_across_the_boundary(
     # The worker ran the task on each tick: before the boundary it closed nothing; the first
     # tick after the grace closed December (the task returns the periods it closed).
     assert "Sending due task partage-billing-periods-close" in beat_log.read_text()
-    ticks = [(match["at"], match["result"]) for match in TICK.finditer(worker_log.read_text())]
-    assert any(at < "2027-01-01" and result == "[]" for at, result in ticks), ticks
-    closing = [(at, result) for at, result in ticks if result != "[]"]
-    assert len(closing) == 1 and closing[0][0] >= "2027-01-01 00:00:05", ticks
+
+    def ticks() -> list[tuple[str, str]]:
+        return [(m["at"], m["result"]) for m in TICK.finditer(worker_log.read_text())]
+
+    # The task's result is logged just after its transaction commits: wait for that line.
+    wait_for(lambda: any(r != "[]" for _, r in ticks()), timeout=30, what="the closing tick")
+    seen = ticks()
+    assert any(at < "2027-01-01" and result == "[]" for at, result in seen), seen
+    closing = [(at, result) for at, result in seen if result != "[]"]
+    assert len(closing) == 1 and closing[0][0] >= "2027-01-01 00:00:05", seen
     assert "2026-12-01" in closing[0][1]
     invoices = list(Invoice.objects.order_by("number"))
     assert [(i.organization_id, i.status) for i in invoices] == [
