@@ -43,6 +43,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy marketplace workers
+	$(BIN)/lint-imports
 	PARTAGE_ENV=test $(BIN)/python manage.py makemigrations --check --dry-run
 
 # 2. Install the test dependencies and run the whole test suite (SQLite pass, then PostgreSQL+Redis pass).

@@ -55,7 +55,8 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-DEBUG = env.get("DJANGO_DEBUG", env.as_bool, default=not PRODUCTION)
+# Off unless asked for: Django's debug pages list every URL and setting to whoever hits an error.
+DEBUG = env.get("DJANGO_DEBUG", env.as_bool, default=False)
 ALLOWED_HOSTS = env.get(
     "DJANGO_ALLOWED_HOSTS",
     env.as_list,
@@ -76,6 +77,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "marketplace.events",
     "marketplace.accounts",
     "marketplace.capacity",
     "marketplace.quotas",
@@ -83,6 +85,7 @@ INSTALLED_APPS = [
     "marketplace.finetuning",
     "marketplace.api",
     "marketplace.portal",
+    "marketplace.notifications",
 ]
 
 MIDDLEWARE = [

@@ -14,3 +14,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("marketplace.portal.urls")),
 ]
+
+handler400 = "marketplace.http_errors.bad_request"
+handler403 = "marketplace.http_errors.permission_denied"
+handler404 = "marketplace.http_errors.page_not_found"
+handler500 = "marketplace.http_errors.server_error"

@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from workers.executors.base import EXIT_OK, EXIT_PREEMPTED
+from workers.protocol import EXIT_OK, EXIT_PREEMPTED, TrainerEvent
 
 log = logging.getLogger("partage.agent")
 
@@ -141,22 +141,25 @@ class Relay:
             try:
                 event = json.loads(raw)
             except ValueError:
-                event = {"event": "log", "message": raw.decode("utf-8", "replace").rstrip()}
+                event = {
+                    "event": TrainerEvent.LOG.value,
+                    "message": raw.decode("utf-8", "replace").rstrip(),
+                }
             if not isinstance(event, dict):
                 continue
             kind = event.get("event")
-            if kind == "completed":
+            if kind == TrainerEvent.COMPLETED:
                 self.completed = True
-            if kind == "checkpoint":
+            if kind == TrainerEvent.CHECKPOINT:
                 self.flush()
                 self.upload_checkpoint(event)
             with self.lock:
                 self.pending.append(event)
-            if kind == "completed":
+            if kind == TrainerEvent.COMPLETED:
                 self.flush()
                 self.upload_adapter(event)
                 continue
-            if kind in {"error", "preempted", "data_report"} or (
+            if kind in {TrainerEvent.ERROR, TrainerEvent.PREEMPTED, TrainerEvent.DATA_REPORT} or (
                 time.monotonic() - last_flush > FLUSH_EVERY_SECONDS
             ):
                 self.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
@@ -31,3 +32,18 @@ def _metrics_exporter(**kwargs: object) -> None:
     from workers.metrics import exporter_start
 
     exporter_start()
+
+
+def task_send(name: str, *args: Any, **options: Any) -> None:
+    """Enqueue the task registered as `name` with positional `args`.
+
+    By name, so that the marketplace's services need not import the modules that define the
+    tasks (those import the services: a cycle). Eager mode (tests) runs it here, so its module
+    is loaded first if this process has not loaded it yet.
+    """
+    if name not in app.tasks:
+        if not app.conf.task_always_eager:
+            app.send_task(name, args=args, **options)
+            return
+        app.loader.import_default_modules()  # autodiscovery: workers/tasks.py and the others
+    app.tasks[name].apply_async(args, **options)

@@ -2,7 +2,7 @@
 
 Edge-triggered by watches (resourceVersion, bounded server and client timeouts, relist on 410)
 and level-based on every relist and on a periodic pass. It never writes job rows: an ended
-attempt goes through `finetuning.dispatch.attempt_observe` → `services.attempt_ended`, which
+attempt goes through `workers.dispatch.attempt_observe` → `services.attempt_ended`, which
 applies state, billing and quota exactly once. Jobs whose attempt already ended (or that no
 attempt owns) are deleted, so a stale pod cannot keep a GPU. Run: `python -m workers.reconciler`.
 """
@@ -114,7 +114,7 @@ def handle(event: WatchEvent, executor: KubernetesExecutor, target: Target) -> s
     if event.disrupted:
         logger.warning("pod %s disrupted (evicted or preempted)", event.name, extra=extra)
     if event.terminal or (event.resource == "jobs" and event.type == "DELETED"):
-        from marketplace.finetuning.dispatch import attempt_observe
+        from workers.dispatch import attempt_observe
 
         phase = attempt_observe(attempt=attempt)  # level-based: asks the cluster itself
         logger.info("attempt observed: %s", phase, extra={**extra, "phase": str(phase)})
@@ -125,7 +125,7 @@ def handle(event: WatchEvent, executor: KubernetesExecutor, target: Target) -> s
 def capture_logs(attempt: Any, executor: KubernetesExecutor) -> bool:
     """Store the pods' log on the attempt (visible to its owner) when it says more."""
     from marketplace.finetuning import services
-    from marketplace.finetuning.dispatch import launch_spec
+    from workers.dispatch import launch_spec
 
     logs = executor.logs(launch_spec(attempt))
     return services.attempt_logs_capture(attempt_id=attempt.pk, logs=logs)
@@ -195,7 +195,7 @@ class Watcher:
 
     def _observe_vanished(self, attempt: Any) -> None:
         """A launched attempt whose Job is not listed: its DELETED event may be lost (410)."""
-        from marketplace.finetuning.dispatch import attempt_observe
+        from workers.dispatch import attempt_observe
 
         try:
             phase = attempt_observe(attempt=attempt)  # reads the Job itself: no false alarm

@@ -27,20 +27,20 @@ def admission_pass(**kwargs: Any) -> int:
     max_retries=20,
 )
 def job_dispatch(job_id: str, **kwargs: Any) -> str | None:
-    from marketplace.finetuning.dispatch import job_dispatch as dispatch
+    from workers.dispatch import job_dispatch as dispatch
 
     return dispatch(job_id=job_id)
 
 
 @app.task(name="partage.job_stop", acks_late=True)
 def job_stop(job_id: str, **kwargs: Any) -> None:
-    from marketplace.finetuning.dispatch import job_stop as stop
+    from workers.dispatch import job_stop as stop
 
     stop(job_id=job_id)
 
 
 @app.task(name="partage.resync", acks_late=True)
 def resync(**kwargs: Any) -> dict[str, int]:
-    from marketplace.finetuning.dispatch import resync as run_resync
+    from workers.dispatch import resync as run_resync
 
     return run_resync()

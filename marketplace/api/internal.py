@@ -24,6 +24,7 @@ from marketplace.errors import Conflict, InvalidInput, NotFound
 from marketplace.finetuning import selectors, services
 from marketplace.finetuning.models import FineTuningJob
 from marketplace.finetuning.tokens import job_token_verify
+from workers.protocol import EXIT_OK, exit_phase
 
 
 class JobPrincipal:
@@ -189,8 +190,6 @@ class AdapterUploadView(InternalView):
 
 class ExitView(InternalView):
     def post(self, request: Request, job_id: str) -> Response:
-        from workers.executors.base import EXIT_OK, EXIT_PREEMPTED, Phase
-
         job = self.job(request, job_id)
         number = self.principal(request).attempt
         fields = body_of(request)
@@ -201,13 +200,7 @@ class ExitView(InternalView):
             code = int(fields.get("exit_code", ""))
         except (TypeError, ValueError):
             raise InvalidInput("exit_code must be an integer.", param="exit_code") from None
-        phase = (
-            Phase.SUCCEEDED
-            if code == EXIT_OK
-            else Phase.DISRUPTED
-            if code == EXIT_PREEMPTED
-            else Phase.FAILED
-        )
+        phase = exit_phase(code)
         job = services.attempt_ended(
             attempt_id=attempt.pk,
             phase=phase,

@@ -38,6 +38,7 @@ from marketplace.api.representations import (
     unix,
 )
 from marketplace.errors import InvalidInput, NotFound
+from marketplace.events.types import JOB_STATUS_EVENTS
 from marketplace.finetuning import selectors, services, states
 from marketplace.finetuning.models import FineTuningJob, JobEvent
 
@@ -321,19 +322,68 @@ def _sse(event: JobEvent) -> str:
     return f"id: {event.seq}\nevent: fine_tuning.job.event\ndata: {body}\n\n"
 
 
+# The announcements in the outbox that end a job's stream, and the status each one means.
+ENDING_EVENTS = {
+    event_type: status
+    for status, event_type in JOB_STATUS_EVENTS.items()
+    if status in states.TERMINAL
+}
+# How often the stream also reads the job row itself: the safety net for a job deleted, or one
+# whose ending announcement it could not see (it committed while the stream was starting).
+STATUS_RECHECK_SECONDS = 15.0
+
+
+def _job_ending(job: FineTuningJob, announced_after: int) -> tuple[int, str | None]:
+    """(the stream's new outbox cursor, the job's final status if the outbox announced it)."""
+    final = None
+    for pk, event_type in selectors.job_announcements(job, after=announced_after).values_list(
+        "pk", "event_type"
+    ):
+        announced_after = pk
+        final = ENDING_EVENTS.get(event_type, final)
+    return announced_after, final
+
+
 def job_event_stream(job_id: str, *, after_seq: int, max_seconds: float) -> Iterator[str]:
-    """Server-Sent Events: every event after `after_seq`, in order, until the job ends."""
+    """Server-Sent Events: every event after `after_seq`, in order, until the job ends.
+
+    The end is read from the outbox of domain events (the job's `fine_tuning.job.succeeded`,
+    `failed` or `cancelled` announcement after the stream's cursor), with a read of the job row
+    every STATUS_RECHECK_SECONDS as a safety net."""
     deadline = time.monotonic() + max_seconds
-    last_beat = time.monotonic()
+    last_beat = last_check = time.monotonic()
     yield "retry: 2000\n\n"
+    job = None
+    while job is None:
+        try:
+            job = FineTuningJob.objects.filter(pk=job_id).first()
+            break
+        except OperationalError as e:  # SQLite (embedded default) answers "locked" while written
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    if job is None:
+        yield f"event: end\ndata: {json.dumps({'status': 'deleted'})}\n\n"
+        return
+    announced_after = 0
+    final: str | None = job.status if job.status in states.TERMINAL else None
+    if final is None:
+        announced_after, _ = _job_ending(job, 0)  # what was announced before: the row said
     while True:
         try:
-            status = (
-                FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
-            )
             events = list(
                 JobEvent.objects.filter(job_id=job_id, seq__gt=after_seq).order_by("seq")[:200]
             )
+            if final is None:
+                announced_after, final = _job_ending(job, announced_after)
+            if final is None and time.monotonic() - last_check > STATUS_RECHECK_SECONDS:
+                last_check = time.monotonic()
+                status = (
+                    FineTuningJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+                )
+                final = (
+                    "deleted" if status is None else status if status in states.TERMINAL else None
+                )
         except OperationalError as e:  # SQLite (embedded default) answers "locked" while written
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
@@ -344,9 +394,9 @@ def job_event_stream(job_id: str, *, after_seq: int, max_seconds: float) -> Iter
             yield _sse(event)
         if events:
             continue
-        if status is None or status in states.TERMINAL:
-            final = states.public_status(status) if status else "deleted"
-            yield f"event: end\ndata: {json.dumps({'status': final})}\n\n"
+        if final is not None:
+            status = final if final == "deleted" else states.public_status(final)
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         if time.monotonic() > deadline:
             return

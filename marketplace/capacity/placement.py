@@ -142,9 +142,10 @@ def choose(need: PlacementNeed, *, at: datetime | None = None) -> PlacementDecis
             price_per_gpu_hour=booking.price_per_gpu_hour,
             reliability=None,
             reason=(
-                f"Placed on {_where(pool)} inside your booking {booking.public_id} "
-                f"({usage[pool.pk].unused_in_booking(booking_id)} of {booking.gpu_count} booked "
-                f"GPUs unused); constraints: {constraints}."
+                f"Runs inside your booking {booking.public_id} on {pool.name} "
+                f"({pool.public_id}: {pool.provider.name}, {pool.region}, {pool.country}): "
+                f"{usage[pool.pk].unused_in_booking(booking_id)} of its {booking.gpu_count} "
+                "booked GPUs were free."
             ),
         )
     fitting = []
@@ -159,7 +160,6 @@ def choose(need: PlacementNeed, *, at: datetime | None = None) -> PlacementDecis
     if not fitting:
         raise _nothing_fits(need, eligible, rejected, constraints, at)
     scores = selectors.pools_reliability([p.pk for p in fitting])
-    best = max(scores.values())
     top = most_reliable(fitting, reliability=lambda p: scores[p.pk])
     chosen = cheapest_first(
         top,
@@ -173,13 +173,39 @@ def choose(need: PlacementNeed, *, at: datetime | None = None) -> PlacementDecis
         gpu_count=need.gpu_count,
         price_per_gpu_hour=chosen.price_per_gpu_hour,
         reliability=scores[chosen.pk],
-        reason=(
-            f"Placed on demand on {_where(chosen)} at {chosen.price_per_gpu_hour} EUR/GPU-hour: "
-            f"cheapest of {len(top)} pool(s) within 5 points of the best reliability "
-            f"({float(best):.3f}; this pool {float(scores[chosen.pk]):.3f}), among "
-            f"{len(fitting)} with free capacity of {len(pools)} active; constraints: {constraints}."
-        ),
+        reason=_on_demand_reason(need, chosen, top, fitting, scores),
     )
+
+
+def _percent(value: Fraction) -> str:
+    return f"{float(value) * 100:.0f}%"
+
+
+def _on_demand_reason(
+    need: PlacementNeed,
+    chosen: Pool,
+    top: Sequence[Pool],
+    fitting: Sequence[Pool],
+    scores: dict[int, Fraction],
+) -> str:
+    """Why this pool, in words a customer reads on the job page (percentages, not scores)."""
+    reason = (
+        f"Runs on {chosen.name} ({chosen.public_id}: {chosen.provider.name}, {chosen.region}, "
+        f"{chosen.country}) at "
+        f"€{chosen.price_per_gpu_hour:.2f} per GPU-hour: the cheapest of the {len(top)} pool(s) "
+        f"with {need.gpu_count} {chosen.flavor.model_name} GPU(s) free now whose track record "
+        f"is among the best ({_percent(scores[chosen.pk])} of jobs there ended without a fault "
+        "of the provider)."
+    )
+    passed_over = [
+        p for p in fitting if p not in top and p.price_per_gpu_hour < chosen.price_per_gpu_hour
+    ]
+    if passed_over:
+        reason += (
+            f" {len(passed_over)} cheaper pool(s) were passed over: their providers failed more "
+            "jobs."
+        )
+    return reason + f" Where your data may go: {need.residency.describe()}."
 
 
 def _nothing_fits(

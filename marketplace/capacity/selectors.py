@@ -35,6 +35,7 @@ from marketplace.capacity.models import (
     ResidencyPolicy,
 )
 from marketplace.capacity.policies import Residency, residency_parse
+from marketplace.capacity.running import live_allocations
 from marketplace.capacity.timeline import Load, earliest_fit, load_at, peak
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobStatus
 
@@ -157,19 +158,15 @@ def _running(pool_ids: Iterable[int], at: datetime) -> list[tuple[int, int | Non
     placement while it is in a holding state. For a future instant, an allocation counts if
     it is expected to run until then; a bare placement counts only now.
     """
-    from marketplace.quotas.models import Allocation
-
     ids = list(pool_ids)
     now = timezone.now()
-    live = Allocation.objects.filter(pool_id__in=ids, released_at__isnull=True)
-    if at > now:
-        live = live.filter(expected_end__gt=at)
-    rows = list(live.values_list("job_id", "pool_id", "booking_id", "gpus"))
-    allocated = set(
-        Allocation.objects.filter(pool_id__in=ids, released_at__isnull=True).values_list(
-            "job_id", flat=True
-        )
-    )
+    live = live_allocations(ids)
+    rows = [
+        (a.job_id, a.pool_id, a.booking_id, a.gpus)
+        for a in live
+        if at <= now or (a.expected_end is not None and a.expected_end > at)
+    ]
+    allocated = {a.job_id for a in live}
     if at <= now + timedelta(minutes=1):
         rows += [
             row

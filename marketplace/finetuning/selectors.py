@@ -7,6 +7,8 @@ from typing import Any
 from django.db.models import QuerySet
 
 from marketplace.accounts.models import Organization
+from marketplace.events.models import DomainEvent
+from marketplace.events.selectors import events_about
 from marketplace.finetuning.models import Checkpoint, File, FineTuningJob, JobAttempt, JobEvent
 
 
@@ -58,3 +60,14 @@ def base_model_get(model_id: str) -> dict[str, Any] | None:
 
 def fine_tuned_models_for_org(org: Organization) -> QuerySet[FineTuningJob]:
     return jobs_for_org(org).filter(status="succeeded").exclude(fine_tuned_model="")
+
+
+def job_announcements(job: FineTuningJob, *, after: int = 0) -> QuerySet[DomainEvent]:
+    """What the outbox holds about the job after the reader's cursor: its state changes and
+    its checkpoints (`fine_tuning.job.*`), oldest first."""
+    return events_about(
+        organization_id=job.organization_id,
+        subject_id=job.id,
+        after=after,
+        parent_key="fine_tuning_job_id",
+    )

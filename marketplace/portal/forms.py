@@ -32,6 +32,12 @@ class SignupForm(UserCreationForm):
             )
         return email
 
+    def validate_password_for_user(self, user: Any, **kwargs: Any) -> None:
+        # Django reports a weak password under the confirmation field; the user typed it under
+        # Password, so that is where the error belongs. A mismatch stays on the confirmation.
+        if self.cleaned_data.get("password2"):
+            super().validate_password_for_user(user, password_field_name="password1")  # type: ignore[misc]  # noqa: S106
+
 
 class ThrottledLoginForm(AuthenticationForm):
     """Django's login form, refusing early while a username+address pair is locked out."""

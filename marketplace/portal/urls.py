@@ -63,6 +63,11 @@ urlpatterns = [
     path("jobs/<str:job_id>/live/", jobs.job_live, name="job-live"),
     path("jobs/<str:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<str:job_id>/adapter/", jobs.job_adapter, name="job-adapter"),
+    path(
+        "jobs/<str:job_id>/attempts/<int:number>/log/",
+        jobs.job_attempt_log,
+        name="job-attempt-log",
+    ),
     path("jobs/<str:job_id>/manifest/", jobs.job_manifest, name="job-manifest"),
     # Capacity
     path("offers/", offers.offer_list, name="offers"),

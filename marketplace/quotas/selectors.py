@@ -12,9 +12,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from marketplace.accounts.models import Organization
+from marketplace.capacity.running import LiveAllocation as CapacityLiveAllocation
 from marketplace.finetuning.models import FineTuningJob, JobStatus
 from marketplace.quotas.decide import Admit, Decider, PendingJob, Wait, grace, min_run
-from marketplace.quotas.models import QuotaAuditEntry
+from marketplace.quotas.models import Allocation, QuotaAuditEntry
 from marketplace.quotas.quota_book import QuotaBook
 from marketplace.quotas.world import (
     World,
@@ -93,6 +94,21 @@ def quota_usage_for_org(
     book = QuotaBook(org_ids=[org.pk])
     queued = _queued_by_org_flavor([org.pk]).get(org.pk, {})
     return _usage_rows(world, book, org.pk, queued, include_flavor)
+
+
+def quota_usage_for_orgs(
+    org_ids: list[int], *, now: datetime | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """`quota_usage_for_org` for several organizations, from one load of the world."""
+    if not org_ids:
+        return {}
+    now = now or timezone.now()
+    world = world_load(now=now, pool_ids=None, org_ids=org_ids)
+    book = QuotaBook(org_ids=org_ids)
+    queued = _queued_by_org_flavor(org_ids)
+    return {
+        org_id: _usage_rows(world, book, org_id, queued.get(org_id, {}), None) for org_id in org_ids
+    }
 
 
 def quota_usage_all_orgs(*, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -218,3 +234,13 @@ def quota_audit(*, organization: Organization | None = None) -> QuerySet[QuotaAu
 def month_period(now: datetime | None = None) -> tuple[datetime, datetime]:
     now = now or timezone.now()
     return month_start(now), next_month_start(now)
+
+
+def live_allocations_on_pools(pool_ids: list[int]) -> list[CapacityLiveAllocation]:
+    """The reader capacity counts free GPUs with (marketplace/capacity/running.py)."""
+    return [
+        CapacityLiveAllocation(*row)
+        for row in Allocation.objects.filter(
+            pool_id__in=pool_ids, released_at__isnull=True
+        ).values_list("job_id", "pool_id", "booking_id", "gpus", "expected_end")
+    ]

@@ -182,7 +182,12 @@ def test_reliability_outweighs_a_lower_price_beyond_five_points(org_a, org_b) ->
         factories.outcome(solid, org_b, succeeded=True)  # 14/15 ≈ 0.93
     decision = placement_choose(job=factories.job(org_a))
     assert decision.pool == solid
-    assert "cheapest of 1 pool(s) within 5 points" in decision.reason
+    assert "the cheapest of the 1 pool(s)" in decision.reason
+    assert (
+        "1 cheaper pool(s) were passed over: their providers failed more jobs." in decision.reason
+    )
+    assert "93% of jobs there ended without a fault" in decision.reason
+    assert "points" not in decision.reason and "0.9" not in decision.reason
 
 
 def test_within_five_points_the_cheaper_pool_wins(org_a, org_b) -> None:

@@ -54,7 +54,7 @@ def test_metrics_cover_states_gpu_seconds_dispatch_and_api_latency(
     ids = [client_a.post("/v1/fine_tuning/jobs", body, format="json").json()["id"] for _ in "ab"]
     assert set(ids) <= set(admission_pass())
     # the first job is dispatched through the real executor onto the fake API server
-    from marketplace.finetuning.dispatch import job_dispatch
+    from workers.dispatch import job_dispatch
 
     assert job_dispatch(job_id=ids[0])
     attempt = JobAttempt.objects.get(job_id=ids[0])

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from marketplace.finetuning import dispatch, services
+from marketplace.finetuning import services
 from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from tests.conftest import chat_lines, jsonl
 from tests.fakes.kube_apiserver import FakeKubeApiServer
+from workers import dispatch
 from workers.executors import k8s_constants as K
 from workers.executors.base import Phase
 from workers.executors.kubernetes import (

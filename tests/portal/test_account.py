@@ -51,6 +51,16 @@ def test_sign_up_refuses_a_taken_email_and_weak_password(alice: Any) -> None:
     assert not User.objects.filter(username="x").exists()
 
 
+def test_a_weak_password_is_reported_under_password_not_its_confirmation() -> None:
+    response = Client().post(
+        "/signup/",
+        {"username": "x", "email": "x@x.example", "password1": "123", "password2": "123"},
+    )
+    form = response.context["form"]
+    assert "This password is too short" in " ".join(form.errors.get("password1", []))
+    assert "password2" not in form.errors
+
+
 def test_a_taken_organization_name_is_explained(alice: Any, org_a: Any) -> None:
     client = Client()
     client.force_login(User.objects.create_user("frank", password="x-long-password-1"))

@@ -200,6 +200,42 @@ def test_review_refuses_a_job_that_could_never_run_next_to_the_field(
     assert review.status_code == 200 and review.context["estimate"].start_now
 
 
+def test_live_endpoint_announces_what_the_outbox_holds_after_the_page_s_cursor(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The page renders its cursor in the outbox; the live endpoint then announces the job's
+    new events (a checkpoint, on which the page reloads to list it), and nothing of others."""
+    import re
+
+    from marketplace.events.services import event_record
+
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    other = make_job(org_a, django_capture_on_commit_callbacks)
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    cursor = int(re.search(r'data-announced-after="(\d+)"', body).group(1))
+    assert cursor > 0  # the job was announced as queued when it was created
+
+    event_record(
+        event_type="fine_tuning.job.checkpoint.created",
+        organization_id=org_a.pk,
+        subject_id="ftckpt-1",
+        data={"fine_tuning_job_id": job.id},
+    )
+    event_record(
+        event_type="fine_tuning.job.checkpoint.created",
+        organization_id=org_a.pk,
+        subject_id="ftckpt-2",
+        data={"fine_tuning_job_id": other.id},
+    )
+    data = alice_web.get(f"/jobs/{job.id}/live/?announced_after={cursor}").json()
+    assert [(a["type"], a["id"]) for a in data["announcements"]] == [
+        ("fine_tuning.job.checkpoint.created", "ftckpt-1")
+    ]
+    assert data["announced_after"] > cursor
+    again = alice_web.get(f"/jobs/{job.id}/live/?announced_after={data['announced_after']}")
+    assert again.json()["announcements"] == []
+
+
 def test_job_page_shows_state_pending_reason_events_checkpoints_and_logs(
     alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
@@ -245,3 +281,70 @@ def test_job_page_shows_state_pending_reason_events_checkpoints_and_logs(
     assert "Cancel job" not in body
     manifest = alice_web.get(f"/jobs/{job.id}/manifest/")
     assert manifest.json() == {"base_model": {"id": job.model}}
+
+
+def test_a_running_job_says_one_thing_in_one_place(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Seconds after a job starts: no 'waiting' bar, no 'Pending reason: —', no 'No attempt yet',
+    and the launch flash does not claim it is still queued."""
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    FineTuningJob.objects.filter(pk=job.pk).update(status="running", progress={})
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    assert "Training has started; the first progress report arrives within a minute." in body
+    assert "waiting" not in body.lower() and "Pending reason" not in body
+    assert "No attempt yet" not in body and "is queued" not in body
+    assert '<span id="progress-percent">starting</span>' in body
+    live = alice_web.get(f"/jobs/{job.id}/live/").json()
+    assert live["status_message"].startswith("Training has started")
+    assert live["progress_label"] == "starting"
+    FineTuningJob.objects.filter(pk=job.pk).update(
+        progress={"step": 6, "total_steps": 24, "eta_s": 10800}
+    )
+    live = alice_web.get(f"/jobs/{job.id}/live/").json()
+    assert live["status_message"] == "Training: step 6 of 24, about 3 h left."
+
+
+def test_a_queued_job_s_status_line_is_its_pending_reason(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    FineTuningJob.objects.filter(pk=job.pk).update(
+        pending_reason="waiting: no free H100 in EU pools; next free in about 40 min"
+    )
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    assert "Queued: no free H100 in EU pools; next free in about 40 min." in body
+    assert '<span id="progress-percent">waiting</span>' in body
+
+
+def test_the_loss_chart_and_a_refresh_work_without_javascript(
+    alice_web: Client, org_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    import re
+
+    job = make_job(org_a, django_capture_on_commit_callbacks)
+    FineTuningJob.objects.filter(pk=job.pk).update(status="running")
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    assert "The loss curve appears when training starts." in body
+    assert '<noscript><meta http-equiv="refresh" content="15"></noscript>' in body
+    for step, loss in [(1, 3.0), (2, 2.5), (3, 2.0), (4, 1.8)]:
+        job_event_add(
+            job_id=job.id,
+            message=f"step {step}",
+            type=JobEvent.Type.METRICS,
+            data={"step": step, "total_steps": 8, "train_loss": loss},
+        )
+    job_event_add(
+        job_id=job.id, message="v", type=JobEvent.Type.METRICS, data={"step": 4, "valid_loss": 2.1}
+    )
+    body = alice_web.get(f"/jobs/{job.id}/").content.decode()
+    train = re.search(r'<polyline points="([^"]+)" class="series-train"/>', body)
+    assert train is not None
+    points = [tuple(map(float, p.split(","))) for p in train.group(1).split()]
+    assert len(points) == 4
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    assert xs == sorted(xs) and ys == sorted(ys)  # later steps to the right, lower loss lower
+    assert 'class="series-valid"' in body and body.count('class="dot-valid"') == 1
+    assert ">step 1<" in body and ">step 4<" in body
+    FineTuningJob.objects.filter(pk=job.pk).update(status="succeeded")
+    assert 'http-equiv="refresh"' not in alice_web.get(f"/jobs/{job.id}/").content.decode()

@@ -154,3 +154,23 @@ def test_bob_cannot_cancel_alice_s_booking(
     booking.refresh_from_db()
     assert booking.status == "confirmed"
     assert booking.public_id not in bob_web.get("/offers/").content.decode()
+
+
+def test_an_empty_marketplace_says_what_to_do_not_that_filters_match_nothing(
+    alice_web: Client, carol: Any, org_a: Any
+) -> None:
+    from marketplace.accounts.models import Membership
+    from marketplace.accounts.services import membership_set
+
+    body = alice_web.get("/offers/").content.decode()
+    assert "No GPU pool is offered yet" in body and "No offer matches these filters" not in body
+    assert "Providers propose pools through the API" in body
+    membership_set(organization=org_a, user=carol, role=Membership.Role.MEMBER)
+    staff = Client()
+    staff.force_login(carol)
+    assert "approve pending pools in the" in staff.get("/offers/").content.decode()
+
+
+def test_filters_that_match_nothing_offer_a_reset(alice_web: Client, pools: Any) -> None:
+    body = alice_web.get("/offers/?max_price=0.10").content.decode()
+    assert "No offer matches these filters" in body and "Reset the filters" in body

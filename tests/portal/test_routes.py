@@ -21,7 +21,7 @@ from marketplace.accounts.services import api_key_create
 from marketplace.billing.services import invoice_draft, invoice_finalize, month_bounds
 from marketplace.capacity.models import Booking, Pool
 from marketplace.capacity.services import booking_create
-from marketplace.finetuning.models import FineTuningJob
+from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.portal import urls as portal_urls
 from marketplace.portal.invites import invite_token
 from tests.capacity import factories
@@ -69,6 +69,7 @@ ROUTES: dict[str, Route] = {
     "job-live": Route(OWNED, ("job_id",)),
     "job-cancel": Route(OWNED, ("job_id",)),
     "job-adapter": Route(OWNED, ("job_id",)),
+    "job-attempt-log": Route(OWNED, ("job_id", "number=attempt")),
     "job-manifest": Route(OWNED, ("job_id",)),
     "offer-booking-cancel": Route(OWNED, ("booking_id",)),
     "invoice": Route(OWNED, ("invoice_id",)),
@@ -86,6 +87,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
     job = make_job(org_a, django_capture_on_commit_callbacks)
     adapter = make_file(org_a, name="adapter.tar.gz")
     FineTuningJob.objects.filter(pk=job.pk).update(result_file=adapter, manifest={"x": 1})
+    JobAttempt.objects.create(job=job, number=1, executor="local", name="a1", logs="step 1")
     pool = factories.pool(gpus=8, name="Paris H100")
     factories.fund(org_a)  # a booking is paid when it is confirmed
     start = (timezone.now() + timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
@@ -114,6 +116,7 @@ def world(org_a: Any, alice: Any, django_capture_on_commit_callbacks: Any) -> di
         "booking_id": booking.public_id,
         "key_id": key.pk,
         "invoice_id": invoice.public_id,
+        "attempt": 1,
         "pool_id": pool.public_id,
         "org_id": provider.public_id,
         "invite": invite_token(organization=org_a, role="member"),

@@ -190,7 +190,7 @@ def job_cancel(job_id: str) -> FineTuningJob:
         if attempt is not None:
             job = ft.attempt_ended(attempt_id=attempt.pk, phase=Phase.FAILED, exit_code=143)
         else:
-            from marketplace.finetuning.dispatch import job_stop
+            from workers.dispatch import job_stop
 
             job_stop(job_id=job_id)
             job.refresh_from_db()

@@ -8,26 +8,24 @@ truth and calls these methods from idempotent Celery tasks and the reconciler.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any, Protocol
 
+# The trainer protocol lives in workers/protocol.py; re-exported for the executors.
+from workers.protocol import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    Phase,
+)
 
-class Phase(enum.StrEnum):
-    """Where an attempt stands, as seen by the executor."""
-
-    PENDING = "pending"  # accepted, not yet running the trainer (pod scheduling, image pull)
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # see AttemptStatus.reason / exit_code
-    DISRUPTED = "disrupted"  # preempted / evicted / node drained: requeue and resume
-    MISSING = "missing"  # the executor has no trace of it (vanished Job, dead process)
-
-
-# Exit codes of `python -m workers.lora` (see workers/lora/README.md).
-EXIT_OK = 0
-EXIT_INTERNAL_ERROR = 1
-EXIT_USER_ERROR = 3
-EXIT_PREEMPTED = 4  # stopped on SIGTERM after writing a checkpoint
+__all__ = [
+    "EXIT_INTERNAL_ERROR",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+    "EXIT_USER_ERROR",
+    "Phase",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from workers.executors.base import AttemptStatus, LaunchSpec, Phase
+from workers.executors.base import AttemptStatus, LaunchSpec
+from workers.protocol import Phase
 
 
 def _work_dir() -> Path:
@@ -102,7 +103,7 @@ class LocalExecutor:
             code = int(exit_file.read_text().strip())
             if code == 0:
                 return AttemptStatus(Phase.SUCCEEDED, exit_code=0)
-            from workers.executors.base import EXIT_PREEMPTED
+            from workers.protocol import EXIT_PREEMPTED
 
             phase = Phase.DISRUPTED if code == EXIT_PREEMPTED else Phase.FAILED
             return AttemptStatus(phase, exit_code=code, reason=f"trainer exited with code {code}")

@@ -13,9 +13,9 @@ import signal
 import sys
 import traceback
 
-from workers.executors.base import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 from workers.lora.config import UserError, load_config
 from workers.lora.events import emit, log
+from workers.protocol import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

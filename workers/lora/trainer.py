@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from workers import catalog
-from workers.executors.base import EXIT_OK, EXIT_PREEMPTED
 from workers.lora import adapter as adapter_io
 from workers.lora import checkpoint as ckpt
 from workers.lora.batching import Batch, Schedule, collate
@@ -35,6 +34,7 @@ from workers.lora.modeling import (
     trainable_parameters,
     wrap_lora,
 )
+from workers.protocol import EXIT_OK, EXIT_PREEMPTED
 
 
 class TrainingGuardError(UserError):

@@ -1,7 +1,8 @@
 """Signed webhooks (Standard Webhooks): endpoints, events, deliveries with retries.
 
-Other domains call `webhook_event_emit(organization=…, event_type=…, data={"id": …})` from a
-service; the event type must be listed in `events.EVENT_TYPES`.
+Domains do not call webhooks: they record domain events (marketplace/events), and webhook
+delivery is a consumer of that outbox (`consumer.py`). The event types are the outbox's catalog,
+`marketplace/events/types.py`.
 """
 
 from marketplace.api.webhooks.events import EVENT_TYPES

@@ -1,46 +1,12 @@
-"""The catalog of webhook event types. A domain that emits a new event adds it here first."""
+"""The event types a webhook endpoint can subscribe to: the domain event catalog
+(marketplace/events/types.py), checked here with the API's error for a bad subscription."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from marketplace.errors import InvalidInput
+from marketplace.events.types import EVENT_TYPES, JOB_STATUS_EVENTS, EventType
 
-
-@dataclass(frozen=True)
-class EventType:
-    description: str
-    sample_id: str  # the shape of `data.id`, used by test deliveries
-
-
-EVENT_TYPES: dict[str, EventType] = {
-    "fine_tuning.job.queued": EventType("A fine-tuning job entered the queue.", "ftjob-sample"),
-    "fine_tuning.job.running": EventType("A fine-tuning job started training.", "ftjob-sample"),
-    "fine_tuning.job.paused": EventType("A fine-tuning job was paused.", "ftjob-sample"),
-    "fine_tuning.job.succeeded": EventType("A fine-tuning job succeeded.", "ftjob-sample"),
-    "fine_tuning.job.failed": EventType("A fine-tuning job failed.", "ftjob-sample"),
-    "fine_tuning.job.cancelled": EventType("A fine-tuning job was cancelled.", "ftjob-sample"),
-    "fine_tuning.job.checkpoint.created": EventType(
-        "A fine-tuning job wrote a checkpoint.", "ftckpt-sample-1"
-    ),
-    "booking.started": EventType("A GPU booking started.", "booking-sample"),
-    "booking.ended": EventType("A GPU booking ended.", "booking-sample"),
-    "invoice.finalized": EventType("An invoice was finalized.", "inv-sample"),
-    "quota.threshold_reached": EventType(
-        "Usage of a quota crossed a threshold (data names the quota and the threshold).",
-        "quota-sample",
-    ),
-}
-
-# Job states (internal) whose arrival is announced, and the event type that announces it.
-JOB_STATUS_EVENTS: dict[str, str] = {
-    "queued": "fine_tuning.job.queued",
-    "running": "fine_tuning.job.running",
-    "paused": "fine_tuning.job.paused",
-    "succeeded": "fine_tuning.job.succeeded",
-    "failed": "fine_tuning.job.failed",
-    "cancelled": "fine_tuning.job.cancelled",
-}
+__all__ = ["EVENT_TYPES", "JOB_STATUS_EVENTS", "EventType", "event_type_check"]
 
 
 def event_type_check(event_type: object, *, param: str) -> str:

@@ -1,7 +1,8 @@
 """Writes for webhooks: endpoints, events, deliveries, and the delivery of one attempt.
 
-`webhook_event_emit` is what other domains call. It records the event and one delivery per
-subscribed endpoint, and enqueues the deliveries when the transaction commits. A delivery is
+`webhook_event_emit` records a webhook event and one delivery per subscribed endpoint, and
+enqueues the deliveries when the transaction commits; the outbox consumer (`consumer.py`) calls
+it for each domain event. A delivery is
 retried with exponential backoff for 24 hours; each attempt is logged with its response code.
 """
 
@@ -39,6 +40,7 @@ BACKOFF_SECONDS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
 # A claimed attempt that never reports back (worker died) becomes due again after this long.
 CLAIM_LEASE = timedelta(seconds=90)
 REQUEST_TIMEOUT = (5.0, 15.0)
+DELIVER_TASK = "partage.webhook_deliver"
 
 
 def _new_id(prefix: str) -> str:
@@ -246,14 +248,17 @@ def _event_emit(
 
 def _enqueue_on_commit(delivery_id: str, countdown: float = 0) -> None:
     def enqueue() -> None:
-        from marketplace.api import tasks
+        from workers.celery import app
 
-        if countdown and tasks.app.conf.task_always_eager:
+        # By its name: the task module (api/tasks.py, registered at start-up) calls these
+        # services, so importing it from here would make a cycle.
+        deliver = app.tasks[DELIVER_TASK]
+        if countdown and app.conf.task_always_eager:
             return  # eager mode runs at once; the sweep picks up retries instead
         if countdown:
-            tasks.webhook_deliver.apply_async((delivery_id,), countdown=countdown)
+            deliver.apply_async((delivery_id,), countdown=countdown)
         else:
-            tasks.webhook_deliver.delay(delivery_id)
+            deliver.delay(delivery_id)
 
     transaction.on_commit(enqueue, robust=True)
 

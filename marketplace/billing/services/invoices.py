@@ -48,6 +48,7 @@ from marketplace.billing.money import (
 from marketplace.billing.services.usage import WAIVED_FAILURES, metering_lock
 from marketplace.capacity.models import Pool
 from marketplace.errors import InvalidInput, InvalidTransition
+from marketplace.events.services import event_record
 from marketplace.finetuning.models import FineTuningJob, JobStatus
 
 
@@ -478,7 +479,28 @@ def invoices_finalize(
             for line in lines.get(org_id, []):
                 line.invoice_id = invoice.pk
         _lines_write([line for own in lines.values() for line in own])
+        for invoice in invoices.values():
+            _invoice_finalized_record(invoice)
     return list(invoices.values())
+
+
+def _invoice_finalized_record(invoice: Invoice) -> None:
+    """Announce a finalized invoice (webhooks, the invoice e-mail), in its transaction."""
+    event_record(
+        event_type="invoice.finalized",
+        organization_id=invoice.organization_id,
+        subject_id=invoice.public_id,
+        data={
+            "number": invoice.number,
+            "total": str(invoice.total),
+            "currency": invoice.currency,
+            "period_start": int(invoice.period_start.timestamp()),
+            "period_end": int(invoice.period_end.timestamp()),
+        },
+        occurred_at=invoice.finalized_at,
+        # Once per invoice, whichever path finalizes it.
+        dedup_key=f"invoice.finalized:{invoice.public_id}",
+    )
 
 
 LINE_COLUMNS = (
@@ -541,6 +563,7 @@ def invoice_finalize(*, invoice: Invoice) -> Invoice:
             invoice.number = _numbers(invoice.period_start.year, 1)[0]
             invoice.finalized_at = timezone.now()
             invoice.save()
+            _invoice_finalized_record(invoice)
     return invoice
 
 

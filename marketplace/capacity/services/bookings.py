@@ -21,13 +21,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from marketplace.accounts.models import ApiKey, Organization, User
-from marketplace.billing.services import bookings as billing
 from marketplace.capacity import policies, selectors
 from marketplace.capacity.models import (
     Booking,
     GpuFlavor,
     Pool,
 )
+from marketplace.capacity.payments import booking_payments
 from marketplace.capacity.services.common import (
     MAX_BOOKING,
     START_GRACE,
@@ -188,7 +188,7 @@ def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | Non
             start=request.start,
             end=request.end,
             price_per_gpu_hour=locked.price_per_gpu_hour,
-            amount=billing.booking_net(
+            amount=booking_payments().net(
                 gpus=request.gpu_count,
                 start=request.start,
                 end=request.end,
@@ -197,7 +197,7 @@ def _book_on(pool: Pool, request: BookingRequest, **audit: Any) -> Booking | Non
             cancellation_policy=policies.CANCELLATION_POLICY,
             **audit,
         )
-        billing.booking_charge(booking=booking)  # org balance locked last: pool → balance
+        booking_payments().charge(booking=booking)  # org balance locked last: pool → balance
         return booking
 
 
@@ -281,7 +281,7 @@ def booking_quote(
     earliest = None if fitting else earliest_window(request, candidates)
     pool = fitting or (earliest.pool if earliest else None)
     amount = (
-        billing.booking_net(gpus=gpu_count, start=start, end=end, price=pool.price_per_gpu_hour)
+        booking_payments().net(gpus=gpu_count, start=start, end=end, price=pool.price_per_gpu_hour)
         if pool
         else None
     )
@@ -351,5 +351,5 @@ def booking_cancel(
                 "refund_amount",
             ]
         )
-        billing.booking_refund(booking=booking, refund_amount=quote.refund_amount)
+        booking_payments().refund(booking=booking, refund_amount=quote.refund_amount)
     return booking

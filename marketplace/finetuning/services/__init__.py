@@ -57,7 +57,7 @@ from marketplace.finetuning.services.transitions import (
     job_transition,
 )
 
-# The private names are the ones other apps call across the package (finetuning.dispatch ends a
+# The private names are the ones other apps call across the package (workers.dispatch ends a
 # job with _job_ended); they stay importable from here as they were from the single module.
 __all__ = [
     "DEFAULT_LORA",

@@ -11,6 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from marketplace.finetuning import states
+from marketplace.finetuning.admission import admission
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import FailureClass, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.jobs import (
@@ -109,11 +111,9 @@ def _attempt_close(
         gpu_seconds = seconds * max(attempt.job.gpu_count, 1)
         JobAttempt.objects.filter(pk=attempt.pk).update(gpu_seconds=gpu_seconds)
         attempt.gpu_seconds = gpu_seconds
-    from marketplace.billing.services import attempt_meter
-    from marketplace.quotas.services import quota_release
 
-    attempt_meter(attempt=attempt)
-    quota_release(job_id=attempt.job_id, attempt_number=attempt.number)
+    job_charging().attempt_meter(attempt=attempt)
+    admission().release_attempt(job_id=attempt.job_id, attempt_number=attempt.number)
     return True
 
 
@@ -126,7 +126,7 @@ def attempt_ended(
     logs: str | None = None,
 ) -> FineTuningJob:
     """Apply the end of an attempt, seen by the executor, the reconciler or the agent. Idempotent."""
-    from workers.executors.base import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
+    from workers.protocol import EXIT_PREEMPTED, EXIT_USER_ERROR, Phase
 
     with transaction.atomic():
         attempt = JobAttempt.objects.select_for_update().select_related("job").get(pk=attempt_id)
@@ -183,7 +183,7 @@ def _after_attempt_stopped(
     user_error: bool,
     preempted: bool,
 ) -> FineTuningJob:
-    from workers.executors.base import Phase
+    from workers.protocol import Phase
 
     if job.status == S.CANCELLING:
         ended = job_transition(job_id=job.id, to=S.CANCELLED, message="Job cancelled")

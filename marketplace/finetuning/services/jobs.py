@@ -15,6 +15,8 @@ from django.utils import timezone
 from marketplace.accounts.models import ApiKey, Organization, User
 from marketplace.errors import InvalidInput, InvalidTransition, NotFound
 from marketplace.finetuning import states
+from marketplace.finetuning.admission import admission
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import File, FineTuningJob, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.files import _new_id
@@ -134,10 +136,7 @@ def job_fit_check(
     the first admission pass. Raises InvalidInput, writing nothing, when the job could never
     run as asked: a flavor no pool offers, more GPUs than any pool has or than the organization
     may use, a residency no pool meets (job_create; the portal, before the user confirms)."""
-    from marketplace.quotas.decide import Wait
-    from marketplace.quotas.selectors import job_outlook
-
-    outlook = job_outlook(
+    outlook = admission().outlook(
         organization_id=organization.pk,
         gpu_flavor=gpu_flavor,
         gpu_count=gpu_count,
@@ -146,7 +145,7 @@ def job_fit_check(
     )
     if outlook is None:
         return "waiting: in the admission queue; the local executor starts it now", _minute()
-    if not isinstance(outlook, Wait):
+    if outlook.fits_now:
         return "waiting: in the admission queue; the GPUs it needs are free now", _minute()
     if outlook.unfit is not None:
         param, message = outlook.unfit
@@ -164,10 +163,7 @@ def _job_requeue(
     """→ queued again (resumed, preempted, interrupted), with a first estimated start; the
     admission pass it asks for on commit says better. The estimate is None when the job can no
     longer run as it is: that pass says why and what to do."""
-    from marketplace.quotas.decide import Wait
-    from marketplace.quotas.selectors import job_outlook
-
-    outlook = job_outlook(
+    outlook = admission().outlook(
         organization_id=job.organization_id,
         gpu_flavor=job.gpu_flavor,
         gpu_count=job.gpu_count,
@@ -180,7 +176,9 @@ def _job_requeue(
         message=message,
         only_from=only_from,
         pending_reason=pending_reason,
-        estimated_start=outlook.estimated_start if isinstance(outlook, Wait) else _minute(),
+        estimated_start=(
+            outlook.estimated_start if outlook is not None and not outlook.fits_now else _minute()
+        ),
     )
     transaction.on_commit(_enqueue_admission)
     return requeued
@@ -192,17 +190,16 @@ def _minute() -> datetime:
 
 
 def _enqueue_admission() -> None:
-    """Ask quotas for an admission pass (coalesced there); imported late, as quotas' services
-    import finetuning's."""
-    from marketplace.quotas.services import admission_pass_request
-
-    admission_pass_request()
+    """Ask for an admission pass (coalesced by quotas, which provides admission)."""
+    admission().pass_request()
 
 
 def _enqueue(task_name: str, job_id: str) -> None:
-    from workers import tasks
+    """Enqueue `partage.<task_name>` for a job (by name: workers/tasks.py imports these
+    services, so they do not import it)."""
+    from workers.celery import task_send
 
-    getattr(tasks, task_name).delay(job_id)
+    task_send(f"partage.{task_name}", job_id)
 
 
 def job_admit(
@@ -329,9 +326,7 @@ def job_fail(
 
 def _job_ended(job: FineTuningJob) -> None:
     """The job left the running world (terminal or paused): settle money, free the queue."""
-    from marketplace.billing.services import job_settle
-    from marketplace.quotas.services import quota_release_for_job
 
-    job_settle(job=job)
-    quota_release_for_job(job_id=job.id)  # admitted but never started: nothing else frees it
+    job_charging().job_settle(job=job)
+    admission().release_job(job_id=job.id)  # admitted but never started: nothing else frees it
     transaction.on_commit(_enqueue_admission)

@@ -8,14 +8,18 @@ from typing import IO, Any
 from django.core.files import File as DjangoFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from marketplace.errors import InvalidInput, NotFound
+from marketplace.events.services import event_record
+from marketplace.finetuning.charging import job_charging
 from marketplace.finetuning.models import Checkpoint, FineTuningJob, JobAttempt, JobEvent
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.services.attempts import attempt_training_started
 from marketplace.finetuning.services.files import result_file_create, stream_digest
 from marketplace.finetuning.services.jobs import _job_ended
 from marketplace.finetuning.services.transitions import job_event_add, job_transition
+from workers.protocol import TrainerEvent
 
 
 def _current_attempt(job_id: str, attempt_number: int) -> JobAttempt:
@@ -39,12 +43,11 @@ def trainer_events_record(
     for event in events[:500]:
         _trainer_event_record(attempt, event)
     job = FineTuningJob.objects.get(pk=job_id)
-    from marketplace.billing.services import job_over_budget
 
     return {
         "stop": job.status in {S.CANCELLING, S.PAUSING, S.REQUEUEING}
         or attempt.ended_at is not None,
-        "finish_now": job_over_budget(job=job),
+        "finish_now": job_charging().job_over_budget(job=job),
     }
 
 
@@ -52,7 +55,9 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
     kind = event.get("event")
     job_id = attempt.job_id
     data = {k: v for k, v in event.items() if k != "event"}
-    if kind == "progress":
+    if kind == TrainerEvent.PROGRESS:
+        # When it was reported: the admission pass turns eta_s into an expected end with it.
+        data["reported_at"] = timezone.now().isoformat()
         FineTuningJob.objects.filter(pk=job_id).update(
             progress=data, trained_tokens=data.get("trained_tokens")
         )
@@ -63,14 +68,14 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
             else f"Step {data.get('step')}"
         )
         job_event_add(job_id=job_id, message=message, type=JobEvent.Type.METRICS, data=data)
-    elif kind == "validation":
+    elif kind == TrainerEvent.VALIDATION:
         job_event_add(
             job_id=job_id,
             message=f"Step {data.get('step')}: validation loss={data.get('valid_loss')}",
             type=JobEvent.Type.METRICS,
             data=data,
         )
-    elif kind == "data_report":
+    elif kind == TrainerEvent.DATA_REPORT:
         level = (
             JobEvent.Level.WARN
             if data.get("truncated") or data.get("dropped") or data.get("no_loss_tokens")
@@ -86,16 +91,16 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
             level=level,
             data=data,
         )
-    elif kind == "error":
+    elif kind == TrainerEvent.ERROR:
         job_event_add(
             job_id=job_id,
             message=str(data.get("message", "trainer error")),
             level=JobEvent.Level.ERROR,
             data=data,
         )
-    elif kind in {"preempted", "completed", "checkpoint"}:
+    elif kind in {TrainerEvent.PREEMPTED, TrainerEvent.COMPLETED, TrainerEvent.CHECKPOINT}:
         job_event_add(job_id=job_id, message=f"Trainer: {kind}", data=data)
-    elif kind == "log":
+    elif kind == TrainerEvent.LOG:
         job_event_add(job_id=job_id, message=str(data.get("message", ""))[:2000], data=None)
 
 
@@ -111,26 +116,31 @@ def checkpoint_store(
         f"checkpoints/{job_id}/step-{step:06d}.tar.gz", DjangoFile(archive)
     )
     try:
-        checkpoint = Checkpoint.objects.create(
-            job_id=job_id,
-            attempt=attempt,
-            step=step,
-            metrics=metrics,
-            archive=stored,
-            sha256=sha256,
-            bytes=size,
-        )
+        # The checkpoint, its line in the job's log and its announcement commit together.
+        with transaction.atomic():
+            checkpoint = Checkpoint.objects.create(
+                job_id=job_id,
+                attempt=attempt,
+                step=step,
+                metrics=metrics,
+                archive=stored,
+                sha256=sha256,
+                bytes=size,
+            )
+            job_event_add(
+                job_id=job_id,
+                message=f"Checkpoint written at step {step}",
+                data={"step": step, "metrics": metrics},
+            )
+            event_record(
+                event_type="fine_tuning.job.checkpoint.created",
+                organization_id=attempt.job.organization_id,
+                subject_id=checkpoint.public_id,
+                data={"fine_tuning_job_id": job_id},
+            )
     except IntegrityError:
         default_storage.delete(stored)
         return Checkpoint.objects.get(job_id=job_id, step=step)
-    job_event_add(
-        job_id=job_id,
-        message=f"Checkpoint written at step {step}",
-        data={"step": step, "metrics": metrics},
-    )
-    from marketplace.api.webhooks.hooks import checkpoint_written  # webhooks, on commit
-
-    checkpoint_written(job_id=job_id, checkpoint_id=checkpoint.public_id)
     return checkpoint
 
 

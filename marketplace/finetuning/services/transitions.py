@@ -12,6 +12,8 @@ from django.db.models import Case, F, Field, Value, When
 from django.utils import timezone
 
 from marketplace.errors import InvalidTransition, NotFound
+from marketplace.events.services import event_record
+from marketplace.events.types import JOB_STATUS_EVENTS
 from marketplace.finetuning import states
 from marketplace.finetuning.models import FineTuningJob, JobEvent
 from marketplace.finetuning.models import JobStatus as S
@@ -107,7 +109,11 @@ def _jobs_transition_apply(
             status=to, updated_at=now, event_seq=F("event_seq") + 1, **fields
         )
         if updated == len(ids):
-            seqs = dict(FineTuningJob.objects.filter(pk__in=ids).values_list("pk", "event_seq"))
+            rows = FineTuningJob.objects.filter(pk__in=ids).values_list(
+                "pk", "event_seq", "organization_id"
+            )
+            seqs = {job_id: seq for job_id, seq, _ in rows}
+            orgs = {job_id: org_id for job_id, _, org_id in rows}
             JobEvent.objects.bulk_create(
                 JobEvent(
                     job_id=job_id,
@@ -119,10 +125,12 @@ def _jobs_transition_apply(
                 )
                 for job_id in ids
             )
-            from marketplace.api.webhooks.hooks import job_status_changed  # webhooks, on commit
-
-            for job_id in ids:
-                job_status_changed(job_id=job_id, status=to)
+            announced = JOB_STATUS_EVENTS.get(str(to))  # inner steps are not announced
+            if announced is not None:
+                for job_id in ids:
+                    event_record(
+                        event_type=announced, organization_id=orgs[job_id], subject_id=job_id
+                    )
     if updated != len(ids):
         current = dict(FineTuningJob.objects.filter(pk__in=ids).values_list("pk", "status"))
         for job_id in ids:

@@ -16,10 +16,14 @@ from marketplace.finetuning import services as ft_services
 from marketplace.finetuning.models import FineTuningJob, JobEvent
 from marketplace.finetuning.states import TERMINAL, public_status
 from marketplace.portal import estimates
+from marketplace.portal.charts import loss_chart
 from marketplace.portal.context import error_message, org_required, page
 from marketplace.portal.forms import LaunchForm
+from marketplace.portal.job_status import job_progress_label, job_status_message
+from marketplace.portal.logs import log_for_user
 
 METRIC_POINTS_PER_POLL = 2000
+ANNOUNCEMENTS_PER_POLL = 20
 
 
 def _job_or_404(request: HttpRequest, job_id: str) -> FineTuningJob:
@@ -107,7 +111,7 @@ def job_launch(request: HttpRequest) -> HttpResponse:
             except PartageError as e:
                 _error_shown(form, e)
             else:
-                messages.success(request, f"Job {job.id} is queued.")
+                messages.success(request, f"Job {job.id} launched.")
                 return redirect("portal:job", job_id=job.id)
         elif _fits(form, org):
             estimate = estimates.launch_estimate(org=org, form=form)
@@ -131,12 +135,16 @@ model = PeftModel.from_pretrained(base, "adapter")
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     job = _job_or_404(request, job_id)
     events = ft.events_for_job(job).exclude(type=JobEvent.Type.METRICS)[:60]
+    train, valid, _last = _loss_points(job, after=0)
     context = {
         "job": job,
         "public_status": public_status(job.status),
+        "status_message": job_status_message(job),
+        "progress_label": job_progress_label(job),
+        "loss_chart": loss_chart(train, valid),
         "finished": job.status in TERMINAL,
         "events": events,
-        "attempts": ft.attempts_for_job(job),
+        "attempts": [(a, log_for_user(a.logs)) for a in ft.attempts_for_job(job)],
         "checkpoints": ft.checkpoints_for_job(job),
         "manifest_json": json.dumps(job.manifest, indent=2) if job.manifest else "",
         "peft_snippet": PEFT_SNIPPET.format(
@@ -144,8 +152,22 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
             base=job.model,
         ),
         "cost": estimates.job_cost(job=job),
+        # The page's cursor in the outbox: what the live endpoint announces after it is new.
+        "announced_after": _last_announcement(job),
     }
     return page(request, "portal/jobs/detail.html", context)
+
+
+def _last_announcement(job: FineTuningJob) -> int:
+    last = ft.job_announcements(job).order_by("-pk").values_list("pk", flat=True).first()
+    return last or 0
+
+
+def _int_param(request: HttpRequest, name: str) -> int:
+    try:
+        return max(0, int(request.GET.get(name, "0")))
+    except ValueError:
+        return 0
 
 
 def _progress(job: FineTuningJob) -> dict[str, Any]:
@@ -167,37 +189,58 @@ def _progress(job: FineTuningJob) -> dict[str, Any]:
     }
 
 
-@org_required
-def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
-    """What the job page polls: state, progress, new loss points after `after`, recent events."""
-    job = _job_or_404(request, job_id)
-    try:
-        after = max(0, int(request.GET.get("after", "0")))
-    except ValueError:
-        after = 0
+def _loss_points(
+    job: FineTuningJob, *, after: int
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """Training and validation loss by step, from the metrics events after sequence `after`."""
     metrics = (
         ft.events_for_job(job)
         .filter(type=JobEvent.Type.METRICS, seq__gt=after)
         .order_by("seq")
         .values_list("seq", "data")[:METRIC_POINTS_PER_POLL]
     )
-    train, valid, last_seq = [], [], after
+    train: list[tuple[float, float]] = []
+    valid: list[tuple[float, float]] = []
+    last_seq = after
     for seq, data in metrics:
         last_seq = seq
         data = data or {}
+        step = data.get("step")
+        if not isinstance(step, int | float):
+            continue
         if isinstance(data.get("train_loss"), int | float):
-            train.append([data.get("step"), data["train_loss"]])
+            train.append((step, data["train_loss"]))
         if isinstance(data.get("valid_loss"), int | float):
-            valid.append([data.get("step"), data["valid_loss"]])
+            valid.append((step, data["valid_loss"]))
+    return train, valid, last_seq
+
+
+@org_required
+def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
+    """What the job page polls: state, progress, new loss points after `after`, recent events."""
+    job = _job_or_404(request, job_id)
+    after = _int_param(request, "after")
+    train, valid, last_seq = _loss_points(job, after=after)
     events = [
         {"seq": e.seq, "at": e.created_at.isoformat(), "level": e.level, "message": e.message}
         for e in ft.events_for_job(job).exclude(type=JobEvent.Type.METRICS)[:15]
     ]
+    # The outbox after the page's cursor: state changes and new checkpoints (the page reloads
+    # on a checkpoint, to list it).
+    announced_after = _int_param(request, "announced_after")
+    announcements = []
+    for event in ft.job_announcements(job, after=announced_after)[:ANNOUNCEMENTS_PER_POLL]:
+        announced_after = event.pk
+        announcements.append(
+            {"type": event.event_type, "at": event.occurred_at.isoformat(), "id": event.subject_id}
+        )
     return JsonResponse(
         {
             "id": job.id,
             "status": job.status,
             "public_status": public_status(job.status),
+            "status_message": job_status_message(job),
+            "progress_label": job_progress_label(job),
             "finished": job.status in TERMINAL,
             "pending_reason": job.pending_reason,
             "estimated_start": job.estimated_start.isoformat() if job.estimated_start else None,
@@ -206,6 +249,8 @@ def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
             "valid": valid,
             "after": last_seq,
             "events": events,
+            "announcements": announcements,
+            "announced_after": announced_after,
         }
     )
 
@@ -221,6 +266,18 @@ def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     else:
         messages.success(request, "Cancelling: the trainer is being stopped.")
     return redirect("portal:job", job_id=job.id)
+
+
+@org_required
+def job_attempt_log(request: HttpRequest, job_id: str, number: int) -> HttpResponse:
+    """The attempt's log exactly as the trainer wrote it (the page shows a cleaned copy)."""
+    job = _job_or_404(request, job_id)
+    attempt = ft.attempts_for_job(job).filter(number=number).first()
+    if attempt is None:
+        raise Http404("This job has no such attempt.")
+    response = HttpResponse(attempt.logs, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'inline; filename="{job.id}-attempt-{number}.log"'
+    return response
 
 
 @org_required

@@ -75,6 +75,7 @@ def _offers_context(request: HttpRequest) -> dict[str, Any]:
     rows = [{"pool": p, "free": free.get(p.pk, 0), "days": timeline[p.pk]} for p in pools]
     return {
         "filter_form": form,
+        "filtered": form.is_bound and any(v for k, v in request.GET.items() if k != "book"),
         "rows": rows,
         "days": [today + timedelta(days=d) for d in range(TIMELINE_DAYS)],
         "bookings": _booking_rows(request.org),  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ from marketplace.quotas.services.admit import (
     admit_batch,
     org_quota_rows_ensure,
 )
+from marketplace.quotas.services.thresholds import quota_thresholds_record
 from marketplace.quotas.world import LiveAllocation, World, pending_jobs_load, world_load
 
 logger = logging.getLogger("partage.quotas")
@@ -127,6 +128,9 @@ def _pass_run(*, limit: int | None, now: datetime | None) -> PassReport:
     report.waiting = len(decided.waits)
     report.reasons_updated = _pending_reasons_write(queue, decided.waits)
     clock.lap("explain")
+    admitted = set(report.admitted)
+    quota_thresholds_record(org_ids={job.org_id for job in pending if job.id in admitted}, now=now)
+    clock.lap("thresholds")
     if decided.retry or decided.refused:
         transaction.on_commit(admission_pass_request)
     logger.info(
@@ -277,11 +281,11 @@ def admission_pass_request() -> None:
     """
     from django.core.cache import cache
 
-    from workers import tasks
+    from workers.celery import task_send
 
     if settings.REDIS_URL and not cache.add(ADMISSION_PENDING_KEY, 1, timeout=30):
         return  # a pass is queued and has not started: it will see this change
-    tasks.admission_pass.delay()
+    task_send("partage.admission_pass")
 
 
 def _admit_without_pools(pending: list[PendingJob], limit: int, report: PassReport) -> PassReport:

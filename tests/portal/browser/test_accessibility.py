@@ -25,6 +25,13 @@ WIDE = """() => [...document.querySelectorAll("body *")]
     && el.parentElement.getBoundingClientRect().right <= window.innerWidth + 0.5)
   .map((el) => el.tagName + "." + el.className + " " + Math.round(el.getBoundingClientRect().right))
   .slice(0, 8)"""
+# Menu items outside the screen (a menu that scrolls sideways hides them).
+HIDDEN_NAV = """() => [...document.querySelectorAll(".mainnav a")]
+  .filter((a) => { const r = a.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth + 0.5; })
+  .map((a) => a.textContent.trim())"""
+# The rendered height of the smallest chart label, in CSS pixels.
+SMALLEST_LABEL = """() => Math.min(...[...document.querySelectorAll(".chart .tick")]
+  .map((t) => t.getBoundingClientRect().height).filter((h) => h > 0))"""
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -79,6 +86,9 @@ def _check(browser: Browser, urls: list[str]) -> None:
             assert overflow <= 0, f"{url} is {overflow}px wider than {viewport['width']}px: " + str(
                 page.evaluate(WIDE)
             )
+            assert not page.evaluate(HIDDEN_NAV), f"{url}: menu items off screen"
+            smallest = page.evaluate(SMALLEST_LABEL)  # Infinity when the page has no chart
+            assert smallest >= 10, f"{url}: chart labels {smallest:.1f}px high at {viewport}"
 
 
 def test_pages_are_accessible_on_desktop_and_phone(

@@ -53,6 +53,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
+        # DEBUG is off by default, so the static files are served from their collected copy.
+        call_command("collectstatic", interactive=False, verbosity=0)
         demo = demo_seed()
         url = f"http://{options['bind']}"
         engine = str(settings.DATABASES["default"]["ENGINE"])

@@ -112,6 +112,8 @@
     var svg = document.getElementById("loss-chart");
     var bar = document.getElementById("job-progress");
     var train = [], valid = [], after = 0, delay = 1000;
+    // The page's cursor in the outbox of domain events (what was announced before it rendered).
+    var announcedAfter = root.getAttribute("data-announced-after") || "0";
 
     function apply(data) {
       train = train.concat(data.train); valid = valid.concat(data.valid); after = data.after;
@@ -122,15 +124,15 @@
         badge.className = "badge badge-" + (TONES[data.public_status] || "muted");
       }
       setText("job-internal-status", data.status);
-      setText("pending-reason", data.pending_reason || "—");
+      setText("job-status-message", data.status_message);
       var p = data.progress;
       if (bar && p.percent !== null) {
         bar.value = p.percent; bar.textContent = p.percent + "%";
         bar.setAttribute("aria-valuetext", p.percent + "% (step " + p.step + " of " + p.total_steps + ")");
       }
-      if (p.percent !== null) { setText("progress-percent", p.percent + "%"); }
+      setText("progress-percent", p.percent !== null ? p.percent + "%" : data.progress_label);
       if (p.step !== null && p.step !== undefined) { setText("progress-step", "step " + p.step + " / " + p.total_steps); }
-      setText("progress-eta", data.finished ? "done" : "ETA " + formatDuration(p.eta_s));
+      setText("progress-eta", data.finished ? "done" : (p.eta_s === null || p.eta_s === undefined ? "" : "ETA " + formatDuration(p.eta_s)));
       if (typeof p.train_loss === "number") { setText("progress-loss", p.train_loss.toFixed(4)); }
       if (data.valid.length) { setText("progress-valid-loss", data.valid[data.valid.length - 1][1].toFixed(4)); }
       renderEvents(document.getElementById("job-events"), data.events);
@@ -139,11 +141,15 @@
     }
 
     function poll() {
-      fetch(url + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      fetch(url + "?after=" + after + "&announced_after=" + announcedAfter, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
         .then(function (data) {
           var finished = apply(data);
-          if (finished && !wasFinished) { window.location.reload(); return; }
+          announcedAfter = data.announced_after;
+          var checkpoint = data.announcements.some(function (a) {
+            return a.type === "fine_tuning.job.checkpoint.created";
+          });
+          if ((finished && !wasFinished) || checkpoint) { window.location.reload(); return; }
           if (!finished) { delay = 1000; setTimeout(poll, delay); }
         })
         .catch(function () { delay = Math.min(delay * 2, 15000); setTimeout(poll, delay); });

@@ -19,7 +19,8 @@ from marketplace.finetuning.models import FineTuningJob, JobAttempt
 from marketplace.finetuning.models import JobStatus as S
 from marketplace.finetuning.tokens import job_token_issue
 from workers.executors import get_executor
-from workers.executors.base import Executor, LaunchSpec, Phase
+from workers.executors.base import Executor, LaunchSpec
+from workers.protocol import Phase
 
 logger = logging.getLogger("partage.dispatch")
 

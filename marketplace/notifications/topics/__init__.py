@@ -1,0 +1,1 @@
+"""One module per topic (billing, jobs, …); each calls `email_renderer_register` at import."""
