@@ -164,9 +164,9 @@ def test_the_token_expires_with_the_attempts_deadline(settings: Any) -> None:
 @pytest.mark.django_db
 def test_the_launch_spec_binds_the_token_to_its_deadline(org_a: Any) -> None:
     """dispatch.launch_spec issues the token for the deadline the Job runs under."""
-    from marketplace.finetuning import dispatch
     from marketplace.finetuning.models import File, FineTuningJob, JobAttempt
     from marketplace.finetuning.tokens import AFTER_DEADLINE_SECONDS, job_token_verify
+    from workers import dispatch
 
     training = File.objects.create(
         id="file-tok",
