@@ -173,7 +173,9 @@ def main() -> int:
                 results[which].append(time_engine(engine, "warm", args.tokens))
             else:
                 results[which].append(time_peft(reference, tokenizer, args.tokens))
-            print(f"# round {round_index} {which}: {results[which][-1]}", file=sys.stderr, flush=True)
+            print(
+                f"# round {round_index} {which}: {results[which][-1]}", file=sys.stderr, flush=True
+            )
     del reference
     gc.collect()
 
