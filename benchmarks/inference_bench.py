@@ -173,6 +173,9 @@ def main() -> int:
                 results[which].append(time_engine(engine, "warm", args.tokens))
             else:
                 results[which].append(time_peft(reference, tokenizer, args.tokens))
+            print(
+                f"# round {round_index} {which}: {results[which][-1]}", file=sys.stderr, flush=True
+            )
     del reference
     gc.collect()
 
@@ -182,6 +185,7 @@ def main() -> int:
         time_engine(engine, f"s{index}", 4)
         gc.collect()
         memory.append(memory_bytes(torch))
+        print(f"# swap {index}: {memory[-1] / 2**20:.1f} MiB", file=sys.stderr, flush=True)
     report = {
         "model": model_id,
         "device": device,

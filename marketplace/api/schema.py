@@ -69,9 +69,8 @@ def postprocess_errors_and_idempotency(result: dict[str, Any], **kwargs: Any) ->
             responses = operation["responses"]
             for status, description in ERROR_STATUSES.items():
                 responses.setdefault(status, {"description": description, "content": error_ref})
-            for status, description in EXTRA_ERROR_STATUSES.get(
-                str(operation.get("operationId", "")), {}
-            ).items():
+            extra = EXTRA_ERROR_STATUSES.get(str(operation.get("operationId", "")), {})
+            for status, description in extra.items():
                 responses.setdefault(status, {"description": description, "content": error_ref})
             if method == "post":
                 params = operation.setdefault("parameters", [])
