@@ -143,7 +143,7 @@ def choose(need: PlacementNeed, *, at: datetime | None = None) -> PlacementDecis
             reliability=None,
             reason=(
                 f"Runs inside your booking {booking.public_id} on {pool.name} "
-                f"({pool.provider.name}, {pool.region}, {pool.country}): "
+                f"({pool.public_id}: {pool.provider.name}, {pool.region}, {pool.country}): "
                 f"{usage[pool.pk].unused_in_booking(booking_id)} of its {booking.gpu_count} "
                 "booked GPUs were free."
             ),
@@ -188,9 +188,10 @@ def _on_demand_reason(
     fitting: Sequence[Pool],
     scores: dict[int, Fraction],
 ) -> str:
-    """Why this pool, in words a customer reads on the job page (no scores, no ids)."""
+    """Why this pool, in words a customer reads on the job page (percentages, not scores)."""
     reason = (
-        f"Runs on {chosen.name} ({chosen.provider.name}, {chosen.region}, {chosen.country}) at "
+        f"Runs on {chosen.name} ({chosen.public_id}: {chosen.provider.name}, {chosen.region}, "
+        f"{chosen.country}) at "
         f"€{chosen.price_per_gpu_hour:.2f} per GPU-hour: the cheapest of the {len(top)} pool(s) "
         f"with {need.gpu_count} {chosen.flavor.model_name} GPU(s) free now whose track record "
         f"is among the best ({_percent(scores[chosen.pk])} of jobs there ended without a fault "

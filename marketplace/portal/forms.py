@@ -36,7 +36,7 @@ class SignupForm(UserCreationForm):
         # Django reports a weak password under the confirmation field; the user typed it under
         # Password, so that is where the error belongs. A mismatch stays on the confirmation.
         if self.cleaned_data.get("password2"):
-            super().validate_password_for_user(user, password_field_name="password1")  # noqa: S106
+            super().validate_password_for_user(user, password_field_name="password1")  # type: ignore[misc]  # noqa: S106
 
 
 class ThrottledLoginForm(AuthenticationForm):

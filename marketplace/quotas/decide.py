@@ -24,6 +24,7 @@ from marketplace.quotas.world import (
     OrgFlavorUsage,
     PendingJob,
     PoolState,
+    Release,
     World,
     next_month_start,
 )
@@ -112,16 +113,16 @@ def humanize(delta: timedelta) -> str:
     return f"{round(hours / 24)} days"
 
 
-def _earliest(releases: list[tuple[datetime, int]], needed: int, now: datetime) -> datetime | None:
-    """When, per expected releases, `needed` more GPUs will have been freed."""
+def _earliest(releases: list[Release], needed: int, now: datetime) -> tuple[datetime | None, str]:
+    """When, per expected releases, `needed` more GPUs will have been freed, and the basis."""
     if needed <= 0:
-        return now
+        return now, "free"
     freed = 0
-    for moment, gpus in releases:
+    for moment, gpus, basis in releases:
         freed += gpus
         if freed >= needed:
-            return max(moment, now)
-    return None
+            return max(moment, now), basis
+    return None, ""
 
 
 def _where(pools: list[PoolState], residency: Residency) -> str:
@@ -145,7 +146,7 @@ class Decider:
         self.grace = grace
         self._bounds: dict[int, tuple[int, int]] = {}
         self._heaps: dict[
-            tuple[int, int], tuple[list[PoolState], list[tuple[datetime, int, int, PoolState]]]
+            tuple[int, int], tuple[list[PoolState], list[tuple[datetime, int, int, PoolState, str]]]
         ] = {}
         self._heaps_version = -1
         # Answers per list of pools (and job size), until the world changes: see _per_pools.
@@ -294,10 +295,12 @@ class Decider:
                     )
                     + ", or ask staff to raise it",
                 )
-            when = _earliest(usage.releases, usage.quota_used + job.gpus - quota.max_gpus, now)
+            when, basis = _earliest(
+                usage.releases, usage.quota_used + job.gpus - quota.max_gpus, now
+            )
             return Wait(
                 f"waiting: your organization is using {usage.quota_used} of its maximum "
-                f"{quota.max_gpus} {label} GPUs{_eta(when, now)}",
+                f"{quota.max_gpus} {label} GPUs{_eta(when, now, basis)}",
                 when,
             )
         kind = K.GUARANTEED if usage.guaranteed + job.gpus <= quota.guaranteed_gpus else K.BORROWED
@@ -355,10 +358,10 @@ class Decider:
                     queued="ask staff for access or choose another flavor",
                     submitted="choose another flavor, or ask staff for access",
                 )
-            when = _earliest(usage.releases, 1, now)
+            when, basis = _earliest(usage.releases, 1, now)
             return Wait(
                 f"waiting: your organization runs {usage.jobs} of its {quota.max_concurrent_jobs} "
-                f"allowed concurrent {label} jobs{_eta(when, now)}",
+                f"allowed concurrent {label} jobs{_eta(when, now, basis)}",
                 when,
             )
         if (
@@ -488,12 +491,15 @@ class Decider:
     ) -> Wait:
         now = self.world.now
         best = self._soonest(pools, job.gpus)
-        when = best[0] if best else None
+        ahead = False
         if best is not None:
-            best[1].claimed += job.gpus
-        else:
+            when, pool, basis = best
+            ahead = pool.claimed > 0  # GPUs already promised to jobs ahead in the queue
+            pool.claimed += job.gpus
+        else:  # beyond every expected release: after one more maximum duration, at most
             when = self._last_release(pools) + timedelta(hours=float(quota.max_job_hours))
-        eta, where = _eta(when, now), _where(pools, residency)
+            basis, ahead = "limit", any(p.claimed for p in pools)
+        eta, where = _eta(when, now, basis, behind_queue=ahead), _where(pools, residency)
         if quota.guaranteed_gpus and usage.guaranteed >= quota.guaranteed_gpus:
             return Wait(
                 f"waiting: your organization is using {usage.guaranteed} of its "
@@ -508,12 +514,12 @@ class Decider:
         the world changes, since every job that no pool can promise GPUs to asks it."""
 
         def last() -> datetime:
-            ends = [p.releases[-1][0] for p in pools if p.releases]
+            ends = [p.all_releases()[-1][0] for p in pools if p.all_releases()]
             return max(ends) if ends else self.world.now
 
         return self._per_pools("last release", pools, 0, last)
 
-    def _soonest(self, pools: list[PoolState], gpus: int) -> tuple[datetime, PoolState] | None:
+    def _soonest(self, pools: list[PoolState], gpus: int) -> tuple[datetime, PoolState, str] | None:
         """The pool where `gpus` GPUs are expected free first, after the GPUs already promised
         (in estimates) to jobs ahead in the queue; ties go to the earlier pool in the list.
 
@@ -528,28 +534,31 @@ class Decider:
         if key not in self._heaps:
             entries = []
             for index, pool in enumerate(pools):
-                when = self._expected_free(pool, gpus)
-                if when is not None:
-                    entries.append((when, index, pool.claimed, pool))
+                expected = self._expected_free(pool, gpus)
+                if expected is not None:
+                    entries.append((expected[0], index, pool.claimed, pool, expected[1]))
             heapq.heapify(entries)
             self._heaps[key] = (pools, entries)
         heap = self._heaps[key][1]
         while heap:
-            when, index, claimed, pool = heap[0]
+            when, index, claimed, pool, basis = heap[0]
             if claimed == pool.claimed:
-                return when, pool
+                return when, pool, basis
             fresh = self._expected_free(pool, gpus)
             if fresh is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (fresh, index, pool.claimed, pool))
+                heapq.heapreplace(heap, (fresh[0], index, pool.claimed, pool, fresh[1]))
         return None
 
-    def _expected_free(self, pool: PoolState, gpus: int) -> datetime | None:
+    def _expected_free(self, pool: PoolState, gpus: int) -> tuple[datetime, str] | None:
+        """When `gpus` GPUs should be free on the pool, and what that rests on."""
         now = self.world.now
         needed = gpus - pool.free() + pool.claimed
-        when = now if needed <= 0 else pool.release_time(needed)
-        return max(when, now) if when is not None else None
+        if needed <= 0:
+            return now, "free"
+        release = pool.release_at(needed)
+        return (max(release[0], now), release[2]) if release is not None else None
 
     # ------------------------------------------------------------- bookkeeping
 
@@ -579,9 +588,31 @@ def _reliability(pool: PoolState) -> Fraction:
     return pool.reliability
 
 
-def _eta(when: datetime | None, now: datetime) -> str:
+# What an estimated start rests on, in the words a waiting customer reads.
+_BASIS_WORDS = {
+    "booking": "when a booking holding those GPUs ends",
+    "eta": "from the running jobs' own progress",
+    "limit": "the running jobs' maximum duration; they may well end sooner",
+}
+# How far a progress-based estimate may move: trainers' ETAs drift with the data's lengths.
+ETA_LOW, ETA_HIGH = 0.8, 1.5
+
+
+def _eta(when: datetime | None, now: datetime, basis: str = "", behind_queue: bool = False) -> str:
+    """The estimate as a range, with what it is based on."""
     if when is None:
         return ""
     if when <= now + timedelta(minutes=1):
         return "; should start within a minute"
-    return f"; next free in about {humanize(when - now)}"
+    wait = when - now
+    if basis == "eta":
+        low, high = humanize(wait * ETA_LOW), humanize(wait * ETA_HIGH)
+        span = f"about {low}" if low == high else f"about {low} to {high}"
+    elif basis == "limit":
+        span = f"at most about {humanize(wait)}"
+    else:
+        span = f"about {humanize(wait)}"
+    words = _BASIS_WORDS.get(basis)
+    if behind_queue:
+        words = (words + ", " if words else "") + "after the jobs ahead of yours in the queue"
+    return f"; next free in {span}" + (f" ({words})" if words else "")

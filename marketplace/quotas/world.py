@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -38,6 +38,12 @@ from marketplace.finetuning.models import FineTuningJob, JobAttempt, JobStatus
 from marketplace.quotas.models import Allocation
 
 ZERO = Decimal("0")
+
+# An expected release of GPUs: (when, how many, what the moment is based on). The basis is
+# "booking" (a booking's end: exact), "eta" (the running job's own progress report) or "limit"
+# (the job's maximum duration: the latest it can end), so a waiting job is told what its
+# estimated start rests on.
+Release = tuple[datetime, int, str]
 
 
 @dataclass
@@ -70,6 +76,7 @@ class LiveAllocation:
     expected_end: datetime
     preempt_requested: bool
     training_started_at: datetime | None
+    basis: str = "limit"  # what expected_end rests on: "eta" (progress report) or "limit"
 
 
 @dataclass
@@ -99,7 +106,7 @@ class PoolState:
     capacity: int  # gpu_count minus GPUs in maintenance now; 0 when the pool is not active
     used: int = 0
     bookings: dict[int, BookingState] = field(default_factory=dict)
-    releases: list[tuple[datetime, int]] = field(default_factory=list)  # expected, sorted
+    releases: list[Release] = field(default_factory=list)  # expected, sorted
     claimed: int = 0  # GPUs promised, in estimates, to jobs ahead in the queue
     # The provider's record on this pool (capacity's selectors.pools_reliability), loaded
     # for the pass; a world of one pool (an admission's re-check) keeps the prior.
@@ -107,17 +114,26 @@ class PoolState:
     live: list[LiveAllocation] = field(default_factory=list)
     # Caches for the pass (tens of thousands of decisions): reset by `World.add_live`.
     _freed_by: list[int] | None = None  # cumulative GPUs freed by each release
+    _all_releases: list[Release] | None = None
     _booked_unused: int | None = None
 
-    def release_time(self, needed: int) -> datetime | None:
-        """When expected releases will have freed `needed` GPUs (None: they never will)."""
+    def all_releases(self) -> list[Release]:
+        """The running work's releases and, at each booking's end, its GPUs nobody uses."""
+        if self._all_releases is None:
+            ends = [(b.end, b.unused, "booking") for b in self.bookings.values() if b.unused]
+            self._all_releases = sorted(self.releases + ends) if ends else self.releases
+        return self._all_releases
+
+    def release_at(self, needed: int) -> Release | None:
+        """The release by which `needed` GPUs will have been freed (None: they never will)."""
+        releases = self.all_releases()
         if self._freed_by is None:
             total, self._freed_by = 0, []
-            for _, gpus in self.releases:
+            for _, gpus, _basis in releases:
                 total += gpus
                 self._freed_by.append(total)
         index = bisect.bisect_left(self._freed_by, needed)
-        return self.releases[index][0] if index < len(self.releases) else None
+        return releases[index] if index < len(releases) else None
 
     def booked_unused(self, except_booking: int | None = None) -> int:
         if self._booked_unused is None:
@@ -130,6 +146,7 @@ class PoolState:
 
     def changed(self) -> None:
         self._freed_by = None
+        self._all_releases = None
         self._booked_unused = None
 
 
@@ -140,7 +157,7 @@ class OrgFlavorUsage:
     booked: int = 0
     jobs: int = 0
     budget_used: Decimal = ZERO  # GPU-hours this month: used, or reserved while running
-    releases: list[tuple[datetime, int]] = field(default_factory=list)
+    releases: list[Release] = field(default_factory=list)
 
     @property
     def quota_used(self) -> int:
@@ -206,15 +223,19 @@ class World:
             usage.booked += alloc.gpus
         else:
             usage.borrowed += alloc.gpus
-        bisect.insort(usage.releases, (alloc.expected_end, alloc.gpus))
+        bisect.insort(usage.releases, (alloc.expected_end, alloc.gpus, alloc.basis))
         pool = self.pools.get(alloc.pool_id) if alloc.pool_id else None
         if pool is not None:
             pool.used += alloc.gpus
             pool.live.append(alloc)
-            bisect.insort(pool.releases, (alloc.expected_end, alloc.gpus))
+            release: Release = (alloc.expected_end, alloc.gpus, alloc.basis)
             booking = pool.bookings.get(alloc.booking_id) if alloc.booking_id else None
             if booking is not None and alloc.kind == Allocation.Kind.BOOKED:
                 booking.used += alloc.gpus
+                # Booked GPUs go back to their booking, not to others, until it ends.
+                if booking.end > alloc.expected_end:
+                    release = (booking.end, alloc.gpus, "booking")
+            bisect.insort(pool.releases, release)
             pool.changed()
 
     def residency_of(self, org_id: int, job_residency: dict[str, object]) -> Residency:
@@ -306,7 +327,9 @@ def world_load(
         "expected_end",
         "preempt_requested_at",
         "training_started_at",
+        "job__progress",
     ):
+        expected_end, basis = _expected_end(row["expected_end"], row["job__progress"], now)
         world.add_live(
             LiveAllocation(
                 id=row["id"],
@@ -318,9 +341,10 @@ def world_load(
                 gpus=row["gpus"],
                 kind=row["kind"],
                 priority=row["priority"],
-                expected_end=row["expected_end"],
+                expected_end=expected_end,
                 preempt_requested=row["preempt_requested_at"] is not None,
                 training_started_at=row["training_started_at"],
+                basis=basis,
             )
         )
     spent = Coalesce("used_gpu_hours", "reserved_gpu_hours", output_field=DecimalField())
@@ -332,6 +356,22 @@ def world_load(
             {"eu_only": policy.eu_only, "countries": policy.countries or []}
         )
     return world
+
+
+def _expected_end(limit: datetime, progress: object, now: datetime) -> tuple[datetime, str]:
+    """When a running job should end: its own progress report's ETA when it gave one that is
+    sooner than its maximum duration, else that maximum (the latest it can run)."""
+    if not isinstance(progress, dict):
+        return limit, "limit"
+    eta_s, reported_at = progress.get("eta_s"), progress.get("reported_at")
+    if not isinstance(eta_s, int | float) or not isinstance(reported_at, str):
+        return limit, "limit"
+    try:
+        reported = datetime.fromisoformat(reported_at)
+    except ValueError:
+        return limit, "limit"
+    end = max(reported + timedelta(seconds=float(eta_s)), now)
+    return (end, "eta") if end < limit else (limit, "limit")
 
 
 def _load_pools(

@@ -78,8 +78,63 @@ def test_capacity_wait_reason_names_flavor_and_place(h100) -> None:
     quotas.admission_pass()
     second.refresh_from_db()
     assert second.status == "queued"
-    assert second.pending_reason.startswith("waiting: no free H100 in EU pools; next free in about")
+    # The running job reported no progress: only its maximum duration bounds the wait.
+    assert second.pending_reason == (
+        "waiting: no free H100 in EU pools; next free in at most about 24 h (the running jobs' "
+        "maximum duration; they may well end sooner)"
+    )
     assert second.estimated_start is not None
+
+
+def test_the_estimated_start_is_the_end_of_the_booking_that_holds_the_gpus(h100) -> None:
+    pool = pool_make(flavor=h100, gpus=4)
+    plan_make(h100, guaranteed=0, max_gpus=100)
+    owner, other = org_make(), org_make()
+    now = timezone.now()
+    booking = booking_make(
+        owner, pool, 4, start=now - timedelta(minutes=1), end=now + timedelta(hours=4)
+    )
+    waiting = job_submit(other, gpus=2)
+    quotas.admission_pass()
+    waiting.refresh_from_db()
+    assert waiting.status == "queued"
+    # The booking's end (to the minute stored), not 24 h from the maximum job duration.
+    assert abs((waiting.estimated_start - booking.end).total_seconds()) < 60
+    assert waiting.pending_reason.endswith(
+        "next free in about 4 h (when a booking holding those GPUs ends)"
+    )
+
+
+def test_the_estimated_start_follows_the_running_job_s_own_progress(h100) -> None:
+    from marketplace.finetuning.services import trainer_events_record
+
+    pool_make(flavor=h100, gpus=4)
+    plan_make(h100, guaranteed=0, max_gpus=100)
+    a, b = org_make(), org_make()
+    running = job_submit(a, gpus=4)
+    assert quotas.admission_pass() == [running.id]
+    attempt = job_start(running.id)
+    trainer_events_record(
+        job_id=running.id,
+        attempt_number=attempt.number,
+        events=[{"event": "progress", "step": 10, "total_steps": 40, "eta_s": 3 * 3600}],
+    )
+    waiting = job_submit(b, gpus=2)
+    before = timezone.now()
+    quotas.admission_pass()
+    waiting.refresh_from_db()
+    assert waiting.status == "queued"
+    # 3 h from the progress report, not 24 h from the maximum job duration.
+    expected = before + timedelta(hours=3)
+    assert abs((waiting.estimated_start - expected).total_seconds()) < 120
+    assert waiting.pending_reason.endswith(
+        "next free in about 2 h to 4 h (from the running jobs' own progress)"
+    )
+    # The next job in the queue waits behind this one: its estimate says so.
+    third = job_submit(b, gpus=2)
+    quotas.admission_pass()
+    third.refresh_from_db()
+    assert "after the jobs ahead of yours in the queue" in third.pending_reason
 
 
 def test_job_that_does_not_fit_does_not_block_smaller_ones(h100) -> None:

@@ -8,6 +8,7 @@ from typing import IO, Any
 from django.core.files import File as DjangoFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from marketplace.errors import InvalidInput, NotFound
 from marketplace.events.services import event_record
@@ -59,6 +60,8 @@ def _trainer_event_record(attempt: JobAttempt, event: dict[str, Any]) -> None:
     job_id = attempt.job_id
     data = {k: v for k, v in event.items() if k != "event"}
     if kind == TrainerEvent.PROGRESS:
+        # When it was reported: the admission pass turns eta_s into an expected end with it.
+        data["reported_at"] = timezone.now().isoformat()
         FineTuningJob.objects.filter(pk=job_id).update(
             progress=data, trained_tokens=data.get("trained_tokens")
         )
