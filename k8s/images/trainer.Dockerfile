@@ -22,7 +22,7 @@ WORKDIR /app
 # Only the pod's code: the agent and the LoRA core (neither imports Django).
 # workers/protocol.py: exit codes and event names, shared with the marketplace (stdlib only);
 # workers/catalog.py: where base models are cached (the trainer resolves its model there).
-COPY workers/__init__.py workers/agent.py workers/protocol.py workers/catalog.py ./workers/
+COPY workers/__init__.py workers/agent.py workers/protocol.py workers/catalog.py workers/spool.py ./workers/
 COPY workers/lora ./workers/lora
 USER 10001:10001
 # Exit codes: 0 ok, 1 internal error, 3 user error, 4 preempted after a checkpoint.

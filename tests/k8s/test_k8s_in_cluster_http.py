@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from tests.fakes.keys import provenance_key_pem
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_MAP = ROOT / "k8s" / "base" / "configmap.yaml"
 
@@ -54,6 +56,7 @@ def _cluster_env(tmp_path: Path) -> tuple[dict[str, str], str]:
         "DATABASE_URL_FILE": "postgres://partage@db.invalid:5432/partage",
         "REDIS_URL_FILE": "redis://redis.invalid:6379/0",
         "PARTAGE_METRICS_TOKEN_FILE": "metrics-token-for-prometheus",
+        "PARTAGE_PROVENANCE_KEY_FILE": provenance_key_pem(),
     }
     for name, value in secrets.items():
         assert name in data, f"the config map no longer names {name}"
