@@ -114,7 +114,6 @@ def child_partage(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, A
     class TimedTrainer(core.Trainer):
         def setup(self) -> None:
             super().setup()
-            self.model_dir = pathlib.Path(spec["model_dir"])  # not a catalog id: bench model
             self.rss_before = _rss_now()
             _sync(cuda)
             self.t_start = time.perf_counter()
@@ -131,7 +130,7 @@ def child_partage(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, A
     config = parse_config(
         {
             "job_id": "bench",
-            "base_model": "bench",
+            "base_model": spec["model_dir"],  # a local model directory
             "training_file": spec["train"],
             "output_dir": str(pathlib.Path(spec["workdir"]) / "partage-out"),
             "seed": spec["seed"],
@@ -149,8 +148,6 @@ def child_partage(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, A
             "lora": spec["lora"],
         }
     )
-    # the bench model is not a catalog id: resolve it to its directory
-    core.catalog.resolve = lambda model_id, cache_dir=None: pathlib.Path(spec["model_dir"])  # type: ignore[assignment]
     devnull = open(os.devnull, "w")  # noqa: SIM115 (events are not needed here)
     real_stdout, sys.stdout = sys.stdout, devnull
     try:

@@ -159,21 +159,53 @@ def _entry_dir(cache_dir: pathlib.Path, model_id: str) -> pathlib.Path:
     return cache_dir / model_id.replace("/", "--")
 
 
+SOURCE_FILE = "partage_source.json"  # in each prepared dir: the id and the weights' sha256
+
+
+def cached_problem(target: pathlib.Path, model_id: str) -> str | None:
+    """Why the dir at `target` is not a prepared copy of `model_id` (None when it is): it must
+    hold config.json and a SOURCE_FILE naming `model_id` whose weights_sha256 matches the
+    weights there now."""
+    if not (target / "config.json").exists():
+        return "no config.json"
+    try:
+        source = json.loads((target / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return f"no readable {SOURCE_FILE}"
+    if not isinstance(source, dict) or source.get("id") != model_id:
+        return f"{SOURCE_FILE} names {source.get('id') if isinstance(source, dict) else None!r}"
+    if source.get("weights_sha256") != weights_sha256(target):
+        return "its weights do not match the sha256 recorded when it was prepared"
+    return None
+
+
 def resolve(model_id: str, cache_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
-    """Return a local HF-format dir for `model_id`, building or converting it once if needed."""
+    """Return a local HF-format dir for `model_id`, building or converting it once if needed.
+
+    A dir already at the cache path is used only if it was prepared for this id and its weights
+    still hash to what was recorded then (`cached_problem`); otherwise it is rebuilt in place."""
     entry = get_entry(model_id)
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = _entry_dir(cache, model_id)
-    if (target / "config.json").exists():
+    if target.exists() and cached_problem(target, model_id) is None:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / f".{target.name}.lock"):
-        if (target / "config.json").exists():  # another process finished it while we waited
+        problem = cached_problem(target, model_id) if target.exists() else None
+        if target.exists() and problem is None:  # another process finished it while we waited
             return target
+        if problem is not None:
+            print(f"catalog: rebuilding {target} for {model_id}: {problem}", file=sys.stderr)
         builder = _BUILDERS[entry.source]
         with tempfile.TemporaryDirectory(dir=cache, prefix=f".{target.name}.tmp-") as tmp:
             built = pathlib.Path(tmp) / "model"
             builder(entry, built)
+            source_path = built / SOURCE_FILE
+            source = json.loads(source_path.read_text()) if source_path.exists() else {}
+            source.update(id=entry.id, weights_sha256=weights_sha256(built))
+            source_path.write_text(json.dumps(source, indent=2))
+            if target.exists():  # move the stale dir aside; it goes with the temp dir
+                os.replace(target, pathlib.Path(tmp) / "stale")
             os.replace(built, target)  # atomic on one filesystem
     return target
 

@@ -8,25 +8,44 @@ has returned its code, a stop signal no longer changes it (see `exit_with`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 import traceback
 
-from workers.lora.config import UserError, load_config
+from workers.lora.config import UserError, job_file_help, load_config
 from workers.lora.events import emit, log
 from workers.protocol import EXIT_INTERNAL_ERROR, EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.lora")
-    parser.add_argument("--config", required=True, help="path to job.json")
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.lora",
+        description="One LoRA fine-tuning run, described by a job file (job.json). Events go to "
+        "stdout as JSON lines, logs to stderr. Exit codes: 0 ok, 1 internal error, 3 user error, "
+        "4 preempted after a checkpoint, 6 out of memory.",
+        epilog=job_file_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="path to job.json (keys below)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch; overrides the job file's num_threads",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be an integer >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = load_config(args.config)
+        if args.threads is not None:
+            config = dataclasses.replace(config, num_threads=args.threads)
         from workers.lora.trainer import Trainer  # heavy imports after the config is valid
 
         return Trainer(config).run(resume=args.resume)

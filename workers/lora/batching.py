@@ -1,11 +1,14 @@
 """Data order, micro-batches and collation (padded rows, or packed rows without cross-talk).
 
-Packed rows concatenate whole examples and position ids restart at 0 for each one. With the
-varlen attention (`workers.lora.attention`) a micro-batch is a single unpadded row plus the
-(start, end) bounds of its examples, and each example attends only to itself. Otherwise rows
-hold at most `capacity` tokens and no 2D attention mask is passed, which makes transformers
-build a block-diagonal causal mask (see `masking_utils.find_packed_sequence_indices`). Either
-way attention never crosses example boundaries.
+Packed rows concatenate whole examples and position ids restart at 0 for each one. Every row
+holds at most `capacity` (= max_seq_length) tokens, so peak memory is bounded by the job's
+settings, not by how long the examples of a micro-batch happen to be together. With the varlen
+attention (`workers.lora.attention`) a micro-batch is one or more unpadded rows, each with the
+(start, end) bounds of its examples, run one after the other (see `micro_batch_rows`); each
+example attends only to itself. Otherwise the rows of a micro-batch are padded to the longest
+and no 2D attention mask is passed, which makes transformers build a block-diagonal causal mask
+(see `masking_utils.find_packed_sequence_indices`). Either way attention never crosses example
+boundaries.
 """
 
 from __future__ import annotations
@@ -167,3 +170,19 @@ def collate(
         tokens=sum(len(e.input_ids) for e in examples),
         loss_tokens=sum(e.loss_tokens for e in examples),
     )
+
+
+def micro_batch_rows(
+    examples: list[Example], *, packing: bool, capacity: int, pad_id: int, varlen: bool = False
+) -> list[Batch]:
+    """The batches one micro-batch is run as: every row at most `capacity` tokens.
+
+    Varlen rows cannot share a tensor (their bounds describe one row), so a micro-batch that
+    does not fit one row of `capacity` tokens becomes several single-row batches, packed first
+    fit decreasing; otherwise it is the one batch of `collate`."""
+    if packing and varlen:
+        return [
+            collate_varlen([examples[i] for i in row])
+            for row in pack_rows([len(e.input_ids) for e in examples], capacity)
+        ]
+    return [collate(examples, packing=packing, capacity=capacity, pad_id=pad_id)]

@@ -2,7 +2,8 @@
 
 Each holds the PEFT adapter (usable on its own), the exact trainable tensors, the optimizer and
 scheduler states, the RNG states and the training position. Written to a temp dir then renamed,
-so a checkpoint dir that exists is complete.
+so a checkpoint dir that exists is complete. Only the newest `keep` are kept: older ones are
+deleted after the newer one is complete (renamed into place).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     progress: dict[str, Any],
+    keep: int | None = None,
 ) -> pathlib.Path:
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -59,18 +61,37 @@ def save_checkpoint(
     (tmp / "progress.json").write_text(json.dumps({"step": step, **progress}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    if keep is not None:
+        prune_checkpoints(output_dir, keep)
     return final
+
+
+def _complete(root: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(
+        p
+        for p in root.glob("step-*")
+        if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_FILE).exists()
+    )
+
+
+def prune_checkpoints(output_dir: pathlib.Path, keep: int) -> list[pathlib.Path]:
+    """Delete all complete checkpoints but the newest `keep` (>= 1); return the deleted ones."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    old = _complete(root)[:-keep]
+    for path in old:
+        shutil.rmtree(path)
+    return old
 
 
 def latest_checkpoint(output_dir: pathlib.Path) -> pathlib.Path | None:
     root = output_dir / "checkpoints"
     if not root.is_dir():
         return None
-    done = sorted(
-        p
-        for p in root.glob("step-*")
-        if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_FILE).exists()
-    )
+    done = _complete(root)
     return done[-1] if done else None
 
 

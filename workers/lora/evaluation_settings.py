@@ -7,5 +7,9 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    max_samples: int = 8  # held-out prompts answered by the base model and by the adapter
-    max_new_tokens: int = 64
+    max_samples: int = dataclasses.field(
+        default=8, metadata={"help": "held-out prompts answered by the base model and the adapter"}
+    )
+    max_new_tokens: int = dataclasses.field(
+        default=64, metadata={"help": "greedy tokens generated per evaluation prompt"}
+    )

@@ -24,8 +24,8 @@ from workers import catalog
 from workers.lora import adapter as adapter_io
 from workers.lora import checkpoint as ckpt
 from workers.lora import evaluation
-from workers.lora.batching import Batch, Schedule, collate
-from workers.lora.config import JobConfig, UserError
+from workers.lora.batching import Batch, Schedule, micro_batch_rows
+from workers.lora.config import JobConfig, UserError, is_local_model
 from workers.lora.data import Example, load_examples
 from workers.lora.events import emit, log
 from workers.lora.modeling import (
@@ -86,10 +86,42 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> Non
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
-    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+    """Linear warmup over `warmup` steps, then cosine/linear decay to 0 or constant."""
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
+    if kind == "constant":
+        return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
     make = get_cosine_schedule_with_warmup if kind == "cosine" else get_linear_schedule_with_warmup
     return make(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def warmup_steps(hp: Any, total: int) -> int:
+    """The warmup length: `warmup_steps` when given (at most `total`), else the ratio's."""
+    if hp.warmup_steps is None:
+        return math.ceil(hp.warmup_ratio * total)
+    if hp.warmup_steps > total:
+        raise UserError(
+            f"hyperparameters.warmup_steps={hp.warmup_steps} exceeds the run's {total} steps; "
+            "lower it or use warmup_ratio",
+            param="warmup_steps",
+        )
+    return int(hp.warmup_steps)
+
+
+def resolve_base_model(base_model: str) -> tuple[pathlib.Path, str]:
+    """(model dir, name recorded in the adapter): a catalog id's cache dir and the id, or a
+    local directory's resolved path (as its name too, so the manifest says what was used)."""
+    if is_local_model(base_model):
+        path = pathlib.Path(base_model).expanduser().resolve()
+        return path, str(path)
+    try:
+        return catalog.resolve(base_model), base_model
+    except catalog.CatalogError as e:
+        raise UserError(str(e), param="base_model") from e
 
 
 class Trainer:
@@ -105,11 +137,11 @@ class Trainer:
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
+        if self.config.num_threads is not None:
+            torch.set_num_threads(self.config.num_threads)
+            log(f"torch uses {torch.get_num_threads()} CPU threads")
         torch.manual_seed(self.config.seed)
-        try:
-            self.model_dir = catalog.resolve(self.config.base_model)
-        except catalog.CatalogError as e:
-            raise UserError(str(e), param="base_model") from e
+        self.model_dir, self.base_model_name = resolve_base_model(self.config.base_model)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
@@ -152,13 +184,13 @@ class Trainer:
         )
         torch.manual_seed(self.config.seed)  # LoRA init does not depend on loading order
         self.varlen = supports_varlen(base)
-        self.model = wrap_lora(base, self.config.lora, self.config.base_model)
+        self.model = wrap_lora(base, self.config.lora, self.base_model_name)
         self.params = [p for _, p in trainable_parameters(self.model)]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay
         )
         total = self.schedule.total_steps
-        warmup = math.ceil(self.hp.warmup_ratio * total)
+        warmup = warmup_steps(self.hp, total)
         self.scheduler = make_scheduler(self.optimizer, self.hp.lr_scheduler, warmup, total)
 
     def _load(self, path: pathlib.Path) -> tuple[list[Example], Any]:
@@ -176,14 +208,22 @@ class Trainer:
             raise UserError(f"{path.name}: {e}") from e
 
     # ------------------------------------------------------------------ steps
+    def _rows(self, indices: list[int], examples: list[Example]) -> list[Batch]:
+        """A micro-batch as the batches it runs as, each row at most max_seq_length tokens."""
+        return [
+            b.to(self.device)
+            for b in micro_batch_rows(
+                [examples[i] for i in indices],
+                packing=self.hp.packing,
+                capacity=self.hp.max_seq_length,
+                pad_id=self.pad_id,
+                varlen=self.varlen,
+            )
+        ]
+
     def _batch(self, indices: list[int], examples: list[Example]) -> Batch:
-        return collate(
-            [examples[i] for i in indices],
-            packing=self.hp.packing,
-            capacity=self.hp.max_seq_length,
-            pad_id=self.pad_id,
-            varlen=self.varlen,
-        ).to(self.device)
+        (batch,) = self._rows(indices, examples)  # callers pass one example
+        return batch
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -196,23 +236,25 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         self.model.train()
         micro = self.schedule.step_micro_batches(step)
-        batches = [self._batch(indices, self.train) for indices in micro]
+        micro_rows = [self._rows(indices, self.train) for indices in micro]
+        batches = [b for rows in micro_rows for b in rows]
         loss_tokens = sum(b.loss_tokens for b in batches)
         total_loss = 0.0
-        for index, batch in enumerate(batches):
+        for index, rows in enumerate(micro_rows):
             if index and self.flags.preempt:
                 # within the pod's grace period: do not finish a long accumulated step
                 raise StepAbortedError
-            with self._autocast():
-                loss = loss_sum(self.model, batch) / loss_tokens
-            if not torch.isfinite(loss):
-                raise TrainingGuardError(
-                    f"loss became {loss.item()} at step {step + 1}; lower the learning rate or check the data",
-                    code="nan_loss",
-                    step=step + 1,
-                )
-            loss.backward()
-            total_loss += float(loss.detach())
+            for batch in rows:
+                with self._autocast():
+                    loss = loss_sum(self.model, batch) / loss_tokens
+                if not torch.isfinite(loss):
+                    raise TrainingGuardError(
+                        f"loss became {loss.item()} at step {step + 1}; lower the learning rate or check the data",
+                        code="nan_loss",
+                        step=step + 1,
+                    )
+                loss.backward()
+                total_loss += float(loss.detach())
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm or float("inf"))
         )
@@ -248,10 +290,10 @@ class Trainer:
         total, count = 0.0, 0
         for start in range(0, len(self.valid), self.hp.batch_size):
             indices = list(range(start, min(start + self.hp.batch_size, len(self.valid))))
-            batch = self._batch(indices, self.valid)
-            with self._autocast():
-                total += float(loss_sum(self.model, batch))
-            count += batch.loss_tokens
+            for batch in self._rows(indices, self.valid):
+                with self._autocast():
+                    total += float(loss_sum(self.model, batch))
+                count += batch.loss_tokens
         self.model.train()
         return total / count
 
@@ -346,6 +388,7 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             progress=progress,
+            keep=self.hp.keep_checkpoints,
         )
         emit(
             "checkpoint",
@@ -368,6 +411,7 @@ class Trainer:
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 progress=progress,
+                keep=self.hp.keep_checkpoints,
             )
             emit(
                 "checkpoint",
@@ -418,7 +462,7 @@ class Trainer:
             log(f"evaluation failed: {type(e).__name__}: {e}")
             report = {"format": evaluation.EVAL_FORMAT, "error": f"{type(e).__name__}: {e}"}
         report["job_id"] = self.config.job_id
-        report["base_model"] = self.config.base_model
+        report["base_model"] = self.base_model_name
         return evaluation.write_eval(self.output_dir, report)
 
     def _loss_sum(self, model: Any, batch: Batch) -> torch.Tensor:
@@ -437,7 +481,9 @@ class Trainer:
             {
                 "job_id": self.config.job_id,
                 "base_model": {
-                    "id": self.config.base_model,
+                    "id": self.base_model_name,
+                    "source": "local_dir" if is_local_model(self.config.base_model) else "catalog",
+                    "path": str(self.model_dir.resolve()),
                     "weights_sha256": catalog.weights_sha256(self.model_dir),
                 },
                 "tokenizer": adapter_io.tokenizer_hashes(self.model_dir, self.tokenizer),
@@ -466,7 +512,7 @@ class Trainer:
         adapter_io.verify_adapter(
             adapter_dir,
             self.model_dir,
-            base_model_id=self.config.base_model,
+            base_model_id=self.base_model_name,
             max_rank=self.config.max_rank,
         )
         eval_path = self._evaluate_answers(valid_loss)

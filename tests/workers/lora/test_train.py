@@ -130,35 +130,35 @@ def test_unknown_target_module_exits_3(tmp_path, capsys, model_cache):
     assert code == EXIT_USER_ERROR and "target_modules" in events[-1]["message"]
 
 
-def _broken_catalog(tmp_path, monkeypatch, tiny_llama_dir, norm_value: float) -> None:
-    """A private catalog cache whose tiny Llama has its final norm weight set to `norm_value`."""
+def _broken_model(tmp_path, tiny_llama_dir, norm_value: float) -> str:
+    """A local model dir (base_model) holding the tiny Llama with its final norm weight set to
+    `norm_value`. (A tampered catalog cache dir is rebuilt, not trained on.)"""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    cache = tmp_path / "broken-cache"
-    target = cache / tiny_llama_dir.name
+    target = tmp_path / "broken-model"
     shutil.copytree(tiny_llama_dir, target)
     weights = load_file(str(target / "model.safetensors"))
     weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], norm_value)
     save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
-    monkeypatch.setenv("PARTAGE_MODEL_CACHE", str(cache))
+    return str(target)
 
 
-def test_nan_loss_guard(tmp_path, capsys, tiny_llama_dir, monkeypatch):
+def test_nan_loss_guard(tmp_path, capsys, tiny_llama_dir):
     # a base model whose activations are NaN: the very first loss is NaN
-    _broken_catalog(tmp_path, monkeypatch, tiny_llama_dir, float("nan"))
-    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
+    model = _broken_model(tmp_path, tiny_llama_dir, float("nan"))
+    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path, base_model=model))
     assert code == EXIT_USER_ERROR
     assert events[-1]["code"] == "nan_loss" and events[-1]["step"] == 1
     assert "loss became nan" in events[-1]["message"]
     assert not (tmp_path / "out" / "adapter").exists()
 
 
-def test_zero_lora_gradient_guard(tmp_path, capsys, tiny_llama_dir, monkeypatch):
+def test_zero_lora_gradient_guard(tmp_path, capsys, tiny_llama_dir):
     # a zero final norm makes every logit 0 whatever the LoRA weights: their gradient is 0
-    _broken_catalog(tmp_path, monkeypatch, tiny_llama_dir, 0.0)
-    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path))
+    model = _broken_model(tmp_path, tiny_llama_dir, 0.0)
+    code, events = run_inprocess(tmp_path, capsys, job_config(tmp_path, base_model=model))
     assert code == EXIT_USER_ERROR and events[-1]["code"] == "zero_grad"
     assert events[-1]["step"] == 1 and "gradient norm is zero" in events[-1]["message"]
     assert not (tmp_path / "out" / "adapter").exists()
