@@ -45,6 +45,12 @@ NOT_YET_TRUE = {
     "in the id are a 400",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": "a NUL character anywhere in the "
     "body is a 400 (PostgreSQL stores none), where the schema allows it in any string",
+    "PATCH /v1/billing/settings": "low_balance_threshold is any JSON in the schema (an object "
+    "passes); the server wants a decimal string or null: 400",
+    "POST /v1/chat/completions": "an unknown model is OpenAI's 404 model_not_found for a "
+    "schema-valid request",
+    "POST /v1/organization/retention": "retention_days null is accepted (the platform default) "
+    "where the schema requires an integer",
 }
 
 
