@@ -168,6 +168,14 @@ def _worker_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _broker_reset(app: Any) -> None:
+    """Forget connections to the broker used so far: `app.close()` drops the connection pool,
+    but Celery keeps its producer pool, bound to the old broker (an earlier test's folder or
+    memory://), and sends would go there instead of to the broker just configured."""
+    app.close()
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def celery_worker_process(
     transactional_db: None, live_callbacks: str, settings: Any, tmp_path: Path
@@ -214,7 +222,7 @@ def celery_worker_process(
         }
         for sub in ("queue", "processed", "control"):
             (broker / sub).mkdir(parents=True, exist_ok=True)
-        app.close()
+        _broker_reset(app)
     processes: list[subprocess.Popen[bytes]] = []
     log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 - closed at teardown
 
@@ -256,7 +264,7 @@ def celery_worker_process(
             os.killpg(process.pid, signal.SIGKILL)
     log.close()
     app.conf.broker_url, app.conf.broker_transport_options = saved
-    app.close()
+    _broker_reset(app)
 
 
 @pytest.fixture
