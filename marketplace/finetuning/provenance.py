@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import tarfile
 import tempfile
@@ -163,7 +164,7 @@ def adapter_archive_sign(
             info = tarfile.TarInfo(PROVENANCE_NAME)
             info.size = len(envelope)
             info.mode = 0o644
-            target.addfile(info, _BytesReader(envelope))
+            target.addfile(info, io.BytesIO(envelope))
     except (tarfile.TarError, EOFError, OSError) as e:
         signed.close()
         raise InvalidInput(
@@ -195,15 +196,3 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._at + size
-        chunk = self._data[self._at : end]
-        self._at += len(chunk)
-        return chunk

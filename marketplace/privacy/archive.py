@@ -9,6 +9,7 @@ is then streamed to storage in chunks.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 import tempfile
@@ -109,20 +110,8 @@ class ArchiveWriter:
         sums = "".join(f"{item['sha256']}  {item['path']}\n" for item in self.index)
         index = {**description, "objects": self.index, "object_count": count}
         data = json_bytes(index)
-        self._tar.addfile(self._member("index.json", len(data)), _BytesIO(data))
+        self._tar.addfile(self._member("index.json", len(data)), io.BytesIO(data))
         sums_data = sums.encode()
-        self._tar.addfile(self._member("SHA256SUMS", len(sums_data)), _BytesIO(sums_data))
+        self._tar.addfile(self._member("SHA256SUMS", len(sums_data)), io.BytesIO(sums_data))
         self._tar.close()
         return count
-
-
-class _BytesIO:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._at + size
-        chunk = self._data[self._at : end]
-        self._at += len(chunk)
-        return chunk
