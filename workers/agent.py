@@ -373,6 +373,24 @@ def trainer_death(code: int, oom_kills_before: int | None, **kwargs: Any) -> int
     return EXIT_KILLED
 
 
+def trainer_outcome(
+    code: int, *, stop_requested: bool, completed: bool, oom_kills_before: int | None, **kwargs: Any
+) -> int:
+    """The attempt's exit code from the trainer's: a signal that ended it after `completed` (the
+    adapter is spooled by then) only cut its shutdown short, so the attempt completed, whatever
+    the signal. Before `completed`, our own stop (SIGTERM reaching the trainer, same process
+    group, before its handler was in place) saved nothing new: the attempt resumes from its last
+    checkpoint. Any other signal killed it (trainer_death)."""
+    if code >= 0:
+        return code
+    if completed:
+        log.warning("the trainer ended by signal %d after it completed: the attempt stands", -code)
+        return EXIT_OK
+    if code == -signal.SIGTERM and stop_requested:
+        return EXIT_PREEMPTED
+    return trainer_death(code, oom_kills_before, **kwargs)
+
+
 def main() -> int:
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
@@ -409,16 +427,12 @@ def main() -> int:
         sender.on_flags = relay.on_flags
         stop.attach(relay)
         relay.run()
-        code = process.wait()
-        if code == -signal.SIGTERM and stop.requested:
-            # After `completed` (the adapter is spooled by now) the stop only cut the trainer's
-            # shutdown short, which it guards against (workers.lora.__main__.exit_with): the
-            # attempt completed. Before it, the stop reached the trainer (same process group)
-            # before its own handler was in place: it saved nothing new, so the attempt
-            # resumes from its last checkpoint.
-            code = EXIT_OK if relay.completed else EXIT_PREEMPTED
-        elif code < 0 and not relay.completed:
-            code = trainer_death(code, oom_kills_before)
+        code = trainer_outcome(
+            process.wait(),
+            stop_requested=stop.requested,
+            completed=relay.completed,
+            oom_kills_before=oom_kills_before,
+        )
     except _Stopped:
         code = EXIT_PREEMPTED  # nothing new to save: the attempt resumes from its last checkpoint
     except Exception as e:  # report anything, then fail the attempt as an internal error

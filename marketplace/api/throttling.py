@@ -24,6 +24,7 @@ from django.db import connection
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from marketplace.accounts.models import ApiKey
 from marketplace.api.authentication import ApiKeyPrincipal
 
 logger = logging.getLogger("partage.api")
@@ -44,9 +45,11 @@ def _redis_incr(url: str) -> Any:
     return client.register_script(_INCR_LUA)
 
 
-def _count_in_redis(key_id: int, window_number: int, window: int) -> int:
+def _count_in_redis(key_prefix: str, window_number: int, window: int) -> int:
+    # Named by the key's public prefix (random, unique for ever), not its row id: ids start
+    # again at 1 in a recreated database, and would inherit the old key's count in Redis.
     incr = _redis_incr(settings.REDIS_URL)
-    return int(incr(keys=[f"partage:api-rate:{key_id}:{window_number}"], args=[window * 2]))
+    return int(incr(keys=[f"partage:api-rate:{key_prefix}:{window_number}"], args=[window * 2]))
 
 
 # Both sides of SET read the row as it was: a new window restarts the count at 1. The table is
@@ -68,11 +71,11 @@ def _count_in_database(key_id: int, window_number: int) -> int:
     return int(row[0])
 
 
-def request_count(*, key_id: int, window_number: int, window: int) -> int:
-    """This request's number within the key's window (1 for the first)."""
+def request_count(key: ApiKey, *, window_number: int, window: int) -> int:
+    """This request's number within the API key's window (1 for the first)."""
     if settings.REDIS_URL:
-        return _count_in_redis(key_id, window_number, window)
-    return _count_in_database(key_id, window_number)
+        return _count_in_redis(key.prefix, window_number, window)
+    return _count_in_database(key.pk, window_number)
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -88,9 +91,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         now = time.time()
         window_number = int(now // window)
         try:
-            count = request_count(
-                key_id=principal.key.pk, window_number=window_number, window=window
-            )
+            count = request_count(principal.key, window_number=window_number, window=window)
         except Exception:  # the counter's store is down: serve rather than refuse everyone
             logger.warning("rate-limit counter unavailable", exc_info=True)
             return True

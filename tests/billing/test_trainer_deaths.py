@@ -3,6 +3,7 @@ checkpoint like one killed with its pod, and billed by the failure rules (REFERE
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,7 @@ from marketplace.finetuning import services as jobs
 from marketplace.finetuning.models import JobEvent
 from tests.billing.conftest import admit, job_new, start, succeed, topup
 from workers import agent
-from workers.protocol import EXIT_KILLED, EXIT_OUT_OF_MEMORY
+from workers.protocol import EXIT_KILLED, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_PREEMPTED
 
 
 def test_a_trainer_killed_alone_is_requeued_then_succeeds(
@@ -73,3 +74,39 @@ def test_agent_tells_the_oom_killer_from_another_kill(tmp_path: Path) -> None:
     assert agent.trainer_death(-9, before, paths=(events,)) == EXIT_OUT_OF_MEMORY
     # Without cgroup figures a kill is a kill.
     assert agent.trainer_death(-9, None, paths=(tmp_path / "absent",)) == EXIT_KILLED
+
+
+def test_a_signal_after_completed_leaves_the_attempt_completed(tmp_path: Path) -> None:
+    absent = (tmp_path / "absent",)
+    for code in (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGSEGV):
+        for stop_requested in (False, True):
+            outcome = agent.trainer_outcome(
+                code, stop_requested=stop_requested, completed=True, oom_kills_before=0,
+                paths=absent,
+            )  # fmt: skip
+            assert outcome == EXIT_OK, (code, stop_requested)
+    # Before `completed`: our own stop preempts, anything else killed it; exit codes stand.
+    assert (
+        agent.trainer_outcome(
+            -signal.SIGTERM, stop_requested=True, completed=False, oom_kills_before=0, paths=absent
+        )
+        == EXIT_PREEMPTED
+    )
+    assert (
+        agent.trainer_outcome(
+            -signal.SIGKILL, stop_requested=True, completed=False, oom_kills_before=0, paths=absent
+        )
+        == EXIT_KILLED
+    )
+    assert (
+        agent.trainer_outcome(
+            -signal.SIGTERM, stop_requested=False, completed=False, oom_kills_before=0, paths=absent
+        )
+        == EXIT_KILLED
+    )
+    assert (
+        agent.trainer_outcome(
+            3, stop_requested=True, completed=True, oom_kills_before=0, paths=absent
+        )
+        == 3
+    )

@@ -62,16 +62,22 @@ def test_trainer_sigkilled_alone_resumes_from_its_checkpoint(
     client_a: Any, upload: Any, celery_worker_process: Any, settings: Any
 ) -> None:
     celery_worker_process()
-    job_id = submit(client_a, upload, lines=40, epochs=4)  # 80 steps, a checkpoint at 50
+    # 160 steps, checkpoints at 50, 100 and 150: the kill lands well before the end even on a
+    # fast machine (on one, 80 steps finished before the test's kill, which then proved nothing).
+    job_id = submit(client_a, upload, lines=40, epochs=8)
     wait_for(
         lambda: Checkpoint.objects.filter(job_id=job_id).exists(),
         timeout=420,
-        interval=1,
+        interval=0.2,
         what="a first checkpoint",
     )
     first = FineTuningJob.objects.get(pk=job_id).attempts.get(number=1)
     agent_pid = int(first.handle.partition(":")[0])
     trainer = wait_for(lambda: _trainer_pid(agent_pid), timeout=30, what="the trainer's pid")
+    os.kill(trainer, signal.SIGSTOP)  # frozen where it is, so that what follows is a real test
+    assert not Checkpoint.objects.filter(job_id=job_id, step__gte=150).exists(), (
+        "the trainer was near its end before the kill: give the test's job more steps"
+    )
     os.kill(trainer, signal.SIGKILL)  # the trainer alone, as the OOM killer does
 
     job = finished(job_id, timeout=600)

@@ -102,10 +102,10 @@ def test_the_limit_holds_under_50_clients_on_postgresql(
 
 def test_a_new_window_starts_the_count_again(db: None, key_a: str, settings: Any) -> None:
     settings.REDIS_URL = None  # the embedded default's database counter
-    key_id = ApiKey.objects.get().pk
-    assert [request_count(key_id=key_id, window_number=7, window=60) for _ in range(3)] == [1, 2, 3]
-    assert request_count(key_id=key_id, window_number=8, window=60) == 1
-    assert request_count(key_id=key_id, window_number=8, window=60) == 2
+    key = ApiKey.objects.get()
+    assert [request_count(key, window_number=7, window=60) for _ in range(3)] == [1, 2, 3]
+    assert request_count(key, window_number=8, window=60) == 1
+    assert request_count(key, window_number=8, window=60) == 2
 
 
 def test_over_the_limit_is_a_429_with_retry_after(client_a: Any, settings: Any) -> None:
