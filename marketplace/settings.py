@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "marketplace.api",
     "marketplace.portal",
     "marketplace.notifications",
+    "marketplace.demo",
 ]
 
 MIDDLEWARE = [

@@ -1,4 +1,5 @@
-"""Idempotent demo data for the embedded default: one startup, one owner, one API key."""
+"""Idempotent demo data for the embedded default: one startup, one owner, one API key, and one
+member of staff (for the cockpit: approvals, quotas, prices), so that nothing needs a shell."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 from django.conf import settings
 
-from marketplace.accounts.models import ApiKey, Membership, User
+from marketplace.accounts.models import ApiKey, Membership, Organization, User
 from marketplace.accounts.services import api_key_create, membership_set, organization_get_or_create
 
 DEMO_USERNAME = "demo"
+STAFF_USERNAME = "staff"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +21,7 @@ class Demo:
     username: str
     password: str
     api_key: str
+    organization: Organization
 
 
 def demo_seed() -> Demo:
@@ -49,7 +52,31 @@ def demo_seed() -> Demo:
     ):
         key = api_key_create(organization=org, name="demo", created_by=user).secret
         _write_secret(key_file, key)
-    return Demo(username=DEMO_USERNAME, password=password_file.read_text().strip(), api_key=key)
+    return Demo(
+        username=DEMO_USERNAME,
+        password=password_file.read_text().strip(),
+        api_key=key,
+        organization=org,
+    )
+
+
+def demo_staff_seed() -> tuple[User, str]:
+    """The demo's member of staff (not a superuser: the cockpit needs no more) and its
+    password, kept in DATA_DIR only."""
+    password_file = settings.DATA_DIR / "demo" / "staff_password"
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    user = User.objects.filter(username=STAFF_USERNAME).first()
+    if user is None or not password_file.exists():
+        password = secrets.token_urlsafe(12)
+        if user is None:
+            user = User.objects.create_user(
+                STAFF_USERNAME, email="staff@partage.local", password=password, is_staff=True
+            )
+        else:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        _write_secret(password_file, password)
+    return user, password_file.read_text().strip()
 
 
 def _write_secret(path: Path, value: str) -> None:

@@ -102,6 +102,7 @@ class ClusterConnection(models.Model):
     class Kind(models.TextChoices):
         KUBECONFIG = "kubeconfig", "Kubeconfig file (mounted secret)"
         IN_CLUSTER = "in_cluster", "In-cluster service account"
+        LOCAL = "local", "This machine (the local executor; the embedded default's demo pool)"
 
     name = models.SlugField(max_length=60, unique=True)
     provider = models.ForeignKey(

@@ -24,7 +24,7 @@ import httpx2
 import pytest
 from openai import OpenAI
 
-from marketplace.finetuning.management.commands.partage_up import web_command
+from marketplace.demo.management.commands.partage_up import web_command
 from tests.k8s.test_k8s_manifests import K8S, _documents
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from marketplace.accounts.seed import demo_seed
+from marketplace.accounts.seed import demo_seed, demo_staff_seed
+from marketplace.billing.seed import demo_credit_seed
+from marketplace.capacity.seed import demo_supply_seed
 
 
 def web_command(bind: str) -> list[str]:
@@ -67,6 +69,9 @@ class Command(BaseCommand):
         # DEBUG is off by default, so the static files are served from their collected copy.
         call_command("collectstatic", interactive=False, verbosity=0)
         demo = demo_seed()
+        staff, staff_password = demo_staff_seed()
+        pool = demo_supply_seed(staff=staff)
+        credit = demo_credit_seed(organization=demo.organization)
         url = f"http://{options['bind']}"
         engine = str(settings.DATABASES["default"]["ENGINE"])
         self.stdout.write(
@@ -75,8 +80,14 @@ class Command(BaseCommand):
             f"{'filesystem' if settings.CELERY_BROKER_URL.startswith('filesystem') else 'Redis'} broker, "
             f"{settings.PARTAGE_EXECUTOR} executor).\n\n"
             f"  Portal:   {url}/  (login {demo.username} / {demo.password})\n"
+            f"  Cockpit:  {url}/cockpit/  (staff login {staff.username} / {staff_password})\n"
             f"  API:      {url}/v1  (docs {url}/v1/docs)\n"
-            f"  API key:  {demo.api_key}\n\n"
+            f"  API key:  {demo.api_key}\n"
+            f"  Supply:   a demo provider offers this machine as pool {pool.public_id} "
+            f"(flavor {pool.flavor.slug}: {pool.flavor.model_name}, "
+            f"EUR {pool.price_per_gpu_hour:.2f}/h)\n"
+            f"  Credit:   the demo startup has EUR {credit.amount:.2f} of demo credit "
+            "(add more under Billing > Add credit)\n\n"
             "Press Ctrl-C to stop.\n"
         )
         if options["no_serve"]:
