@@ -37,11 +37,13 @@ def test_web_down_six_minutes_while_the_job_trains(
     client_a: Any, upload: Any, celery_worker_process: Any, web_gate: WebGate, settings: Any
 ) -> None:
     celery_worker_process()
-    job_id = submit(client_a, upload, lines=32, epochs=4)
+    # 96 steps: the outage starts near the first of them, well before the end even on a fast
+    # machine (one trained 80 steps in under 6 s).
+    job_id = submit(client_a, upload, lines=32, epochs=6)
     wait_for(
         lambda: JobEvent.objects.filter(job_id=job_id, type="metrics").exists(),
         timeout=420,
-        interval=1,
+        interval=0.2,
         what="the first metrics from the trainer",
     )
     attempt = FineTuningJob.objects.get(pk=job_id).attempts.get(number=1)
@@ -49,6 +51,12 @@ def test_web_down_six_minutes_while_the_job_trains(
 
     web_gate.down()
     down_at = time.monotonic()
+    assert (
+        not _spooled(spool, "adapter")
+        and not FineTuningJob.objects.filter(
+            pk=job_id, status__in=["finalizing", "succeeded"]
+        ).exists()
+    ), "the trainer finished before the outage began: give the test's job more steps"
     wait_for(
         lambda: _spooled(spool, "adapter"),
         timeout=OUTAGE_SECONDS - 30,
