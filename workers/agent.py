@@ -60,6 +60,9 @@ class _Stopped(Exception):
 
 
 FLUSH_EVERY_SECONDS = 1.0
+# How often the trainer's log, when it grew, is sent while it runs (the job page shows it live).
+LOG_EVERY_SECONDS = 5.0
+LOG_TAIL_BYTES = 100_000
 
 
 class Callback:
@@ -117,6 +120,9 @@ class Callback:
             return self.request("POST", "/events", json=body).json()
         if kind == "exit":
             self.request("POST", "/exit", json=body)
+            return {}
+        if kind == "log":
+            self.request("POST", "/log", json=body)
             return {}
         assert archive is not None, kind
         with open(archive, "rb") as handle:
@@ -288,6 +294,47 @@ class Relay:
         self.spool.put("adapter", fields, tar_dir(adapter_dir))
 
 
+class LogShipper(threading.Thread):
+    """Sends the trainer's log while it runs: every few seconds, when it grew, its latest
+    LOG_TAIL_BYTES as one report (each replaces the one before). At most one waits in the spool:
+    while Partage is unreachable the log is not queued again and again, and the next report
+    after the outage carries the newest. Stopped before the exit report, which carries the
+    final log and is the last word."""
+
+    def __init__(self, spool: Spool, attempt: int, path: Path, every: float) -> None:
+        super().__init__(name="partage-log-shipper", daemon=True)
+        self.spool = spool
+        self.attempt = attempt
+        self.path = path
+        self.every = every
+        self.shipped_size = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.ship()
+
+    def ship(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size == self.shipped_size:
+            return
+        if any(entry.name.endswith("-log.json") for entry in self.spool.pending()):
+            return  # the previous one is still on its way: the next tick sends the newest
+        with open(self.path, "rb") as handle:
+            handle.seek(max(size - LOG_TAIL_BYTES, 0))
+            text = handle.read(LOG_TAIL_BYTES).decode("utf-8", errors="replace")
+        self.shipped_size = size
+        self.spool.put("log", {"attempt": self.attempt, "logs": text})
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.is_alive():
+            self.join()
+
+
 def prepare(callback: Callback, run_dir: Path) -> tuple[Path, bool]:
     spec = callback.spec()
     data_dir = run_dir / "data"
@@ -412,6 +459,7 @@ def main() -> int:
     sender = Sender(spool, callback)
     sender.start()
     code = 1
+    shipper: LogShipper | None = None
     try:
         config_path, resume = prepare(callback, run_dir)
         if stop.requested:
@@ -423,6 +471,9 @@ def main() -> int:
         oom_kills_before = oom_kill_count()
         with open(stderr_tail, "ab") as err:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
+        every = float(env.get("PARTAGE_LOG_EVERY_SECONDS") or LOG_EVERY_SECONDS)
+        shipper = LogShipper(spool, callback.attempt, stderr_tail, every)
+        shipper.start()
         relay = Relay(spool, callback.attempt, process)
         sender.on_flags = relay.on_flags
         stop.attach(relay)
@@ -438,6 +489,8 @@ def main() -> int:
     except Exception as e:  # report anything, then fail the attempt as an internal error
         log.exception("agent failed: %s", e)
         code = 1
+    if shipper is not None:
+        shipper.stop()  # before the exit report: its log is the last word
     logs = (
         stderr_tail.read_text(encoding="utf-8", errors="replace")[-100_000:]
         if stderr_tail.exists()

@@ -177,6 +177,10 @@ def _report_apply(
     job_id, number = attempt.job_id, attempt.number
     if kind == "events":
         services.trainer_events_record(job_id=job_id, attempt_number=number, events=body["events"])
+    elif kind == "log":
+        services.attempt_log_report(
+            job_id=job_id, attempt_number=number, logs=str(body.get("logs") or "")
+        )
     elif kind == "exit":
         services.attempt_exit_report(
             job_id=job_id, attempt_number=number, exit_code=int(body["exit_code"]),

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-KINDS = ("events", "checkpoint", "adapter", "exit")
+KINDS = ("events", "log", "checkpoint", "adapter", "exit")
 
 
 class Spool:

@@ -193,6 +193,17 @@ class AdapterUploadView(InternalView):
         return Response({"status": job.status, "result_file": job.result_file_id})
 
 
+class LogView(InternalView):
+    def post(self, request: Request, job_id: str) -> Response:
+        job = self.job(request, job_id)
+        number = self.attempt_number(request, job)
+        logs = body_of(request).get("logs")
+        if not isinstance(logs, str):
+            raise InvalidInput("logs must be the trainer's log as a string.", param="logs")
+        taken = services.attempt_log_report(job_id=job.id, attempt_number=number, logs=logs)
+        return Response({"taken": taken})
+
+
 class ExitView(InternalView):
     def post(self, request: Request, job_id: str) -> Response:
         job = self.job(request, job_id)

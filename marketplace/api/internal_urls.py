@@ -11,5 +11,6 @@ urlpatterns = [
     path("jobs/<str:job_id>/checkpoints", internal.CheckpointUploadView.as_view()),
     path("jobs/<str:job_id>/checkpoints/latest", internal.LatestCheckpointView.as_view()),
     path("jobs/<str:job_id>/adapter", internal.AdapterUploadView.as_view()),
+    path("jobs/<str:job_id>/log", internal.LogView.as_view()),
     path("jobs/<str:job_id>/exit", internal.ExitView.as_view()),
 ]

@@ -199,3 +199,49 @@ def test_a_stop_after_the_adapter_is_stored_is_still_a_success(
     assert attempt.status == JobAttempt.Status.SUCCEEDED
     job = FineTuningJob.objects.get(pk=job_id)
     assert job.status == "succeeded" and job.result_file_id is not None
+
+
+def test_the_log_shows_while_the_trainer_runs(
+    client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any, monkeypatch: Any
+) -> None:
+    """Issue 18: logs while the job runs, not only at the end: the agent sends the trainer's
+    log as it grows, and the job page's live data carries it, cleaned."""
+    monkeypatch.setenv("PARTAGE_LOG_EVERY_SECONDS", "0.5")
+    file_id = upload(jsonl(chat_lines(64))).json()["id"]
+    job_id = client_a.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "partage/tiny-llama",
+            "training_file": file_id,
+            "hyperparameters": {"n_epochs": 50, "batch_size": 1},
+        },
+        format="json",
+    ).json()["id"]
+    attempt = wait_for(
+        lambda: JobAttempt.objects.filter(
+            job_id=job_id, ended_at__isnull=True, logs__contains="steps on"
+        ).first(),
+        timeout=120,
+        what="the running attempt's log to say that training began",
+    )
+    job = FineTuningJob.objects.get(pk=job_id)
+    assert job.status in {"starting", "running"}, job.status  # training, far from its end
+    assert "loading the base model partage/tiny-llama" in attempt.logs  # the raw log
+
+    from django.test import Client
+
+    from marketplace.accounts.models import User
+
+    page = Client()
+    page.force_login(User.objects.get(username="alice"))
+    live = page.get(f"/jobs/{job_id}/live/").json()
+    assert live["status"] in {"starting", "running"}, live
+    assert "loading the base model" in live["log"] and "steps on" in live["log"], live["log"]
+    assert "%|" not in live["log"]  # cleaned: no progress bars
+    assert 'id="live-log"' in page.get(f"/jobs/{job_id}/").content.decode()
+    assert client_a.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+    wait_for(
+        lambda: FineTuningJob.objects.get(pk=job_id).status == "cancelled",
+        timeout=60,
+        what="the job to be cancelled",
+    )

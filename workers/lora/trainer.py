@@ -142,6 +142,7 @@ class Trainer:
             log(f"torch uses {torch.get_num_threads()} CPU threads")
         torch.manual_seed(self.config.seed)
         self.model_dir, self.base_model_name = resolve_base_model(self.config.base_model)
+        log(f"loading the base model {self.base_model_name}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
@@ -390,6 +391,7 @@ class Trainer:
             progress=progress,
             keep=self.hp.keep_checkpoints,
         )
+        log(f"saved a checkpoint at step {step}")
         emit(
             "checkpoint",
             step=step,

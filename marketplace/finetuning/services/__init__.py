@@ -18,6 +18,7 @@ from marketplace.finetuning.services.attempts import (
     attempt_exit_report,
     attempt_for_dispatch,
     attempt_launched,
+    attempt_log_report,
     attempt_logs_capture,
     attempt_training_started,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "attempt_exit_report",
     "attempt_for_dispatch",
     "attempt_launched",
+    "attempt_log_report",
     "attempt_logs_capture",
     "attempt_training_started",
     "checkpoint_delete",

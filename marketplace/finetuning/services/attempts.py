@@ -194,6 +194,22 @@ def attempt_exit_report(
     )
 
 
+LIVE_LOG_CHARS = 100_000
+
+
+def attempt_log_report(*, job_id: str, attempt_number: int, logs: str) -> bool:
+    """The trainer's log so far (its latest LIVE_LOG_CHARS), sent by the agent while the attempt
+    runs, so that the job page shows it live. It replaces what came before (each report is the
+    whole tail), and only while the attempt runs: the exit report's log is the last word.
+    Returns whether it was taken."""
+    if not JobAttempt.objects.filter(job_id=job_id, number=attempt_number).exists():
+        raise NotFound("No such attempt.")
+    taken = JobAttempt.objects.filter(
+        job_id=job_id, number=attempt_number, ended_at__isnull=True
+    ).update(logs=logs[-LIVE_LOG_CHARS:])
+    return bool(taken)
+
+
 def out_of_memory_advice(job: FineTuningJob) -> str:
     """What the user can change when training runs out of memory."""
     hp = job.hyperparameters or {}

@@ -331,10 +331,20 @@ def job_live(request: HttpRequest, job_id: str) -> JsonResponse:
             "valid": valid,
             "after": last_seq,
             "events": events,
+            "log": _live_log(job),
             "announcements": announcements,
             "announced_after": announced_after,
         }
     )
+
+
+LIVE_LOG_CHARS = 20_000
+
+
+def _live_log(job: FineTuningJob) -> str:
+    """The latest attempt's log as the page shows it (cleaned), its last LIVE_LOG_CHARS."""
+    attempt = ft.attempts_for_job(job).order_by("-number").first()
+    return log_for_user(attempt.logs)[-LIVE_LOG_CHARS:] if attempt is not None else ""
 
 
 @require_POST

@@ -136,6 +136,13 @@
       if (typeof p.train_loss === "number") { setText("progress-loss", p.train_loss.toFixed(4)); }
       if (data.valid.length) { setText("progress-valid-loss", data.valid[data.valid.length - 1][1].toFixed(4)); }
       renderEvents(document.getElementById("job-events"), data.events);
+      var log = document.getElementById("live-log");
+      if (log && data.log) {
+        // Follow the end of the log, unless the reader scrolled up to read.
+        var atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+        log.textContent = data.log;
+        if (atEnd) { log.scrollTop = log.scrollHeight; }
+      }
       root.setAttribute("data-status", data.status);
       return data.finished;
     }
