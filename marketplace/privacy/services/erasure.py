@@ -123,6 +123,21 @@ def erasure_pending(org: Organization) -> OrganizationErasure | None:
     ).first()
 
 
+def erasure_content_guard(organization: Organization, action: str) -> None:
+    """While its deletion is scheduled, an organization adds no content (registered with
+    accounts.guards by PrivacyConfig.ready): what it adds now would be erased days later."""
+    erasure = erasure_pending(organization)
+    if erasure is None:
+        return
+    raise Conflict(
+        f"Cannot {action}: {organization.name} is scheduled for deletion on "
+        f"{erasure.erase_after:%Y-%m-%d %H:%M} UTC, and accepts no new files, fine-tuning jobs "
+        "or bookings until then. An owner can cancel the deletion on the portal's Data & "
+        "privacy page (Cancel the deletion); everything works again at once.",
+        code="organization_deletion_scheduled",
+    )
+
+
 def erasure_sweep(*, now: datetime | None = None) -> int:
     """Erase every organization whose grace period is over. Safe to run twice."""
     now = now or timezone.now()
