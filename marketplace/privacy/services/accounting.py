@@ -15,11 +15,12 @@ import logging
 from datetime import datetime
 
 from django.db import models, transaction
-from django.db.models import ProtectedError, RestrictedError
+from django.db.models import ProtectedError, RestrictedError, Sum
 from django.utils import timezone
 
+from marketplace.billing.models import Account, LedgerLine, Payout, PayoutBatch
 from marketplace.billing.services import accounting_retention_cutoff, organization_accounting_purge
-from marketplace.capacity.models import Booking
+from marketplace.capacity.models import Booking, ProviderProfile
 from marketplace.finetuning import states
 from marketplace.finetuning.models import File, FineTuningJob
 from marketplace.inference.models import InferenceUsage
@@ -39,9 +40,34 @@ def accounting_purge_sweep(*, now: datetime | None = None) -> int:
         .distinct()
         .order_by("organization_id")
     ):
+        removed += payout_details_clear(organization_id=org_id)
         report = organization_records_purge(organization_id=org_id, before=before)
         removed += sum(report.values())
     return removed
+
+
+def _owed_to(provider_id: int) -> bool:
+    """Money still owed to the provider: a payable or held-back balance, or a payout whose
+    transfer the bank has not executed yet."""
+    balance = LedgerLine.objects.filter(
+        organization_id=provider_id,
+        account__in=[Account.PROVIDER_PAYABLE, Account.PROVIDER_HOLDBACK],
+    ).aggregate(total=Sum("amount"))["total"]
+    unpaid = Payout.objects.filter(provider_id=provider_id).exclude(
+        batch__status=PayoutBatch.Status.PAID
+    )
+    return (balance or 0) < 0 or unpaid.exists()
+
+
+def payout_details_clear(*, organization_id: int) -> int:
+    """An erased provider's bank details go once nothing is owed to it any more (1 if cleared).
+    Until then its statements are built and paid as before: what it earned is not lost."""
+    profile = ProviderProfile.objects.filter(organization_id=organization_id).exclude(
+        payout_iban="", payout_name="", payout_bic=""
+    )
+    if not profile.exists() or _owed_to(organization_id):
+        return 0
+    return profile.update(payout_name="", payout_iban="", payout_bic="")
 
 
 def organization_records_purge(*, organization_id: int, before: datetime) -> dict[str, int]:
