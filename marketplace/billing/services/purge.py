@@ -129,7 +129,9 @@ def _balances(keys: set[BalanceKey]) -> dict[BalanceKey, Decimal]:
         .values("account", "organization_id", "currency")
         .annotate(total=Sum("amount"))
     )
-    sums = {(r["account"], r["organization_id"], r["currency"]): r["total"] for r in rows}
+    sums: dict[BalanceKey, Decimal] = {
+        (r["account"], r["organization_id"], r["currency"]): r["total"] for r in rows
+    }
     return {key: sums.get(key) or Decimal(0) for key in keys}
 
 
@@ -221,11 +223,16 @@ def organization_accounting_purge(*, organization_id: int, before: datetime) -> 
             .delete()[1]
             .get(Invoice._meta.label, 0)
         }
-        for model in (Payout, UsageRecord, Charge, BookingCharge, Topup):
-            report[model._meta.model_name + "s"] = (
-                _raw(model).filter(pk__in=purged[model]).delete()[0]
-            )
-        report["providerstatements"] = _statements_delete(statements)
+        names: dict[str, type[models.Model]] = {
+            "payouts": Payout,
+            "usage_records": UsageRecord,
+            "charges": Charge,
+            "booking_charges": BookingCharge,
+            "topups": Topup,
+        }
+        for name, row_model in names.items():
+            report[name] = _raw(row_model).filter(pk__in=purged[row_model]).delete()[0]
+        report["provider_statements"] = _statements_delete(statements)
         report["journal_entries"] = len(entries)
         carried = _carry_forward(organization_id, entries, before) if entries else None
         report["carried_forward"] = 1 if carried else 0
