@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -124,6 +125,57 @@ def test_a_living_organization_is_never_purged(acme: Acme) -> None:
     )
     assert JournalEntry.objects.count() == entries
     assert Invoice.objects.filter(pk=acme.invoice.pk).exists()
+
+
+def test_an_invoice_a_later_credit_note_refers_to_stays_as_long_as_it(
+    org_a: Organization, alice: Any, pool: Any
+) -> None:
+    """The November 2026 invoice is corrected by a credit note of January 2027 (a refund after
+    finalization): the invoice stays until the credit note's own period ends."""
+    from marketplace.billing import services as billing
+    from marketplace.finetuning import services as jobs
+    from tests.billing.conftest import admit, fail, job_new, run_job, start
+
+    with time_machine.travel(datetime(2026, 11, 3, 9, tzinfo=UTC), tick=False) as clock:
+        topup(org_a, "20.00")
+        run_job(job_new(org_a), pool, clock, 3600)
+        job = job_new(org_a)
+        admit(job, pool, max_duration=3600)
+        attempt = start(job)
+        clock.shift(timedelta(seconds=1440))
+        jobs.job_pause(organization=org_a, job_id=job.id)
+        jobs.attempt_ended(attempt_id=attempt.pk, phase="failed", exit_code=4)
+        clock.move_to(datetime(2026, 12, 1, 6, tzinfo=UTC))
+        billing.periods_close_due()
+        november = Invoice.objects.get(organization=org_a)
+        jobs.job_resume(organization=org_a, job_id=job.id)
+        admit(job, pool, max_duration=3600)
+        attempt = start(job)
+        clock.shift(timedelta(seconds=500))
+        fail(attempt, exit_code=1)
+        clock.move_to(datetime(2027, 1, 1, 6, tzinfo=UTC))
+        billing.periods_close_due()
+        note = Invoice.objects.get(credits=november)
+        assert note.finalized_at is not None and note.finalized_at.year == 2027
+        services.organization_erasure_request(
+            organization=org_a, requested_by=alice, confirm=org_a.slug
+        )
+        assert services.erasure_sweep(now=timezone.now() + timedelta(days=15)) == 1
+    balances = _balances()
+
+    # 2037: the 2026 records may go, but the November invoice justifies the 2027 credit note.
+    # (December's invoice, issued on 1 January 2027, is a document of 2027: it stays too.)
+    of_2027 = set(Invoice.objects.filter(organization=org_a, finalized_at__year=2027))
+    assert note in of_2027 and november not in of_2027
+    services.accounting_purge_sweep(now=FIRST_DAY_PURGED)
+    assert set(Invoice.objects.filter(organization=org_a)) == of_2027 | {november}
+    assert _balances() == balances
+    assert_invariants()
+    # 2038: both go.
+    services.accounting_purge_sweep(now=datetime(2038, 1, 1, 0, 0, 1, tzinfo=UTC))
+    assert not Invoice.objects.filter(organization=org_a).exists()
+    assert _balances() == balances
+    assert_invariants()
 
 
 @pytest.mark.parametrize("years", [9, 0])

@@ -217,12 +217,7 @@ def organization_accounting_purge(*, organization_id: int, before: datetime) -> 
                 .exclude(entry_id=None)
                 .values_list("pk", flat=True)
             )
-        report = {
-            "invoices": _raw(Invoice)
-            .filter(pk__in=purged[Invoice])
-            .delete()[1]
-            .get(Invoice._meta.label, 0)
-        }
+        report = {"invoices": _invoices_delete(purged[Invoice])}
         names: dict[str, type[models.Model]] = {
             "payouts": Payout,
             "usage_records": UsageRecord,
@@ -239,6 +234,13 @@ def organization_accounting_purge(*, organization_id: int, before: datetime) -> 
     if entries or any(report.values()):
         logger.info("accounting records purged", extra={"org_id": organization_id, **report})
     return report
+
+
+def _invoices_delete(invoice_ids: set[int]) -> int:
+    """Credit notes first: they refer to the invoices they correct (PROTECT)."""
+    rows = Invoice.objects.filter(pk__in=invoice_ids)
+    notes = rows.filter(kind=Invoice.Kind.CREDIT_NOTE).delete()[1].get(Invoice._meta.label, 0)
+    return notes + rows.delete()[1].get(Invoice._meta.label, 0)
 
 
 def _statements_delete(statement_ids: list[int]) -> int:
