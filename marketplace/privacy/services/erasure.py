@@ -1,10 +1,13 @@
 """Erasure: an owner deletes the organization (after a confirmation and a grace period during
 which it can be cancelled), and a person deletes their account.
 
-At the end of the grace period a beat task (partage.privacy_erasure_sweep) cancels the running
-jobs, waits for them to end, then deletes customer content and personal data: rows and stored
+During the grace period the organization adds no content (erasure_content_guard), and a
+provider's pools take no new work. At its end the beat's sweep (partage.privacy_sweep) cancels
+the running jobs and waits for them, and for the customers' work on a provider's pools, to end;
+then it retires those pools and deletes customer content and personal data: rows and stored
 bytes. What the law makes us keep, invoices and ledger entries, is kept with names replaced by a
-pseudonym; the organization row itself stays as that pseudonym, because they refer to it.
+pseudonym (the organization row itself stays as that pseudonym, because they refer to it) until
+its legal retention ends (services/accounting.py).
 """
 
 from __future__ import annotations
