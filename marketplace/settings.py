@@ -398,6 +398,17 @@ if not 1 <= PARTAGE_RETENTION_DEFAULT_DAYS <= PARTAGE_RETENTION_MAX_DAYS:
 PARTAGE_PRIVACY_SWEEP_SECONDS = env.get("PARTAGE_PRIVACY_SWEEP_SECONDS", env.as_int, default=3600)
 PARTAGE_EXPORT_TTL_DAYS = env.get("PARTAGE_EXPORT_TTL_DAYS", env.as_int, default=7)
 PARTAGE_ERASURE_GRACE_DAYS = env.get("PARTAGE_ERASURE_GRACE_DAYS", env.as_int, default=14)
+# Accounting records (invoices, ledger entries, provider statements and payouts) are kept this
+# many years after the end of the financial year they belong to (Code de commerce L123-22: 10).
+# Only an erased organization's records are then purged (docs/data-protection.md).
+PARTAGE_ACCOUNTING_RETENTION_YEARS = env.get(
+    "PARTAGE_ACCOUNTING_RETENTION_YEARS", env.as_int, default=10
+)
+if PARTAGE_ACCOUNTING_RETENTION_YEARS < 10:
+    raise ImproperlyConfigured(
+        "PARTAGE_ACCOUNTING_RETENTION_YEARS must be at least 10 (Code de commerce L123-22 keeps "
+        f"accounting records 10 years); it is {PARTAGE_ACCOUNTING_RETENTION_YEARS}."
+    )
 # The country where the default storage (MEDIA_ROOT, or the bucket behind it) keeps its bytes:
 # an organization whose residency policy excludes it cannot store files there.
 PARTAGE_STORAGE_COUNTRY = env.get(

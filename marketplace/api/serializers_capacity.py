@@ -49,7 +49,7 @@ class PoolObject(serializers.Serializer):
     price_per_gpu_hour = serializers.CharField()
     currency = serializers.CharField()
     status = serializers.ChoiceField(
-        choices=["pending_approval", "active", "maintenance", "rejected", "retired"]
+        choices=["pending_approval", "active", "maintenance", "rejected", "retiring", "retired"]
     )
     approved_at = serializers.IntegerField(allow_null=True)
     review_note = serializers.CharField(allow_null=True)

@@ -138,6 +138,8 @@ class Pool(models.Model):
         ACTIVE = "active", "Active"
         MAINTENANCE = "maintenance", "In maintenance"
         REJECTED = "rejected", "Rejected"
+        # Its provider is leaving: no new work; what runs finishes, then it is retired.
+        RETIRING = "retiring", "Retiring"
         RETIRED = "retired", "Retired"
 
     public_id = models.CharField(max_length=40, unique=True, editable=False)

@@ -1,5 +1,5 @@
 """Celery entry points for data protection: build an export, and the daily sweeps (retention,
-expired exports, erasures due). Each takes ids, calls one service and is safe to run twice."""
+expired exports, erasures due, accounting records past their legal retention). Each takes ids, calls one service and is safe to run twice."""
 
 from __future__ import annotations
 
@@ -24,10 +24,17 @@ def export_build_task(export_id: int, **kwargs: Any) -> str:
 
 @app.task(name="partage.privacy_sweep", acks_late=True)
 def privacy_sweep(**kwargs: Any) -> dict[str, int]:
-    """Retention, expired exports and due erasures, in that order."""
-    from marketplace.privacy.services import erasure_sweep, exports_expire, retention_sweep
+    """Retention, expired exports, due erasures, and the accounting records of erased
+    organizations past their legal retention, in that order."""
+    from marketplace.privacy.services import (
+        accounting_purge_sweep,
+        erasure_sweep,
+        exports_expire,
+        retention_sweep,
+    )
 
     done = retention_sweep()
     done["exports_expired"] = exports_expire()
     done["organizations_erased"] = erasure_sweep()
+    done["accounting_rows_purged"] = accounting_purge_sweep()
     return done

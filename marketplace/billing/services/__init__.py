@@ -59,6 +59,10 @@ from marketplace.billing.services.pseudonymise import (
     organization_billing_pseudonymise,
     user_billing_pseudonymise,
 )
+from marketplace.billing.services.purge import (
+    accounting_retention_cutoff,
+    organization_accounting_purge,
+)
 from marketplace.billing.services.statements import (
     statement_build,
     statement_finalize,
@@ -91,6 +95,7 @@ __all__ = [
     "PaymentProviderUnavailable",
     "WebhookRefused",
     "account_lock",
+    "accounting_retention_cutoff",
     "attempt_meter",
     "balance_available",
     "balance_held",
@@ -119,6 +124,7 @@ __all__ = [
     "methods_available",
     "money_parse",
     "month_bounds",
+    "organization_accounting_purge",
     "organization_billing_pseudonymise",
     "payout_batch_create",
     "payout_batch_mark_paid",

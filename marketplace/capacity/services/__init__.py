@@ -21,6 +21,11 @@ from marketplace.capacity.services.bookings import (
 )
 from marketplace.capacity.services.common import CapacityUnavailable
 from marketplace.capacity.services.placements import placement_commit, placements_commit
+from marketplace.capacity.services.retiring import (
+    provider_pools_resume,
+    provider_pools_retire,
+    provider_pools_retiring,
+)
 from marketplace.capacity.services.supply import (
     cluster_connection_create,
     maintenance_window_create,
@@ -60,6 +65,9 @@ __all__ = [
     "pool_update",
     "provider_approve",
     "provider_payout_details_set",
+    "provider_pools_resume",
+    "provider_pools_retire",
+    "provider_pools_retiring",
     "provider_profile_upsert",
     "provider_reject",
     "residency_policy_set",

@@ -20,6 +20,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.accounts.guards import content_add_check
 from marketplace.accounts.models import ApiKey, Organization, User
 from marketplace.capacity import policies, selectors
 from marketplace.capacity.models import (
@@ -218,6 +219,7 @@ def booking_create(
     Each candidate is tried in its own short transaction holding one pool lock, so locks are
     never stacked and the lock order stays pool → quota → balance.
     """
+    content_add_check(organization=organization, action="book GPUs")
     request = booking_request(
         organization=organization,
         flavor=flavor,

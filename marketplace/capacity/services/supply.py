@@ -15,6 +15,7 @@ from django.utils import timezone
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 
+from marketplace.accounts.guards import content_add_check
 from marketplace.accounts.models import Organization, User
 from marketplace.capacity import policies, selectors
 from marketplace.capacity.models import (
@@ -241,6 +242,7 @@ def _provider_checked(organization: Organization) -> None:
 def pool_create(*, provider: Organization, flavor: str, country: str, **fields: Any) -> Pool:
     """A provider offers a pool; it waits for staff approval before it is placeable."""
     _provider_checked(provider)
+    content_add_check(organization=provider, action="offer a new GPU pool")
     unknown = set(fields) - POOL_EDITABLE
     if unknown:
         raise InvalidInput(f"Unknown pool field(s): {', '.join(sorted(unknown))}.")

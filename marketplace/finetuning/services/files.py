@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.accounts.guards import content_add_check
 from marketplace.accounts.models import Organization
 from marketplace.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from marketplace.finetuning import states
@@ -111,6 +112,7 @@ def file_create(
             f"The file is {size} bytes; the limit is {limit} bytes. Split it into smaller files.",
             param="file",
         )
+    content_add_check(organization=organization, action="upload a file")
     residency_check_storage(organization_id=organization.pk)
     sha256, total = stream_digest(stream, limit=limit)
     report: Report | None = None

@@ -12,6 +12,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.accounts.guards import content_add_check
 from marketplace.accounts.models import ApiKey, Organization, User
 from marketplace.errors import InvalidInput, InvalidTransition, NotFound
 from marketplace.finetuning import states
@@ -73,6 +74,7 @@ def job_create(
 ) -> FineTuningJob:
     from marketplace.finetuning.selectors import base_model_get
 
+    content_add_check(organization=organization, action="create a fine-tuning job")
     if base_model_get(model) is None:
         raise InvalidInput(
             f"Model {model!r} is not in the catalog; GET /v1/models lists the base models.",

@@ -56,6 +56,7 @@ STATUS_TONES = {
     "error": "bad",
     "rejected": "bad",
     "cancelled": "muted",
+    "retiring": "wait",
     "retired": "muted",
     "suspended": "bad",
     "maintenance": "wait",

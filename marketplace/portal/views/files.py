@@ -7,7 +7,7 @@ from typing import IO, Any
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from marketplace.errors import InvalidInput
+from marketplace.errors import InvalidInput, PartageError
 from marketplace.finetuning import selectors as ft
 from marketplace.finetuning.services import file_create
 from marketplace.portal.context import org_required, page
@@ -53,7 +53,9 @@ def file_list(request: HttpRequest) -> HttpResponse:
                 filename=upload.name or "training.jsonl",
                 size=upload.size,
             )
-        except InvalidInput as e:
+        except PartageError as e:
+            # Bad content (with its validation report), or a refusal of any upload (residency,
+            # the organization's deletion scheduled): either way nothing was stored.
             report = e.details if isinstance(e.details, dict) else None
             context["rejected"] = {
                 "filename": upload.name,
@@ -61,7 +63,7 @@ def file_list(request: HttpRequest) -> HttpResponse:
                 "report": report,
                 "rows": _report_rows(report, upload) if report else [],
             }
-            status = 400
+            status = 400 if isinstance(e, InvalidInput) else e.http_status
         else:
             return redirect("portal:file", file_id=file.id)
     elif request.method == "POST":

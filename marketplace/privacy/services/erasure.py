@@ -1,10 +1,13 @@
 """Erasure: an owner deletes the organization (after a confirmation and a grace period during
 which it can be cancelled), and a person deletes their account.
 
-At the end of the grace period a beat task (partage.privacy_erasure_sweep) cancels the running
-jobs, waits for them to end, then deletes customer content and personal data: rows and stored
+During the grace period the organization adds no content (erasure_content_guard), and a
+provider's pools take no new work. At its end the beat's sweep (partage.privacy_sweep) cancels
+the running jobs and waits for them, and for the customers' work on a provider's pools, to end;
+then it retires those pools and deletes customer content and personal data: rows and stored
 bytes. What the law makes us keep, invoices and ledger entries, is kept with names replaced by a
-pseudonym; the organization row itself stays as that pseudonym, because they refer to it.
+pseudonym (the organization row itself stays as that pseudonym, because they refer to it) until
+its legal retention ends (services/accounting.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from marketplace.billing.services import (
     organization_billing_pseudonymise,
     user_billing_pseudonymise,
 )
-from marketplace.capacity.models import ResidencyPolicy
+from marketplace.capacity.models import ProviderProfile, ResidencyPolicy
+from marketplace.capacity.services import (
+    provider_pools_resume,
+    provider_pools_retire,
+    provider_pools_retiring,
+)
 from marketplace.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
 from marketplace.events.models import DomainEvent
 from marketplace.finetuning import states
@@ -94,6 +102,13 @@ def organization_erasure_request(
             "The organization's deletion is already scheduled; cancel it or wait.",
             code="erasure_scheduled",
         ) from None
+    # A provider leaving: its pools take no new work from now on (cancelling puts them back).
+    retiring = provider_pools_retiring(provider=organization)
+    if retiring["pools"]:
+        OrganizationErasure.objects.filter(pk=erasure.pk).update(
+            report={"pools_retiring": retiring["pools"]}
+        )
+        erasure.refresh_from_db()
     return erasure
 
 
@@ -108,6 +123,11 @@ def organization_erasure_cancel(
         ).update(status=OrganizationErasure.Status.CANCELLED, cancelled_at=timezone.now())
         if not updated:
             raise NotFound("No deletion of this organization is scheduled.")
+        cancelled = OrganizationErasure.objects.filter(organization=organization).first()
+        assert cancelled is not None
+        provider_pools_resume(
+            provider=organization, pool_ids=list(cancelled.report.get("pools_retiring", []))
+        )
         announce.announce(
             event_type=announce.ERASURE_CANCELLED,
             organization_id=organization.pk,
@@ -121,6 +141,21 @@ def erasure_pending(org: Organization) -> OrganizationErasure | None:
     return OrganizationErasure.objects.filter(
         organization=org, status=OrganizationErasure.Status.SCHEDULED
     ).first()
+
+
+def erasure_content_guard(organization: Organization, action: str) -> None:
+    """While its deletion is scheduled, an organization adds no content (registered with
+    accounts.guards by PrivacyConfig.ready): what it adds now would be erased days later."""
+    erasure = erasure_pending(organization)
+    if erasure is None:
+        return
+    raise Conflict(
+        f"Cannot {action}: {organization.name} is scheduled for deletion on "
+        f"{erasure.erase_after:%Y-%m-%d %H:%M} UTC, and accepts no new files, fine-tuning jobs "
+        "or bookings until then. An owner can cancel the deletion on the portal's Data & "
+        "privacy page (Cancel the deletion); everything works again at once.",
+        code="organization_deletion_scheduled",
+    )
 
 
 def erasure_sweep(*, now: datetime | None = None) -> int:
@@ -155,6 +190,12 @@ def organization_erase(*, erasure_id: int) -> bool:
     org = erasure.organization
     if _jobs_stop(org):
         logger.info("erasure waits for jobs to stop", extra={"org_id": org.pk})
+        return False
+    # A provider's pools: none takes new work (one approved since the request included), and
+    # each is retired once the customers' work running on it has ended.
+    provider_pools_retiring(provider=org)
+    if provider_pools_retire(provider=org):
+        logger.info("erasure waits for work on the provider's pools", extra={"org_id": org.pk})
         return False
     report = _content_erase(org)
     for name, eraser in erasers().items():
@@ -256,6 +297,9 @@ def _people_erase(org: Organization) -> dict[str, int]:
     keys, _ = ApiKey.objects.filter(organization=org).delete()
     OrganizationPrivacy.objects.filter(organization=org).delete()
     ResidencyPolicy.objects.filter(organization=org).delete()
+    # A provider's payout details stay while money is owed to it (the accounting purge clears
+    # them once nothing is): its statements and payouts go on after the erasure.
+    ProviderProfile.objects.filter(organization=org).update(payout_reference="", review_note="")
     StaffAccess.objects.filter(organization=org).delete()
     # The outbox's past events of the organization (ids and figures): the erasure's own event
     # is recorded after this.
