@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('capacity', '0002_provider_payout_details'),
+        ('capacity', '0003_pool_status_retiring'),
     ]
 
     operations = [
