@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.urls import reverse
+
 from marketplace.accounts.models import Organization
 from marketplace.api.views_billing import line_object
 from marketplace.billing import services as billing
@@ -167,7 +169,7 @@ def test_a_month_of_jobs_bookings_and_completions_is_one_invoice_equal_to_the_le
 
 
 def test_a_draft_previews_the_inference_lines_and_free_models_bill_nothing(
-    org_a: Any, clock: Any
+    org_a: Any, clock: Any, admin_client: Any
 ) -> None:
     topup(org_a, "10.00")
     job = fine_tuned(org_a)
@@ -189,3 +191,10 @@ def test_a_draft_previews_the_inference_lines_and_free_models_bill_nothing(
         Decimal("1.50"),
     )
     assert (draft.subtotal, draft.vat) == ledger_charged(org_a, *november)
+
+    # Staff see the line's tokens in the invoice's admin page, and each completion's cents.
+    page = admin_client.get(reverse("admin:billing_invoice_change", args=[draft.pk]))
+    assert page.status_code == 200 and "Inference on partage/tiny-llama" in page.content.decode()
+    assert "10000" in page.content.decode() and "5000" in page.content.decode()
+    usage = admin_client.get(reverse("admin:inference_inferenceusage_changelist"))
+    assert usage.status_code == 200 and "paid-1" in usage.content.decode()
