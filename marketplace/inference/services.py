@@ -180,7 +180,9 @@ def usage_record(
             net_charged=net - before_net,
             vat_charged=vat - before_vat,
             entry=entry,
-            created_at=timezone.now(),
+            # Its entry's stamp (taken under the metering lock): the invoice that claims the
+            # completion is the one whose period holds the ledger's charge.
+            created_at=entry.created_at if entry is not None else timezone.now(),
         )
 
 

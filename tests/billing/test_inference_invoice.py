@@ -198,3 +198,30 @@ def test_a_draft_previews_the_inference_lines_and_free_models_bill_nothing(
     assert "10000" in page.content.decode() and "5000" in page.content.decode()
     usage = admin_client.get(reverse("admin:inference_inferenceusage_changelist"))
     assert usage.status_code == 200 and "paid-1" in usage.content.decode()
+
+
+def test_completions_no_invoice_billed_in_their_month_are_a_late_line_on_the_next(
+    org_a: Any, clock: Any
+) -> None:
+    topup(org_a, "10.00")
+    job = fine_tuned(org_a)
+    price_set(
+        base_model="partage/tiny-llama",
+        prompt_per_million=Decimal("100"),
+        completion_per_million=Decimal("100"),
+    )
+    complete(org_a, job, "nov-1", 10_000, 0)  # €1.00, November (no November invoice is made)
+    clock.move_to(datetime(2026, 12, 10, tzinfo=T0.tzinfo))
+    complete(org_a, job, "dec-1", 0, 20_000)  # €2.00, December
+    clock.move_to(datetime(2027, 1, 2, tzinfo=T0.tzinfo))
+    december = billing.month_bounds(2026, 12)
+    [invoice] = billing.invoices_finalize(period_start=december[0], period_end=december[1])
+    late, current = InvoiceLine.objects.filter(invoice=invoice).order_by("-is_correction")
+    assert (late.is_correction, late.amount, late.prompt_tokens) == (True, Decimal("1.00"), 10_000)
+    assert "(from an earlier period)" in late.description
+    assert (current.is_correction, current.amount, current.completion_tokens) == (
+        False,
+        Decimal("2.00"),
+        20_000,
+    )
+    assert invoice.subtotal == Decimal("3.00") == ledger_charged(org_a, T0, december[1])[0]
