@@ -33,6 +33,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--download", action="store_true", help="also load the adapter with peft")
     args = parser.parse_args()
+    try:
+        import openai  # noqa: F401  (checked before training, not after)
+    except ImportError:
+        print(
+            "The walk-through asks the fine-tuned model with the openai SDK, which `make run` does "
+            "not install: run `.venv/bin/pip install openai`, then this script again.",
+            file=sys.stderr,
+        )
+        return 2
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {args.key}"
 

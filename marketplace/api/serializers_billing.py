@@ -82,17 +82,35 @@ class BillingUsageRecordObject(serializers.Serializer):
 class InvoiceLineObject(serializers.Serializer):
     object = const("billing.invoice_line")
     job_id = serializers.CharField(
-        allow_null=True, help_text="The fine-tuning job this line bills; null on a booking line."
+        allow_null=True,
+        help_text="The fine-tuning job this line bills; null on a booking or inference line.",
     )
     booking_id = serializers.CharField(
         allow_null=True,
         help_text="The GPU booking whose charge (or refund, a correction) this line bills; "
-        "null on a job line.",
+        "null on a job or inference line.",
     )
     pool = serializers.CharField(allow_null=True)
     description = serializers.CharField(allow_blank=True)
     gpu_seconds = gpu_seconds()
     price_per_gpu_hour = price_per_gpu_hour()
+    base_model = serializers.CharField(
+        allow_null=True,
+        help_text="On an inference line, the base model whose fine-tuned models answered the "
+        "chat completions it bills (one line per base model and price); else null.",
+    )
+    prompt_tokens = serializers.IntegerField(
+        min_value=0, help_text="Inference lines: prompt tokens billed; else 0."
+    )
+    completion_tokens = serializers.IntegerField(
+        min_value=0, help_text="Inference lines: completion tokens billed; else 0."
+    )
+    price_per_million_prompt_tokens = serializers.DecimalField(
+        max_digits=12, decimal_places=4, help_text="Inference lines: EUR per million, before VAT."
+    )
+    price_per_million_completion_tokens = serializers.DecimalField(
+        max_digits=12, decimal_places=4, help_text="Inference lines: EUR per million, before VAT."
+    )
     amount = money()
     vat = money()
     correction = serializers.BooleanField()

@@ -156,15 +156,17 @@ class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
-    fields = ["description", "gpu_seconds", "price_per_gpu_hour", "amount", "vat", "is_correction"]
-    readonly_fields = [
+    fields = (
         "description",
         "gpu_seconds",
         "price_per_gpu_hour",
+        "prompt_tokens",
+        "completion_tokens",
         "amount",
         "vat",
         "is_correction",
-    ]
+    )
+    readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

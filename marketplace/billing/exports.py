@@ -13,8 +13,9 @@ from django.template.loader import render_to_string
 from marketplace.billing.models import Invoice, InvoiceLine
 
 ROUNDING_RULE = (
-    "Each line is rounded once, half-even to the cent: amount = GPU-seconds x rate / 3600 "
-    "(a stream split over several invoices carries the difference of its cumulative amounts)."
+    "Each line is rounded once, half-even to the cent: amount = GPU-seconds x rate / 3600, or "
+    "for inference tokens x rate / 1,000,000 on the running total of the stream (a stream split "
+    "over several invoices carries the difference of its cumulative amounts)."
 )
 CONTENT_TYPES = {
     "html": "text/html; charset=utf-8",
@@ -25,6 +26,30 @@ CONTENT_TYPES = {
 
 def _lines(invoice: Invoice) -> list[InvoiceLine]:
     return list(invoice.lines.select_related("pool", "booking"))
+
+
+def line_quantity(line: InvoiceLine) -> str:
+    """What a line bills: GPU-seconds, or an inference line's prompt + completion tokens."""
+    if line.is_inference:
+        return f"{line.prompt_tokens} + {line.completion_tokens} tokens"
+    return f"{line.gpu_seconds} GPU-s"
+
+
+def line_rate(line: InvoiceLine) -> str:
+    """Its rate in EUR: per GPU-hour, or per million prompt / completion tokens."""
+    if line.is_inference:
+        return (
+            f"{line.price_per_million_prompt_tokens} / "
+            f"{line.price_per_million_completion_tokens} per M tokens"
+        )
+    return f"{line.price_per_gpu_hour} per GPU-h"
+
+
+def _rows(invoice: Invoice) -> list[dict[str, Any]]:
+    return [
+        {"line": line, "quantity": line_quantity(line), "rate": line_rate(line)}
+        for line in _lines(invoice)
+    ]
 
 
 def _vat_percent(invoice: Invoice) -> str:
@@ -49,7 +74,7 @@ def invoice_html(invoice: Invoice) -> str:
         {
             "invoice": invoice,
             "document": document_name(invoice),
-            "lines": _lines(invoice),
+            "rows": _rows(invoice),
             "vat_percent": _vat_percent(invoice),
             "seller": _seller(),
             "rounding_rule": ROUNDING_RULE,
@@ -70,11 +95,17 @@ def invoice_csv(invoice: Invoice) -> str:
             "description",
             "gpu_seconds",
             "price_per_gpu_hour",
+            "base_model",
+            "prompt_tokens",
+            "completion_tokens",
+            "price_per_million_prompt_tokens",
+            "price_per_million_completion_tokens",
             "amount",
             "vat",
             "currency",
         ]
     )
+    blank = [""] * 7  # the columns of a line's quantities, empty on the totals rows
     number = invoice.number or invoice.public_id
     for index, line in enumerate(_lines(invoice), start=1):
         writer.writerow(
@@ -87,13 +118,18 @@ def invoice_csv(invoice: Invoice) -> str:
                 _safe(line.description),
                 line.gpu_seconds,
                 line.price_per_gpu_hour,
+                line.base_model,
+                line.prompt_tokens,
+                line.completion_tokens,
+                line.price_per_million_prompt_tokens,
+                line.price_per_million_completion_tokens,
                 line.amount,
                 line.vat,
                 invoice.currency,
             ]
         )
     writer.writerow(
-        [number, "subtotal", "", "", "", "", "", "", invoice.subtotal, "", invoice.currency]
+        [number, "subtotal", "", "", "", "", *blank, invoice.subtotal, "", invoice.currency]
     )
     writer.writerow(
         [
@@ -103,14 +139,13 @@ def invoice_csv(invoice: Invoice) -> str:
             "",
             "",
             _safe(invoice.vat_note),
-            "",
-            "",
+            *blank,
             "",
             invoice.vat,
             invoice.currency,
         ]
     )
-    writer.writerow([number, "total", "", "", "", "", "", "", invoice.total, "", invoice.currency])
+    writer.writerow([number, "total", "", "", "", "", *blank, invoice.total, "", invoice.currency])
     return out.getvalue()
 
 
@@ -157,13 +192,13 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         ),
         Spacer(1, 12),
     ]
-    rows: list[list[Any]] = [["Description", "GPU-seconds", "EUR / GPU-hour", "Amount (EUR)"]]
+    rows: list[list[Any]] = [["Description", "Quantity", "Rate (EUR)", "Amount (EUR)"]]
     for line in _lines(invoice):
         rows.append(
             [
                 Paragraph(_escape(line.description), styles["BodyText"]),
-                str(line.gpu_seconds),
-                str(line.price_per_gpu_hour),
+                Paragraph(_escape(line_quantity(line)), styles["BodyText"]),
+                Paragraph(_escape(line_rate(line)), styles["BodyText"]),
                 str(line.amount),
             ]
         )
@@ -172,7 +207,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         [f"VAT ({_vat_percent(invoice)} %)", "", "", str(invoice.vat)],
         ["Total", "", "", f"{invoice.total} {invoice.currency}"],
     ]
-    table = Table(rows, colWidths=[250, 80, 90, 80], repeatRows=1)
+    table = Table(rows, colWidths=[230, 90, 100, 80], repeatRows=1)
     table.setStyle(
         TableStyle(
             [

@@ -419,7 +419,8 @@ class Invoice(models.Model):
 
 class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
-    # A line bills a job stream (job set) or a booking's charge or refund (booking set).
+    # A line bills a job stream (job set), a booking's charge or refund (booking set), or an
+    # org's per-token inference on a base model at one price (base_model set).
     job = models.ForeignKey(
         FineTuningJob, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -448,20 +449,35 @@ class InvoiceLine(models.Model):
     fee = models.DecimalField(max_digits=14, decimal_places=2)
     provider_amount = models.DecimalField(max_digits=14, decimal_places=2)
     is_correction = models.BooleanField(default=False)
+    # Inference lines only (zero or empty otherwise): tokens and prices per million tokens.
+    base_model = models.CharField(max_length=200, blank=True, default="")
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    price_per_million_prompt_tokens = models.DecimalField(
+        max_digits=12, decimal_places=4, default=Decimal("0")
+    )
+    price_per_million_completion_tokens = models.DecimalField(
+        max_digits=12, decimal_places=4, default=Decimal("0")
+    )
 
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["job"], name="invoiceline_job")]
         constraints = [
             models.CheckConstraint(
-                condition=Q(job__isnull=False, booking__isnull=True)
-                | Q(job__isnull=True, booking__isnull=False),
-                name="invoiceline_job_or_booking",
+                condition=Q(job__isnull=False, booking__isnull=True, base_model="")
+                | Q(job__isnull=True, booking__isnull=False, base_model="")
+                | (Q(job__isnull=True, booking__isnull=True) & ~Q(base_model="")),
+                name="invoiceline_job_booking_or_inference",
             )
         ]
 
     def __str__(self) -> str:
         return self.description
+
+    @property
+    def is_inference(self) -> bool:
+        return bool(self.base_model)
 
 
 class ProviderStatement(models.Model):

@@ -49,6 +49,8 @@ class InferenceUsageAdmin(admin.ModelAdmin):
         "prompt_tokens",
         "completion_tokens",
         "amount",
+        "net_charged",
+        "vat_charged",
         "created_at",
     )
     list_filter = ("organization",)

@@ -69,15 +69,21 @@ class InferenceUsage(AppendOnlyModel):
     stream_amount = models.DecimalField(max_digits=20, decimal_places=10, default=Decimal("0"))
     stream_net_charged = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
     stream_vat_charged = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
+    # What this completion's ledger entry charged: the cents its stream moved (often zero).
+    # Invoices sum these, so their inference lines equal the ledger's charges to the cent.
+    net_charged = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
+    vat_charged = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
     entry = models.ForeignKey(
         JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # Stamped under the metering lock: invoices claim completions by it (billing/invoices.py).
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["organization", "price", "-id"], name="inferenceusage_stream"),
+            models.Index(fields=["created_at"], name="inferenceusage_created"),
         ]
 
     def __str__(self) -> str:

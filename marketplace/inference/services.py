@@ -8,6 +8,10 @@ completion posts the difference of net and VAT before and after it to the ledger
 cents did not move). So a stream of tiny requests is charged exactly what it costs in one piece,
 and no cent is ever charged twice. The completion id is the idempotency key of both the usage
 row and the ledger entry: recording it again changes nothing.
+
+Each row keeps the cents its entry charged (net_charged, vat_charged) and is stamped under the
+metering lock, so an invoice claims every completion once, by created_at, and its inference
+lines add up to what the ledger charged (invoicing.py). Inference is platform revenue.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import Account, BillingAccount, JournalEntry
 from marketplace.billing.money import ZERO, cents, org_vat_rate
 from marketplace.billing.services.ledger import Leg, account_lock, balance_available, entry_post
+from marketplace.billing.services.usage import metering_lock
 from marketplace.errors import InsufficientFunds
 from marketplace.finetuning.models import FineTuningJob
 from marketplace.inference import selectors
@@ -123,6 +129,9 @@ def usage_record(
     price = selectors.price_for(job.model)
     amount = completion_cost(price, prompt_tokens, completion_tokens)
     with transaction.atomic():
+        # Stamped under the metering lock, like fine-tuning usage and booking charges: an
+        # invoice cut waits for it, and a completion stamped after the cut is on the next one.
+        metering_lock()
         account_lock(organization_id=organization.pk)  # one writer per org's streams
         existing = InferenceUsage.objects.filter(key=completion_id).first()
         if existing is not None:
@@ -168,7 +177,12 @@ def usage_record(
             stream_amount=total,
             stream_net_charged=net,
             stream_vat_charged=vat,
+            net_charged=net - before_net,
+            vat_charged=vat - before_vat,
             entry=entry,
+            # Its entry's stamp (taken under the metering lock): the invoice that claims the
+            # completion is the one whose period holds the ledger's charge.
+            created_at=entry.created_at if entry is not None else timezone.now(),
         )
 
 

@@ -35,8 +35,11 @@ def billed(
 ) -> dict[str, str]:
     """Org A ran two jobs in November (invoiced) and one in December (not yet), and booked GPUs
     in November then cancelled them for half back (a booking charge line and a refund line on
-    its November invoice); the provider's November statement is paid by a SEPA payout."""
+    its November invoice), and asked a fine-tuned model (an inference line); the provider's
+    November statement is paid by a SEPA payout."""
     from marketplace.capacity.services import booking_cancel
+    from marketplace.inference.services import price_set, usage_record
+    from tests.inference.conftest import fine_tuned
 
     topup(org_a, "50.00", "a1")
     job_1 = job_new(org_a)
@@ -45,6 +48,20 @@ def billed(
     # 2 GPUs x 2 h at 2.50 = 10.00 + VAT; starts within 48 h: cancelling refunds half.
     booking = book(org_a, pool, gpus=2, start=datetime(2026, 11, 5, 0, 0, tzinfo=UTC), hours=2)
     booking_cancel(organization=org_a, booking_id=booking.public_id)
+    price_set(
+        base_model="partage/tiny-llama",
+        prompt_per_million=Decimal("2"),
+        completion_per_million=Decimal("8"),
+    )
+    asked = fine_tuned(org_a)
+    usage_record(
+        organization=org_a,
+        job=asked,
+        model=asked.fine_tuned_model,
+        completion_id="chatcmpl-schema",
+        prompt_tokens=20_000,
+        completion_tokens=5_000,
+    )
     clock.move_to(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
     nov = billing.month_bounds(2026, 11)
     [invoice] = billing.invoices_finalize(period_start=nov[0], period_end=nov[1])
@@ -118,10 +135,20 @@ def test_billing_reads_match_the_schema_exactly(
         assert body["data"], f"{path} returned an empty list: nothing was checked"
     if path.endswith("{invoice_id}"):
         assert body["lines"], "the invoice has no lines: nothing was checked"
+        kinds = {
+            (line["job_id"] is not None, line["base_model"] is not None) for line in body["lines"]
+        }
+        assert kinds == {(True, False), (False, False), (False, True)}, "job, booking, inference"
         # Job lines and the booking's charge and refund lines, each naming what it bills.
         owners = [
-            (line["job_id"], line["booking_id"], line["correction"]) for line in body["lines"]
+            (line["job_id"], line["booking_id"], line["correction"])
+            for line in body["lines"]
+            if not line["base_model"]
         ]
+        [asked] = [line for line in body["lines"] if line["base_model"]]
+        assert (asked["prompt_tokens"], asked["completion_tokens"]) == (20_000, 5_000)
+        assert asked["price_per_million_prompt_tokens"] == "2.0000"
+        assert (asked["amount"], asked["vat"]) == ("0.08", "0.02")  # 0.04 + 0.04, 20 % VAT
         booking = billed["booking_id"]
         assert sorted(o for o in owners if o[1]) == [(None, booking, False), (None, booking, True)]
         assert [o for o in owners if not o[1]] and all(o[0] for o in owners if not o[1])

@@ -1,7 +1,9 @@
 """Monthly invoices per organization: draft → finalized → void.
 
 One line per job stream (a job on one pool at one price) with its GPU-seconds, rate and amount,
-and one line per booking charge (or negative line per cancellation refund) posted in the range.
+one line per booking charge (or negative line per cancellation refund) posted in the range, and
+one line per inference stream (an org's completions on a base model at one price) with its
+tokens, rates per million tokens and exactly the cents its completions charged in the range.
 Amounts follow the one rounding rule of marketplace/billing/money.py: each line carries the
 difference of the stream's cumulative amounts, each rounded half-even to the cent, so lines are
 rounded once and add up exactly.
@@ -51,6 +53,7 @@ from marketplace.billing.money import (
 )
 from marketplace.billing.services.ledger import account_lock
 from marketplace.billing.services.usage import WAIVED_FAILURES, metering_lock
+from marketplace.billing.usage_sources import InferenceTotal, inference_totals
 from marketplace.capacity.models import Pool
 from marketplace.errors import InvalidInput, InvalidTransition
 from marketplace.events.services import event_record
@@ -188,6 +191,11 @@ class _Line:
     is_correction: bool
     invoice_id: int | None = None
     booking_id: int | None = None
+    base_model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    price_per_million_prompt_tokens: Decimal = ZERO
+    price_per_million_completion_tokens: Decimal = ZERO
 
     def model(self) -> InvoiceLine:
         return InvoiceLine(**{column: getattr(self, column) for column in LINE_COLUMNS})
@@ -294,15 +302,65 @@ def _booking_lines(
     return by_org
 
 
+def _inference_lines(totals: list[InferenceTotal]) -> dict[int, list[_Line]]:
+    """One line per inference stream (late usage apart), with exactly the cents the ledger moved.
+
+    Each completion posted the difference of its stream's rounded running total before and after
+    it (inference/services.py, the money rule's stream rule applied to tokens); a line carries
+    the sum of those differences, so inference lines add up to the ledger's charges to the cent.
+    Inference is platform revenue (docs/billing.md): no provider, no provider share.
+    """
+    by_org: dict[int, list[_Line]] = defaultdict(list)
+    ordered = sorted(totals, key=lambda t: (t.organization_id, not t.late, t.base_model))
+    for total in ordered:
+        rates = (
+            f"{total.prompt_tokens} prompt tokens at "
+            f"{total.price_per_million_prompt_tokens.normalize():f} and "
+            f"{total.completion_tokens} completion tokens at "
+            f"{total.price_per_million_completion_tokens.normalize():f} EUR per million"
+        )
+        asked = f"{total.completions} completion(s) on {total.models} fine-tuned model(s)"
+        description = f"Inference on {total.base_model}: {asked}, {rates}"
+        if total.late:
+            description += " (from an earlier period)"
+        by_org[total.organization_id].append(
+            _Line(
+                job_id=None,
+                pool_id=None,
+                provider_id=None,
+                description=description[:300],
+                gpu_seconds=ZERO,
+                billable_gpu_seconds=ZERO,
+                price_per_gpu_hour=ZERO,
+                amount=total.net,
+                vat=total.vat,
+                fee=total.net,
+                provider_amount=ZERO,
+                is_correction=total.late,
+                base_model=total.base_model,
+                prompt_tokens=total.prompt_tokens,
+                completion_tokens=total.completion_tokens,
+                price_per_million_prompt_tokens=total.price_per_million_prompt_tokens,
+                price_per_million_completion_tokens=total.price_per_million_completion_tokens,
+            )
+        )
+    return by_org
+
+
 def _all_lines(
     records: models.QuerySet[UsageRecord],
     charges: models.QuerySet[BookingCharge],
+    inference: list[InferenceTotal],
     period_start: datetime,
     orgs: dict[int, Organization],
 ) -> dict[int, list[_Line]]:
-    """Job-stream lines, then booking lines, per org."""
+    """Job-stream lines, then booking lines, then inference lines, per org."""
     lines = _lines_for(_streams(records, period_start), records.values("job_id"), orgs)
     for org_id, own in _booking_lines(charges, period_start).items():
+        lines.setdefault(org_id, []).extend(own)
+    for org_id, own in _inference_lines(
+        [total for total in inference if total.organization_id in orgs]
+    ).items():
         lines.setdefault(org_id, []).extend(own)
     return lines
 
@@ -350,7 +408,7 @@ def covered_until(organization_ids: Any = None) -> dict[int, datetime]:
     return {row["organization_id"]: row["until"] for row in rows}
 
 
-def _uninvoiced(
+def uninvoiced(
     period_end: datetime,
     covered: dict[int, datetime],
     organization_ids: Any = None,
@@ -380,7 +438,7 @@ def _booking_charges_uninvoiced(
 ) -> models.QuerySet[BookingCharge]:
     """Booking charges and refunds posted before period_end and not on a finalized invoice:
     claimed by the same range as usage (created_at, stamped under the metering lock)."""
-    return _uninvoiced(
+    return uninvoiced(
         period_end, covered, organization_ids, model=BookingCharge, stamp="created_at"
     )
 
@@ -410,11 +468,19 @@ def invoice_draft(
                 public_id=_new_public_id(),
             )
         covered = covered_until([organization.pk])
-        records = _uninvoiced(period_end, covered, [organization.pk])
+        records = uninvoiced(period_end, covered, [organization.pk])
         charges = _booking_charges_uninvoiced(period_end, covered, [organization.pk])
+        inference = inference_totals(
+            period_start=period_start,
+            period_end=period_end,
+            covered=covered,
+            organization_ids=[organization.pk],
+        )
         invoice.usage_from = covered.get(organization.pk)
         invoice.usage_until = period_end
-        lines = _all_lines(records, charges, period_start, {organization.pk: organization})
+        lines = _all_lines(
+            records, charges, inference, period_start, {organization.pk: organization}
+        )
         own = lines.get(organization.pk, [])
         _snapshot(invoice, organization, own)
         invoice.save()
@@ -443,10 +509,18 @@ def invoices_finalize(
         metering_lock(exclusive=True)  # every record stamped before the cut is committed
         org_filter = [org.pk for org in organizations] if organizations is not None else None
         covered = covered_until(org_filter)
-        pending = _uninvoiced(period_end, covered, org_filter)
+        pending = uninvoiced(period_end, covered, org_filter)
         org_ids = set(pending.values_list("organization_id", flat=True).distinct().order_by())
         booked = _booking_charges_uninvoiced(period_end, covered, org_filter)
         org_ids |= set(booked.values_list("organization_id", flat=True).distinct().order_by())
+        # Under the exclusive metering lock: every completion stamped before the cut is here.
+        inference = inference_totals(
+            period_start=period_start,
+            period_end=period_end,
+            covered=covered,
+            organization_ids=org_filter,
+        )
+        org_ids |= {total.organization_id for total in inference}
         live = {
             inv.organization_id: inv
             for inv in Invoice.objects.select_for_update()
@@ -464,10 +538,10 @@ def invoices_finalize(
         InvoiceLine.objects.filter(invoice__in=list(drafts.values())).delete()
         _aggregation_tune()
         # The invoices claim their usage by range: no usage record is written.
-        claimed = _uninvoiced(period_end, covered, sorted(org_ids))
+        claimed = uninvoiced(period_end, covered, sorted(org_ids))
         claimed_charges = _booking_charges_uninvoiced(period_end, covered, sorted(org_ids))
         orgs = Organization.objects.in_bulk(list(org_ids))
-        lines = _all_lines(claimed, claimed_charges, period_start, orgs)
+        lines = _all_lines(claimed, claimed_charges, inference, period_start, orgs)
         refunds = _refunds_of_finalized(lines)
         count = len(org_ids) + sum(len(notes) for notes in refunds.values())
         numbers = iter(invoice_numbers_take(period_start.year, count))
@@ -623,6 +697,11 @@ LINE_COLUMNS = (
     "fee",
     "provider_amount",
     "is_correction",
+    "base_model",
+    "prompt_tokens",
+    "completion_tokens",
+    "price_per_million_prompt_tokens",
+    "price_per_million_completion_tokens",
 )
 
 
