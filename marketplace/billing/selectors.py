@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, Max, OuterRef, QuerySet, Sum
 
 from marketplace.accounts.models import Organization
 from marketplace.billing.models import (
@@ -180,6 +181,116 @@ def cost_estimate(
         price_per_gpu_hour=pool.price_per_gpu_hour,
         amount=amount,
         vat=cents(amount * rate),
+    )
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """How fast finished jobs of one base model ran on one GPU flavor, read from what they were
+    billed (their usage records) and what they trained (their trained tokens)."""
+
+    jobs: int
+    tokens_per_byte: float  # tokens trained per byte of training file, per epoch
+    overhead_seconds: float  # paid once per job: loading the model, the final evaluation
+    seconds_per_token: float  # per GPU
+
+    def seconds(self, tokens: float) -> float:
+        return self.overhead_seconds + self.seconds_per_token * tokens
+
+
+THROUGHPUT_JOBS = 20
+
+
+def throughput_measured(*, base_model: str, gpu_flavor: str) -> Throughput | None:
+    """From the latest THROUGHPUT_JOBS succeeded jobs of `base_model` on pools of `gpu_flavor`:
+    billed seconds per GPU = overhead + seconds per token x tokens, fitted by least squares when
+    their sizes differ enough to tell the two apart, else proportional to the tokens. None
+    before the first such job."""
+    from marketplace.finetuning.models import FineTuningJob, JobStatus
+
+    billed = (
+        UsageRecord.objects.filter(
+            job__model=base_model,
+            job__status=JobStatus.SUCCEEDED,
+            job__trained_tokens__gt=0,
+            pool__flavor__slug=gpu_flavor,
+        )
+        .values("job_id")
+        .annotate(seconds=Sum("gpu_seconds"), gpus=Max("gpu_count"), last=Max("ended_at"))
+        .order_by("-last")[:THROUGHPUT_JOBS]
+    )
+    seconds_of = {row["job_id"]: float(row["seconds"]) / max(row["gpus"], 1) for row in billed}
+    jobs = FineTuningJob.objects.filter(pk__in=list(seconds_of)).values(
+        "id", "trained_tokens", "hyperparameters", "training_file__bytes"
+    )
+    points: list[tuple[float, float]] = []
+    per_byte: list[float] = []
+    for job in jobs:
+        tokens, seconds = float(job["trained_tokens"]), seconds_of[job["id"]]
+        if seconds <= 0:
+            continue
+        points.append((tokens, seconds))
+        epochs = (job["hyperparameters"] or {}).get("n_epochs")
+        size = job["training_file__bytes"] or 0
+        if isinstance(epochs, int) and epochs > 0 and size > 0:
+            per_byte.append(tokens / (size * epochs))
+    if not points or not per_byte:
+        return None
+    overhead, per_token = _fit(points)
+    return Throughput(
+        jobs=len(points),
+        tokens_per_byte=statistics.median(per_byte),
+        overhead_seconds=overhead,
+        seconds_per_token=per_token,
+    )
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(overhead, seconds per token): least squares when the sizes spread, else through 0."""
+    xs = [x for x, _ in points]
+    if len(points) >= 2 and max(xs) > 1.2 * min(xs):
+        slope, intercept = statistics.linear_regression(xs, [y for _, y in points])
+        if slope > 0 and intercept >= 0:
+            return intercept, slope
+    return 0.0, statistics.median(y / x for x, y in points)
+
+
+@dataclass(frozen=True)
+class ExpectedCost:
+    amount: Decimal  # VAT included
+    seconds: float  # expected GPU-seconds per GPU
+    tokens: int
+    basis: Throughput
+    pool_public_id: str
+    price_per_gpu_hour: Decimal
+
+
+def expected_cost(
+    org: Organization,
+    *,
+    base_model: str,
+    gpu_flavor: str,
+    gpu_count: int,
+    training_bytes: int,
+    epochs: int,
+) -> ExpectedCost | None:
+    """What this job should cost, on the pool the worst case is priced on (cost_estimate),
+    from the measured throughput of its base model on that pool's flavor. None when nothing
+    has been measured there yet."""
+    worst = cost_estimate(org, gpu_flavor=gpu_flavor, gpu_count=gpu_count, duration_seconds=3600)
+    basis = throughput_measured(base_model=base_model, gpu_flavor=worst.gpu_flavor)
+    if basis is None:
+        return None
+    tokens = training_bytes * epochs * basis.tokens_per_byte
+    seconds = basis.seconds(tokens)
+    net = cents(usage_cost(Decimal(str(round(seconds * gpu_count, 3))), worst.price_per_gpu_hour))
+    return ExpectedCost(
+        amount=net + cents(net * org_vat_rate(org)),
+        seconds=seconds,
+        tokens=round(tokens),
+        basis=basis,
+        pool_public_id=worst.pool_public_id,
+        price_per_gpu_hour=worst.price_per_gpu_hour,
     )
 
 

@@ -26,8 +26,10 @@ def flavor_choices() -> list[tuple[str, str]]:
 
 @dataclass
 class LaunchEstimate:
-    cost: Decimal | None = None
+    cost: Decimal | None = None  # at most: what is held, the run limit's (or the cap's) cost
     cost_detail: str = ""
+    expected: Decimal | None = None  # what this job should cost, from measured throughput
+    expected_detail: str = ""
     estimated_start: datetime | None = None
     start_now: bool = False
     start_detail: str = ""
@@ -83,12 +85,13 @@ def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
     capped = cap is not None and cap < cost.amount
     result.cost = cap if capped else total
     result.cost_detail = (
-        f"At most: {gpus} GPU(s) for the {hours} h run limit at €{cost.price_per_gpu_hour:.2f} "
-        f"per GPU-hour on {cost.pool_public_id}, VAT included"
+        f"{gpus} GPU(s) for the whole {hours} h run limit at €{cost.price_per_gpu_hour:.2f} "
+        f"per GPU-hour on {cost.pool_public_id}, VAT included: what is held until the job ends"
         + (" — your spending cap stops it before" if capped else "")
         + ". You pay only for the GPU-seconds used."
     )
     result.coverage = balance_coverage(org, amount=result.cost)
+    _expected(result, org=org, data=data, cap=result.cost if capped else None)
     start = placement.estimated_start
     result.start_now = start is not None and (start - timezone.now()).total_seconds() < 60
     result.estimated_start = start
@@ -96,6 +99,49 @@ def launch_estimate(*, org: Organization, form: Any) -> LaunchEstimate:
         where = f"{placement.pool.name} ({placement.pool.country}/{placement.pool.region})"
         result.start_detail = f"On {where}."
     return result
+
+
+def _expected(
+    result: LaunchEstimate, *, org: Organization, data: dict[str, Any], cap: Decimal | None
+) -> None:
+    """The expected cost: this job's tokens (its file's size x epochs, at the tokens per byte
+    measured for its base model) at the throughput measured for that model on the flavor."""
+    from marketplace.billing.selectors import expected_cost
+    from marketplace.finetuning.selectors import files_for_org
+
+    training = files_for_org(org).filter(pk=data.get("training_file")).first()
+    if training is None or not data.get("model"):
+        return
+    expected = expected_cost(
+        org,
+        base_model=data["model"],
+        gpu_flavor=data.get("gpu_flavor") or "",
+        gpu_count=data["gpu_count"],
+        training_bytes=training.bytes,
+        epochs=data["n_epochs"],
+    )
+    if expected is None:
+        result.expected_detail = (
+            f"No {data['model']} job has finished on this GPU yet, so there is no measured "
+            "speed to estimate from: the first one's charge sets it. You pay only for the "
+            "GPU-seconds used, never more than the maximum below."
+        )
+        return
+    basis = expected.basis
+    result.expected = min(expected.amount, cap) if cap is not None else expected.amount
+    minutes = max(round(expected.seconds / 60), 1)
+    result.expected_detail = (
+        f"About {minutes} min on {data['gpu_count']} GPU(s): ~{expected.tokens:,} tokens "
+        f"({data['n_epochs']} epoch(s) of {training.bytes:,} bytes), at the speed "
+        f"{basis.jobs} finished {data['model']} job(s) had on this GPU"
+        + (
+            f" ({round(basis.overhead_seconds)} s to load and evaluate, then "
+            f"{1 / basis.seconds_per_token:,.0f} tokens/s)"
+            if basis.overhead_seconds > 0
+            else f" ({1 / basis.seconds_per_token:,.0f} tokens/s, loading included)"
+        )
+        + ". VAT included."
+    )
 
 
 def job_cost(*, job: FineTuningJob) -> Decimal | None:
