@@ -226,8 +226,8 @@ def throughput_measured(*, base_model: str, gpu_flavor: str) -> Throughput | Non
     points: list[tuple[float, float]] = []
     per_byte: list[float] = []
     for job in jobs:
-        tokens, seconds = float(job["trained_tokens"]), seconds_of[job["id"]]
-        if seconds <= 0:
+        tokens, seconds = float(job["trained_tokens"] or 0), seconds_of[job["id"]]
+        if seconds <= 0 or tokens <= 0:
             continue
         points.append((tokens, seconds))
         epochs = (job["hyperparameters"] or {}).get("n_epochs")
