@@ -29,6 +29,7 @@ class LaunchEstimate:
     cost: Decimal | None = None  # at most: what is held, the run limit's (or the cap's) cost
     cost_detail: str = ""
     expected: Decimal | None = None  # what this job should cost, from measured throughput
+    expected_seconds: float | None = None  # its expected GPU-seconds per GPU
     expected_detail: str = ""
     estimated_start: datetime | None = None
     start_now: bool = False
@@ -129,6 +130,7 @@ def _expected(
         return
     basis = expected.basis
     result.expected = min(expected.amount, cap) if cap is not None else expected.amount
+    result.expected_seconds = round(expected.seconds, 1)
     minutes = max(round(expected.seconds / 60), 1)
     result.expected_detail = (
         f"About {minutes} min on {data['gpu_count']} GPU(s): ~{expected.tokens:,} tokens "

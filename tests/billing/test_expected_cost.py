@@ -6,6 +6,7 @@ case (what is held) is shown separately."""
 from __future__ import annotations
 
 import io
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -104,6 +105,7 @@ def test_the_review_shows_the_expected_cost_beside_the_most(
     response = client.post("/jobs/new/", form)
     body = response.content.decode()
     assert response.status_code == 200, body
-    assert 'id="estimate-expected">€0.19<' in body  # 0.16 + VAT
+    found = re.search(r'id="estimate-expected" data-seconds="([0-9.]+)">€0.19<', body)
+    assert found and float(found[1]) == pytest.approx(235, rel=0.02), body  # 0.16 + VAT
     assert "3 finished partage/tiny-llama job(s)" in body and "tokens/s" in body
     assert 'id="estimate-cost">€' in body  # the most, held until the job ends
