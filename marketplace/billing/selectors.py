@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 from datetime import datetime
@@ -203,7 +204,7 @@ THROUGHPUT_JOBS = 20
 
 def throughput_measured(*, base_model: str, gpu_flavor: str) -> Throughput | None:
     """From the latest THROUGHPUT_JOBS succeeded jobs of `base_model` on pools of `gpu_flavor`:
-    billed seconds per GPU = overhead + seconds per token x tokens, fitted by least squares when
+    billed seconds per GPU = overhead + seconds per token x tokens, fitted (robustly, _fit) when
     their sizes differ enough to tell the two apart, else proportional to the tokens. None
     before the first such job."""
     from marketplace.finetuning.models import FineTuningJob, JobStatus
@@ -246,10 +247,19 @@ def throughput_measured(*, base_model: str, gpu_flavor: str) -> Throughput | Non
 
 
 def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """(overhead, seconds per token): least squares when the sizes spread, else through 0."""
+    """(overhead, seconds per token). When the sizes spread, a Theil-Sen line: the median of the
+    slopes between every two jobs, and the median intercept. One job that ran on a busy machine
+    (or loaded a cold model cache) moves it little, where least squares would follow it. Else,
+    or when that line is not a cost (a negative slope or overhead): in proportion to tokens."""
     xs = [x for x, _ in points]
     if len(points) >= 2 and max(xs) > 1.2 * min(xs):
-        slope, intercept = statistics.linear_regression(xs, [y for _, y in points])
+        slopes = [
+            (y2 - y1) / (x2 - x1)
+            for (x1, y1), (x2, y2) in itertools.combinations(points, 2)
+            if x2 != x1
+        ]
+        slope = statistics.median(slopes)
+        intercept = statistics.median(y - slope * x for x, y in points)
         if slope > 0 and intercept >= 0:
             return intercept, slope
     return 0.0, statistics.median(y / x for x, y in points)

@@ -1,6 +1,6 @@
 """The expected cost of a job (issue 18): its tokens (file size x epochs, at the tokens per byte
 measured for its base model) at the throughput measured on the flavor from what earlier jobs
-were billed: an overhead paid once plus seconds per token, fitted when sizes differ. The worst
+were billed: an overhead paid once plus seconds per token, fitted (Theil-Sen) when sizes differ. The worst
 case (what is held) is shown separately."""
 
 from __future__ import annotations
@@ -109,3 +109,15 @@ def test_the_review_shows_the_expected_cost_beside_the_most(
     assert found and float(found[1]) == pytest.approx(235, rel=0.02), body  # 0.16 + VAT
     assert "3 finished partage/tiny-llama job(s)" in body and "tokens/s" in body
     assert 'id="estimate-cost">€' in body  # the most, held until the job ends
+
+
+def test_one_slow_job_moves_the_fit_little(org_a: Organization, pool: Pool, clock: Any) -> None:
+    """A job billed three times its due (a busy machine, a cold model cache) among five on the
+    line 30 s + 1 s per 100 tokens: the fit stays on the line (least squares would not)."""
+    topup(org_a, "500.00")
+    for size, tokens in ((4_100, 1_000), (8_200, 2_000), (12_300, 3_000), (16_400, 4_000)):
+        _finished(org_a, pool, clock, size=size, epochs=1, seconds=30 + tokens / 100, tokens=tokens)
+    _finished(org_a, pool, clock, size=10_250, epochs=1, seconds=3 * (30 + 25), tokens=2_500)
+    basis = throughput_measured(base_model=MODEL, gpu_flavor="h100-80g")
+    assert basis is not None
+    assert basis.seconds(6_000) == pytest.approx(90, rel=0.05)
