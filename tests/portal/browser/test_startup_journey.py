@@ -187,7 +187,7 @@ def test_sign_up_upload_launch_watch_download(
     )
     page.reload()
     logs = page.locator("pre.log").last.inner_text()
-    assert logs.strip() and "Logs appear when" not in logs, logs
+    assert logs.strip() and "The trainer's log appears here" not in logs, logs
     assert page.locator("#job-progress").evaluate("node => node.value") == 100
     page.wait_for_function(
         "() => Number(document.getElementById('loss-chart').dataset.trainPoints) > 3"
