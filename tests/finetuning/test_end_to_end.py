@@ -79,6 +79,22 @@ def run_partner_path(
     return job
 
 
+def long_job(client: Any, upload: Any) -> str:
+    """A job of 3,200 steps: it runs until the test stops it."""
+    file_id = upload(jsonl(chat_lines(64))).json()["id"]
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "partage/tiny-llama",
+            "training_file": file_id,
+            "hyperparameters": {"n_epochs": 50, "batch_size": 1},
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    return str(response.json()["id"])
+
+
 def test_partner_path_on_sqlite(
     client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any, tmp_path: Path
 ) -> None:
@@ -101,16 +117,7 @@ def test_partner_path_on_sqlite(
 def test_cancel_stops_the_local_trainer(
     client_a: Any, upload: Any, live_callbacks: str, eager_celery: Any
 ) -> None:
-    file_id = upload(jsonl(chat_lines(64))).json()["id"]
-    job_id = client_a.post(
-        "/v1/fine_tuning/jobs",
-        {
-            "model": "partage/tiny-llama",
-            "training_file": file_id,
-            "hyperparameters": {"n_epochs": 50, "batch_size": 1},
-        },
-        format="json",
-    ).json()["id"]
+    job_id = long_job(client_a, upload)
     wait_for(
         lambda: FineTuningJob.objects.get(pk=job_id).progress.get("step"),
         timeout=120,
@@ -207,16 +214,7 @@ def test_the_log_shows_while_the_trainer_runs(
     """Issue 18: logs while the job runs, not only at the end: the agent sends the trainer's
     log as it grows, and the job page's live data carries it, cleaned."""
     monkeypatch.setenv("PARTAGE_LOG_EVERY_SECONDS", "0.5")
-    file_id = upload(jsonl(chat_lines(64))).json()["id"]
-    job_id = client_a.post(
-        "/v1/fine_tuning/jobs",
-        {
-            "model": "partage/tiny-llama",
-            "training_file": file_id,
-            "hyperparameters": {"n_epochs": 50, "batch_size": 1},
-        },
-        format="json",
-    ).json()["id"]
+    job_id = long_job(client_a, upload)
     attempt = wait_for(
         lambda: JobAttempt.objects.filter(
             job_id=job_id, ended_at__isnull=True, logs__contains="steps on"

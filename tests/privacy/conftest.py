@@ -8,8 +8,15 @@ acme is a startup owned by alice; bob belongs to org B, untouched; carol is staf
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +32,7 @@ from marketplace.finetuning import services as ft
 from marketplace.finetuning.models import Checkpoint, File, FineTuningJob
 from tests.billing.conftest import admit, book, start, topup
 from tests.capacity import factories
-from tests.conftest import jsonl
+from tests.conftest import REPO, _worker_env, jsonl
 from tests.fakes.adapter import adapter_archive
 
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
@@ -149,3 +156,51 @@ def acme(db: None, pool: Pool, settings: Any) -> Acme:
         invoice=invoice,
         endpoint_id=endpoint.id,
     )
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@contextmanager
+def worker_and_beat_ahead(days: int, tmp_path: Path, settings: Any) -> Iterator[Path]:
+    """The real Celery worker with its beat, the privacy sweep every 2 s, its clock `days` ahead
+    (libfaketime); yields its log's path."""
+    broker = tmp_path / "broker"
+    for sub in ("queue", "processed", "control"):
+        (broker / sub).mkdir(parents=True)
+    env = _worker_env(
+        {
+            "PARTAGE_ENV": "development",  # the embedded default: a filesystem broker
+            "PARTAGE_DATA_DIR": str(tmp_path),
+            "PARTAGE_MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "PARTAGE_WORK_DIR": str(settings.PARTAGE_WORK_DIR),
+            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+            "PARTAGE_PRIVACY_SWEEP_SECONDS": "2",
+            "LD_PRELOAD": str(LIBFAKETIME),
+            "FAKETIME": f"+{days}d",
+        }
+    )
+    env.pop("REDIS_URL", None)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--beat"),
+                *("--schedule", str(tmp_path / "beat-schedule"), "--pool", "solo"),
+                *("--loglevel", "INFO", "--without-gossip", "--without-mingle"),
+                "--without-heartbeat",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield log_path
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)

@@ -5,12 +5,9 @@ and nothing of a living organization is purged."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,8 +32,8 @@ from marketplace.capacity.models import Booking
 from marketplace.finetuning.models import File, FineTuningJob
 from marketplace.privacy import services
 from tests.billing.conftest import assert_invariants, topup
-from tests.conftest import REPO, _worker_env, wait_for
-from tests.privacy.conftest import Acme
+from tests.conftest import REPO, wait_for
+from tests.privacy.conftest import LIBFAKETIME, Acme, worker_and_beat_ahead
 
 # acme's records are of the financial year 2026: kept through 31 December 2036.
 LAST_DAY_KEPT = datetime(2036, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -193,54 +190,6 @@ def test_the_legal_retention_cannot_be_set_below_ten_years(years: int) -> None:
     assert "PARTAGE_ACCOUNTING_RETENTION_YEARS must be at least 10" in result.stderr
 
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-
-
-@contextmanager
-def _worker_and_beat_ahead(days: int, tmp_path: Path, settings: Any) -> Iterator[Path]:
-    """The real Celery worker with its beat, the privacy sweep every 2 s, its clock `days` ahead
-    (libfaketime); yields its log's path."""
-    broker = tmp_path / "broker"
-    for sub in ("queue", "processed", "control"):
-        (broker / sub).mkdir(parents=True)
-    env = _worker_env(
-        {
-            "PARTAGE_ENV": "development",  # the embedded default: a filesystem broker
-            "PARTAGE_DATA_DIR": str(tmp_path),
-            "PARTAGE_MEDIA_ROOT": str(settings.MEDIA_ROOT),
-            "PARTAGE_WORK_DIR": str(settings.PARTAGE_WORK_DIR),
-            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-            "PARTAGE_PRIVACY_SWEEP_SECONDS": "2",
-            "LD_PRELOAD": str(LIBFAKETIME),
-            "FAKETIME": f"+{days}d",
-        }
-    )
-    env.pop("REDIS_URL", None)
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "ab") as log:
-        worker = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "celery", "-A", "workers.celery", "worker", "--beat"),
-                *("--schedule", str(tmp_path / "beat-schedule"), "--pool", "solo"),
-                *("--loglevel", "INFO", "--without-gossip", "--without-mingle"),
-                "--without-heartbeat",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield log_path
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_the_real_worker_and_beat_purge_them_under_a_clock_moved_ten_years_on(
@@ -254,7 +203,7 @@ def test_the_real_worker_and_beat_purge_them_under_a_clock_moved_ten_years_on(
     assert Invoice.objects.filter(organization=acme.org).exists()
     # Past 1 January 2037 (acme's records are of 2026), by the worker's clock only.
     days_ahead = (FIRST_DAY_PURGED - timezone.now()).days + 2
-    with _worker_and_beat_ahead(days_ahead, tmp_path, settings) as log_path:
+    with worker_and_beat_ahead(days_ahead, tmp_path, settings) as log_path:
         wait_for(
             lambda: not Invoice.objects.filter(organization=acme.org).exists(),
             timeout=300,

@@ -4,10 +4,6 @@ The operation test runs the real Celery worker and beat under a clock moved by l
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,10 +16,8 @@ from rest_framework.test import APIClient
 from marketplace.errors import InvalidInput
 from marketplace.finetuning.models import Checkpoint, File
 from marketplace.privacy import services
-from tests.conftest import REPO, _worker_env, wait_for
-from tests.privacy.conftest import Acme
-
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+from tests.conftest import wait_for
+from tests.privacy.conftest import LIBFAKETIME, Acme, worker_and_beat_ahead
 
 
 def _api(acme: Acme) -> APIClient:
@@ -133,50 +127,7 @@ def test_the_real_worker_and_beat_delete_expired_data_under_a_moved_clock(
     file_name, checkpoint_name = acme.file.content.name, acme.checkpoint.archive.name
     assert default_storage.exists(file_name)
 
-    broker = tmp_path / "broker"
-    for sub in ("queue", "processed", "control"):
-        (broker / sub).mkdir(parents=True)
-    env = _worker_env(
-        {
-            "PARTAGE_ENV": "development",  # the embedded default: a filesystem broker
-            "PARTAGE_DATA_DIR": str(tmp_path),
-            "PARTAGE_MEDIA_ROOT": str(settings.MEDIA_ROOT),
-            "PARTAGE_WORK_DIR": str(settings.PARTAGE_WORK_DIR),
-            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-            "PARTAGE_PRIVACY_SWEEP_SECONDS": "2",
-            "LD_PRELOAD": str(LIBFAKETIME),
-            "FAKETIME": f"+{days_ahead}d",
-        }
-    )
-    env.pop("REDIS_URL", None)
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "ab") as log:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery",
-                "worker",
-                "--beat",
-                "--schedule",
-                str(tmp_path / "beat-schedule"),
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with worker_and_beat_ahead(days_ahead, tmp_path, settings) as log_path:
         wait_for(
             lambda: File.objects.get(pk=acme.file.pk).deleted_at is not None,
             timeout=180,
@@ -187,12 +138,6 @@ def test_the_real_worker_and_beat_delete_expired_data_under_a_moved_clock(
             timeout=60,
             what="the checkpoint to expire",
         )
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
     assert not default_storage.exists(file_name)
     assert not default_storage.exists(checkpoint_name)
     # The worker's clock was ahead: the deletion is stamped in its future, not the test's.
